@@ -1,0 +1,262 @@
+//! Errors: one enum per operation, and [`Error`] that every one converts into.
+//!
+//! All are `Error + Send + Sync + 'static`, so `?` turns them into ractor's
+//! `ActorProcessingErr` inside handlers.
+
+use std::fmt;
+
+use crate::key::ActorKey;
+use crate::store::Fence;
+
+/// A boxed error from a backend or from user code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error from a storage backend.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend's own error (I/O, the database engine).
+    #[error("store `{store}`: {source}")]
+    Backend {
+        /// The store's name.
+        store: String,
+        /// What the backend said.
+        #[source]
+        source: BoxError,
+    },
+    /// The store's bytes are damaged; nothing was written.
+    #[error("store `{store}` is corrupt: {detail}")]
+    Corrupt {
+        /// The store's name.
+        store: String,
+        /// What was found.
+        detail: String,
+    },
+    /// Commits refused because newer instances of their actors took later epochs.
+    #[error("{} commit(s) refused: a newer instance of the actor took over (stale epoch)", .0.len())]
+    Fenced(Vec<Fence>),
+    /// A commit failed earlier, so nobody knows what is on disk; writes are refused until the
+    /// store is reopened.
+    #[error("store `{store}` refuses writes after a failed commit ({cause}); reopen it")]
+    Poisoned {
+        /// The store's name.
+        store: String,
+        /// The failure that poisoned it.
+        cause: String,
+    },
+    /// The store was closed with [`crate::Storage::close`].
+    #[error("store `{store}` is closed")]
+    Closed {
+        /// The store's name.
+        store: String,
+    },
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(store: &str, source: impl Into<BoxError>) -> Self {
+        StoreError::Backend {
+            store: store.to_owned(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Which record of an actor could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordRef {
+    /// The state snapshot.
+    Snapshot,
+    /// The pending operation with this sequence number.
+    Op(u64),
+}
+
+impl fmt::Display for RecordRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordRef::Snapshot => f.write_str("snapshot"),
+            RecordRef::Op(seq) => write!(f, "pending operation #{seq}"),
+        }
+    }
+}
+
+/// Why a record's bytes were refused.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeReason {
+    /// Fewer bytes than an envelope header.
+    #[error("{len} bytes is shorter than the {header}-byte envelope header")]
+    TooShort {
+        /// Bytes found.
+        len: usize,
+        /// Header size.
+        header: usize,
+    },
+    /// The bytes do not start with this crate's magic: not our record.
+    #[error("not a ractor-persist record (magic {found:02x?})")]
+    BadMagic {
+        /// The first bytes found.
+        found: [u8; 2],
+    },
+    /// A newer (or unknown) envelope format.
+    #[error("envelope format {found} is not supported (this build reads {supported})")]
+    UnknownFormat {
+        /// Format found.
+        found: u8,
+        /// Format this build reads.
+        supported: u8,
+    },
+    /// A record of another kind where this one was expected.
+    #[error("expected a {expected} record, found kind {found}")]
+    WrongKind {
+        /// Kind expected.
+        expected: &'static str,
+        /// Kind byte found.
+        found: u8,
+    },
+    /// The record was written by a schema version this code does not know.
+    #[error("schema version {found} is newer than this code's version {expected}")]
+    UnknownSchema {
+        /// Version stored.
+        found: u32,
+        /// Version of the running code.
+        expected: u32,
+    },
+    /// The declared length is over the cap.
+    #[error("declared payload length {len} is over the cap of {max} bytes")]
+    TooLarge {
+        /// Length declared.
+        len: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// The declared length does not match the bytes present (truncation or trailing bytes).
+    #[error("declared payload length {declared} but {actual} bytes follow the header")]
+    LengthMismatch {
+        /// Length declared.
+        declared: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+    /// The checksum does not match: the bytes were damaged.
+    #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// Checksum stored.
+        stored: u32,
+        /// Checksum computed.
+        computed: u32,
+    },
+    /// The payload is not a valid encoding of the expected type.
+    #[error("payload does not decode as `{type_name}`: {source}")]
+    Payload {
+        /// The type expected.
+        type_name: &'static str,
+        /// postcard's error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The payload decoded but bytes were left over: another type, or damage.
+    #[error("payload decodes as `{type_name}` but {count} bytes are left over")]
+    TrailingBytes {
+        /// The type expected.
+        type_name: &'static str,
+        /// Bytes left.
+        count: usize,
+    },
+}
+
+/// A stored record that could not be decoded. Nothing was overwritten.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode the {record} of `{key}`: {reason}")]
+pub struct DecodeError {
+    /// The actor whose record failed.
+    pub key: ActorKey,
+    /// Which record.
+    pub record: RecordRef,
+    /// What was wrong.
+    #[source]
+    pub reason: DecodeReason,
+}
+
+/// Why a persistent actor could not start.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The store could not be read.
+    #[error("cannot load `{key}`: {source}")]
+    Store {
+        /// The actor.
+        key: ActorKey,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// A stored record could not be decoded; the stored bytes are untouched.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The state returned by `init` could not be encoded.
+    #[error("cannot encode the initial state of `{key}`: {source}")]
+    Encode {
+        /// The actor.
+        key: ActorKey,
+        /// postcard's error.
+        #[source]
+        source: postcard::Error,
+    },
+}
+
+/// Why a message's commit failed. The actor rolled back and stopped.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The store failed the write; the message's replies were dropped.
+    #[error("commit of `{key}` failed: {source}")]
+    Store {
+        /// The actor.
+        key: ActorKey,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// A newer instance of the same actor took over; this one may not write.
+    #[error(
+        "commit of `{key}` refused: epoch {epoch} is stale, the store holds {current} (another instance of this actor is running)"
+    )]
+    Fenced {
+        /// The actor.
+        key: ActorKey,
+        /// This instance's epoch.
+        epoch: u64,
+        /// The store's epoch.
+        current: u64,
+    },
+    /// The state or an operation could not be encoded.
+    #[error("cannot encode the {what} of `{key}`: {source}")]
+    Encode {
+        /// The actor.
+        key: ActorKey,
+        /// "state" or "operation".
+        what: &'static str,
+        /// postcard's error.
+        #[source]
+        source: postcard::Error,
+    },
+}
+
+/// Any error of this crate.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// See [`StoreError`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// See [`DecodeError`].
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// See [`LoadError`].
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// See [`CommitError`].
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
