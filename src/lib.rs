@@ -1,1 +1,93 @@
-//! placeholder
+//! Durable [ractor](https://docs.rs/ractor) actors.
+//!
+//! Put `#[derive(Persistent)]` on an actor type and write its logic as a [`PersistentActor`]
+//! impl. Every handled message that changes the state is committed together with the
+//! operations (side effects) it produced, in one storage transaction, before any operation
+//! runs and before any reply leaves. After a crash the actor comes back with its last
+//! committed state and performs its pending operations again.
+//!
+//! ```no_run
+//! use ractor_persist::prelude::*;
+//!
+//! #[derive(Default, Persistent)]
+//! #[persistent(name = "counter")]
+//! struct Counter;
+//!
+//! enum CounterMsg {
+//!     Add(u64, RpcReplyPort<u64>),
+//! }
+//!
+//! impl PersistentActor for Counter {
+//!     type Msg = CounterMsg;
+//!     type State = u64;
+//!     type Op = ();
+//!     type Arguments = ();
+//!
+//!     async fn init(&self, _: ()) -> Result<u64, ActorProcessingErr> {
+//!         Ok(0)
+//!     }
+//!
+//!     async fn handle(
+//!         &self,
+//!         tx: &mut Tx<'_, Self>,
+//!         msg: CounterMsg,
+//!         count: &mut u64,
+//!     ) -> Result<(), ActorProcessingErr> {
+//!         let CounterMsg::Add(n, reply) = msg;
+//!         *count += n;
+//!         tx.reply(reply, *count); // leaves only after the commit
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let storage = Storage::new(RedbStore::open("counter.redb")?);
+//! let (counter, _) = Counter::spawn_persistent(&storage, "main", ()).await?;
+//! let count = ractor::call!(counter, CounterMsg::Add, 1)?;
+//! # let _ = count; Ok(()) }
+//! ```
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it gives |
+//! |---|---|---|
+//! | `derive` | yes | `#[derive(Persistent)]` |
+//! | `redb` | yes | [`RedbStore`], the embedded store |
+//! | `memory` | no | [`MemoryStore`], the in-memory store |
+//! | `async-trait` | no | needed when ractor's own `async-trait` feature is on in the build |
+#![deny(missing_docs, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use persist_core::{
+    ActorCommit, ActorKey, BoxError, CommitError, CommitStats, DecodeError, DecodeReason, Error,
+    Fence, LoadError, Loaded, OpId, Outcome, Pending, Persistent, PersistentActor, RecordRef,
+    Runtime, SpawnPersistent, Start, Storage, StorageConfig, Store, StoreError, Tx, check_epochs,
+};
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use persist_core::MemoryStore;
+
+#[cfg(feature = "derive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
+pub use persist_derive::Persistent;
+
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use persist_redb::RedbStore;
+
+/// What the derive's output names. Not public API.
+#[doc(hidden)]
+pub use persist_core::__private;
+
+/// The names a persistent actor's module usually needs.
+pub mod prelude {
+    #[cfg(feature = "memory")]
+    pub use crate::MemoryStore;
+    #[cfg(feature = "redb")]
+    pub use crate::RedbStore;
+    pub use crate::{
+        OpId, Outcome, Pending, Persistent, PersistentActor, SpawnPersistent, Storage, Tx,
+    };
+    pub use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+}

@@ -1,14 +1,126 @@
-//! The core of ractor-persist: the model, the runtime, the store seam, the record envelope,
-//! the group committer and the in-memory store.
+//! The core of ractor-persist: the model ([`PersistentActor`]), the runtime (the message
+//! cycle on ractor), the [`Store`] seam, the record envelope, the group committer
+//! ([`Storage`]) and the in-memory store ([`MemoryStore`]).
+//!
+//! Most users depend on the facade crate `ractor-persist`, which re-exports all of this.
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod envelope;
 mod error;
 mod key;
+mod memory;
+mod model;
+mod runtime;
+mod spawn;
+mod storage;
 mod store;
+mod tx;
 
 pub use error::{
     BoxError, CommitError, DecodeError, DecodeReason, Error, LoadError, RecordRef, StoreError,
 };
 pub use key::ActorKey;
+pub use memory::MemoryStore;
+pub use model::{OpId, Outcome, Pending, Persistent, PersistentActor};
+pub use runtime::{Runtime, Start};
+pub use spawn::SpawnPersistent;
+pub use storage::{CommitStats, Storage, StorageConfig};
 pub use store::{ActorCommit, Fence, Loaded, Store, check_epochs};
+pub use tx::Tx;
+
+/// What the derive's output names. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::__impl_actor as impl_actor;
+    pub use crate::model::{Persistent, PersistentActor};
+    pub use crate::runtime::{Runtime, Start, handle, post_start, pre_start};
+    #[cfg(feature = "async-trait")]
+    pub use async_trait::async_trait;
+    pub use ractor;
+}
+
+/// Emits the ractor `Actor` impl of a persistent actor, in the form the ractor in this build
+/// expects: native `async fn`, or `#[async_trait]` when persist-core's `async-trait` feature
+/// (which turns on ractor's) is on. The choice is persist-core's, not the user's crate's.
+#[doc(hidden)]
+#[cfg(not(feature = "async-trait"))]
+#[macro_export]
+macro_rules! __impl_actor {
+    ($ty:ty) => {
+        #[automatically_derived]
+        impl $crate::__private::ractor::Actor for $ty {
+            type Msg = <$ty as $crate::__private::PersistentActor>::Msg;
+            type State = $crate::__private::Runtime<$ty>;
+            type Arguments = $crate::__private::Start<$ty>;
+
+            async fn pre_start(
+                &self,
+                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
+                args: Self::Arguments,
+            ) -> ::core::result::Result<Self::State, $crate::__private::ractor::ActorProcessingErr>
+            {
+                $crate::__private::pre_start(self, myself, args).await
+            }
+
+            async fn post_start(
+                &self,
+                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
+                state: &mut Self::State,
+            ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
+                $crate::__private::post_start(self, myself, state).await
+            }
+
+            async fn handle(
+                &self,
+                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
+                message: Self::Msg,
+                state: &mut Self::State,
+            ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
+                $crate::__private::handle(self, myself, message, state).await
+            }
+        }
+    };
+}
+
+/// Emits the ractor `Actor` impl of a persistent actor (async-trait form).
+#[doc(hidden)]
+#[cfg(feature = "async-trait")]
+#[macro_export]
+macro_rules! __impl_actor {
+    ($ty:ty) => {
+        #[automatically_derived]
+        #[$crate::__private::async_trait]
+        impl $crate::__private::ractor::Actor for $ty {
+            type Msg = <$ty as $crate::__private::PersistentActor>::Msg;
+            type State = $crate::__private::Runtime<$ty>;
+            type Arguments = $crate::__private::Start<$ty>;
+
+            async fn pre_start(
+                &self,
+                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
+                args: Self::Arguments,
+            ) -> ::core::result::Result<Self::State, $crate::__private::ractor::ActorProcessingErr>
+            {
+                $crate::__private::pre_start(self, myself, args).await
+            }
+
+            async fn post_start(
+                &self,
+                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
+                state: &mut Self::State,
+            ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
+                $crate::__private::post_start(self, myself, state).await
+            }
+
+            async fn handle(
+                &self,
+                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
+                message: Self::Msg,
+                state: &mut Self::State,
+            ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
+                $crate::__private::handle(self, myself, message, state).await
+            }
+        }
+    };
+}

@@ -1,0 +1,255 @@
+//! The record envelope every stored record is wrapped in.
+//!
+//! ```text
+//! offset size field
+//!      0    2 magic "RP"
+//!      2    1 format version (1)
+//!      3    1 kind (1 = snapshot, 2 = operation)
+//!      4    4 schema version, little endian
+//!      8    8 epoch of the writer, little endian
+//!     16    8 sequence number, little endian
+//!     24    4 payload length, little endian
+//!     28    4 CRC-32C of bytes 0..28 and the payload, little endian
+//!     32    n postcard payload
+//! ```
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::DecodeReason;
+
+/// Size of the envelope header in bytes.
+pub(crate) const HEADER_LEN: usize = 32;
+/// The envelope format this build writes and reads.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+/// No record payload may be larger than this; a larger declared length is damage.
+pub(crate) const MAX_PAYLOAD_LEN: u64 = 64 * 1024 * 1024;
+const MAGIC: [u8; 2] = *b"RP";
+
+/// What a record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Snapshot = 1,
+    Op = 2,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Snapshot => "snapshot",
+            Kind::Op => "operation",
+        }
+    }
+}
+
+/// The decoded header fields the runtime uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) schema: u32,
+    pub(crate) sequence: u64,
+}
+
+/// Encodes `value` into a fresh envelope.
+#[cfg(test)]
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    kind: Kind,
+    schema: u32,
+    epoch: u64,
+    sequence: u64,
+    value: &T,
+) -> Result<Vec<u8>, postcard::Error> {
+    Ok(wrap(kind, schema, epoch, sequence, &postcard::to_stdvec(value)?))
+}
+
+/// Encodes `value` as a payload, refusing one over the cap.
+pub(crate) fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let bytes = postcard::to_stdvec(value)?;
+    if bytes.len() as u64 > MAX_PAYLOAD_LEN {
+        return Err(postcard::Error::SerializeBufferFull);
+    }
+    Ok(bytes)
+}
+
+/// Wraps an encoded payload (at most [`MAX_PAYLOAD_LEN`] bytes) in an envelope.
+pub(crate) fn wrap(kind: Kind, schema: u32, epoch: u64, sequence: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&schema.to_le_bytes());
+    out.extend_from_slice(&epoch.to_le_bytes());
+    out.extend_from_slice(&sequence.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = checksum(&out, payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn checksum(header: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(header), payload)
+}
+
+/// Checks the envelope and returns its header and payload bytes.
+///
+/// `schema` is the version of the running code: a record from a newer schema is refused.
+pub(crate) fn open(bytes: &[u8], kind: Kind, schema: u32) -> Result<(Header, &[u8]), DecodeReason> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeReason::TooShort {
+            len: bytes.len(),
+            header: HEADER_LEN,
+        });
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    if bytes[0..2] != MAGIC {
+        return Err(DecodeReason::BadMagic {
+            found: [bytes[0], bytes[1]],
+        });
+    }
+    if bytes[2] != FORMAT_VERSION {
+        return Err(DecodeReason::UnknownFormat {
+            found: bytes[2],
+            supported: FORMAT_VERSION,
+        });
+    }
+    let declared = u64::from(u32_at(24));
+    if declared > MAX_PAYLOAD_LEN {
+        return Err(DecodeReason::TooLarge {
+            len: declared,
+            max: MAX_PAYLOAD_LEN,
+        });
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if declared != payload.len() as u64 {
+        return Err(DecodeReason::LengthMismatch {
+            declared,
+            actual: payload.len() as u64,
+        });
+    }
+    let stored = u32_at(28);
+    let computed = checksum(&bytes[..28], payload);
+    if stored != computed {
+        return Err(DecodeReason::Checksum { stored, computed });
+    }
+    // Kind and schema are checked after the checksum, so that damage is reported as damage.
+    if bytes[3] != kind as u8 {
+        return Err(DecodeReason::WrongKind {
+            expected: kind.name(),
+            found: bytes[3],
+        });
+    }
+    let header = Header {
+        schema: u32_at(4),
+        sequence: u64_at(16),
+    };
+    if header.schema > schema {
+        return Err(DecodeReason::UnknownSchema {
+            found: header.schema,
+            expected: schema,
+        });
+    }
+    Ok((header, payload))
+}
+
+/// Decodes a payload as exactly one `T`, refusing leftover bytes.
+pub(crate) fn payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeReason> {
+    let type_name = std::any::type_name::<T>();
+    let (value, rest) = postcard::take_from_bytes::<T>(payload)
+        .map_err(|source| DecodeReason::Payload { type_name, source })?;
+    if !rest.is_empty() {
+        return Err(DecodeReason::TrailingBytes {
+            type_name,
+            count: rest.len(),
+        });
+    }
+    Ok(value)
+}
+
+/// Opens an envelope and decodes its payload as `T`.
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    kind: Kind,
+    schema: u32,
+) -> Result<(Header, T), DecodeReason> {
+    let (header, body) = open(bytes, kind, schema)?;
+    Ok((header, payload(body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Two {
+        a: u32,
+        b: String,
+    }
+
+    fn sample() -> Vec<u8> {
+        let v = Two {
+            a: 7,
+            b: "seven".into(),
+        };
+        encode(Kind::Snapshot, 1, 3, 9, &v).unwrap()
+    }
+
+    #[test]
+    fn round_trip_keeps_value_and_header() {
+        let (h, v): (Header, Two) = decode(&sample(), Kind::Snapshot, 1).unwrap();
+        assert_eq!(h, Header { schema: 1, sequence: 9 });
+        assert_eq!(v.b, "seven");
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_refused() {
+        let good = sample();
+        for i in 0..good.len() * 8 {
+            let mut bad = good.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(decode::<Two>(&bad, Kind::Snapshot, 1).is_err(), "flip {i} accepted");
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_refused() {
+        let good = sample();
+        for n in 0..good.len() {
+            assert!(decode::<Two>(&good[..n], Kind::Snapshot, 1).is_err(), "cut at {n}");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(
+            decode::<Two>(&long, Kind::Snapshot, 1),
+            Err(DecodeReason::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn newer_schema_and_format_and_kind_are_typed_errors() {
+        let v = encode(Kind::Snapshot, 2, 0, 0, &5u8).unwrap();
+        assert!(matches!(
+            decode::<u8>(&v, Kind::Snapshot, 1),
+            Err(DecodeReason::UnknownSchema { found: 2, expected: 1 })
+        ));
+        assert!(matches!(
+            decode::<u8>(&v, Kind::Op, 2),
+            Err(DecodeReason::WrongKind { .. })
+        ));
+        let mut f = v.clone();
+        f[2] = 9;
+        assert!(matches!(
+            decode::<u8>(&f, Kind::Snapshot, 2),
+            Err(DecodeReason::UnknownFormat { found: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn another_type_with_leftover_bytes_is_refused() {
+        let v = encode(Kind::Op, 1, 0, 0, &Two { a: 1, b: "xy".into() }).unwrap();
+        assert!(matches!(
+            decode::<u32>(&v, Kind::Op, 1),
+            Err(DecodeReason::TrailingBytes { .. })
+        ));
+    }
+}

@@ -1,0 +1,57 @@
+//! Spawning persistent actors the ractor way.
+
+use std::future::Future;
+
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorCell, ActorRef, ActorRuntime, SpawnErr};
+
+use crate::model::{Persistent, PersistentActor};
+use crate::runtime::{Runtime, Start};
+use crate::storage::Storage;
+
+/// Spawns a `#[derive(Persistent)]` actor under a key. Implemented for every such actor.
+///
+/// If the actor cannot start, ractor's [`SpawnErr::StartupFailed`] holds the reason: a
+/// [`crate::LoadError`] (downcast it) or the error `init` returned.
+pub trait SpawnPersistent:
+    Persistent
+    + Actor<Msg = <Self as PersistentActor>::Msg, State = Runtime<Self>, Arguments = Start<Self>>
+{
+    /// Spawns the actor `key` on `storage`, unsupervised and unnamed.
+    fn spawn_persistent(
+        storage: &Storage,
+        key: impl Into<String>,
+        args: <Self as PersistentActor>::Arguments,
+    ) -> impl Future<Output = Result<(ActorRef<<Self as PersistentActor>::Msg>, JoinHandle<()>), SpawnErr>>
+    + Send
+    where
+        Self: Default,
+    {
+        ActorRuntime::<Self>::spawn(None, Self::default(), Start::new(storage, key, args))
+    }
+
+    /// Spawns the actor `key` on `storage`, linked to `supervisor`.
+    fn spawn_persistent_linked(
+        storage: &Storage,
+        key: impl Into<String>,
+        args: <Self as PersistentActor>::Arguments,
+        supervisor: ActorCell,
+    ) -> impl Future<Output = Result<(ActorRef<<Self as PersistentActor>::Msg>, JoinHandle<()>), SpawnErr>>
+    + Send
+    where
+        Self: Default,
+    {
+        ActorRuntime::<Self>::spawn_linked(
+            None,
+            Self::default(),
+            Start::new(storage, key, args),
+            supervisor,
+        )
+    }
+}
+
+impl<A> SpawnPersistent for A where
+    A: Persistent
+        + Actor<Msg = <A as PersistentActor>::Msg, State = Runtime<A>, Arguments = Start<A>>
+{
+}

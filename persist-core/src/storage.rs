@@ -1,0 +1,374 @@
+//! [`Storage`]: the handle actors share, and its group committer.
+//!
+//! One thread per store owns the backend. Actors send it requests; it drains everything
+//! waiting, writes all commits in one transaction (one sync) and then releases each actor.
+//! A lone actor waits for no one: the thread writes as soon as a request arrives.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::key::ActorKey;
+use crate::store::{ActorCommit, Loaded, Store};
+
+/// Limits of one group commit.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct StorageConfig {
+    /// Most actor commits written in one transaction.
+    pub max_batch: usize,
+    /// Most bytes written in one transaction (a single larger commit is still written alone).
+    pub max_batch_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            max_batch: 4096,
+            max_batch_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters of the committer, for tests and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommitStats {
+    /// Transactions written (each one sync).
+    pub batches: u64,
+    /// Actor commits written, removal-only commits included.
+    pub commits: u64,
+    /// Removal-only commits that rode on another commit's transaction.
+    pub riders: u64,
+    /// Actor loads (each takes a new epoch).
+    pub loads: u64,
+}
+
+type Done<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Request {
+    Load(ActorKey, Done<Loaded>),
+    Commit(ActorCommit, Done<()>),
+    /// A removal of done operations: written with the next commit, never on its own.
+    Ride(ActorCommit),
+    Close(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    commits: AtomicU64,
+    riders: AtomicU64,
+    loads: AtomicU64,
+}
+
+struct Inner {
+    name: String,
+    requests: Sender<Request>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
+}
+
+/// A store shared by many actors, with its group committer. Cheap to clone.
+///
+/// ```ignore
+/// let storage = Storage::new(RedbStore::open("bank.redb")?);
+/// let (acct, _) = AccountActor::spawn_persistent(&storage, "alice", ()).await?;
+/// ```
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Storage {
+    /// Starts the committer for `store` with the default limits.
+    pub fn new<S: Store>(store: S) -> Self {
+        Self::with_config(store, StorageConfig::default())
+    }
+
+    /// Starts the committer for `store` with `config`.
+    pub fn with_config<S: Store>(store: S, config: StorageConfig) -> Self {
+        let name = store.name().to_owned();
+        let (requests, rx) = channel();
+        let counters = Arc::new(Counters::default());
+        let committer = Committer {
+            store: Box::new(store),
+            name: name.clone(),
+            config,
+            riders: Vec::new(),
+            poisoned: None,
+            counters: counters.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("persist-commit {name}"))
+            .spawn(move || committer.run(rx))
+            .expect("spawn the committer thread");
+        Storage {
+            inner: Arc::new(Inner {
+                name,
+                requests,
+                thread: Mutex::new(Some(thread)),
+                counters,
+            }),
+        }
+    }
+
+    /// The store's name, as used in errors.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// What the committer has done so far.
+    pub fn stats(&self) -> CommitStats {
+        let c = &self.inner.counters;
+        CommitStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            riders: c.riders.load(Ordering::Relaxed),
+            loads: c.loads.load(Ordering::Relaxed),
+        }
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed {
+            store: self.inner.name.clone(),
+        }
+    }
+
+    /// Takes a new writer epoch for `key` and reads its record.
+    pub(crate) async fn load(&self, key: ActorKey) -> Result<Loaded, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Load(key, tx))?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Commits `commit` with whatever else is waiting; returns once it is durable.
+    pub(crate) async fn commit(&self, commit: ActorCommit) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Commit(commit, tx))?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Queues a removal of done operations to ride on the next commit. Losing it in a crash
+    /// only means the operations are performed once more.
+    pub(crate) fn ride(&self, commit: ActorCommit) {
+        let _ = self.inner.requests.send(Request::Ride(commit));
+    }
+
+    fn send(&self, request: Request) -> Result<(), StoreError> {
+        self.inner
+            .requests
+            .send(request)
+            .map_err(|_| self.closed())
+    }
+
+    /// Writes what is queued, stops the committer and releases the backend (closing its
+    /// file), so the store can be opened again. Later requests fail with
+    /// [`StoreError::Closed`]. Stop the actors first.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Request::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let thread = self.inner.thread.lock().expect("not poisoned").take();
+        if let Some(thread) = thread {
+            // The thread has acknowledged the close and only returns now; join off the runtime.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+struct Committer {
+    store: Box<dyn Store>,
+    name: String,
+    config: StorageConfig,
+    riders: Vec<ActorCommit>,
+    poisoned: Option<String>,
+    counters: Arc<Counters>,
+}
+
+impl Committer {
+    fn run(mut self, rx: Receiver<Request>) {
+        let mut batch: Vec<(ActorCommit, Done<()>)> = Vec::new();
+        let mut bytes = 0;
+        'serve: loop {
+            let Ok(first) = rx.recv() else { break };
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Commit(c, done) => {
+                        bytes += c.byte_len();
+                        batch.push((c, done));
+                    }
+                    Request::Ride(c) => self.riders.push(c),
+                    Request::Load(key, done) => {
+                        // A load must see every commit sent before it.
+                        self.flush(&mut batch);
+                        bytes = 0;
+                        let _ = done.send(self.load(&key));
+                    }
+                    Request::Close(done) => {
+                        self.flush(&mut batch);
+                        self.flush_riders();
+                        drop(rx);
+                        drop(self);
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+                if batch.len() >= self.config.max_batch || bytes >= self.config.max_batch_bytes {
+                    break;
+                }
+                next = match rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => {
+                        self.flush(&mut batch);
+                        break 'serve;
+                    }
+                };
+            }
+            self.flush(&mut batch);
+            bytes = 0;
+        }
+        self.flush_riders();
+    }
+
+    fn guarded<T>(&self, f: impl FnOnce(&dyn Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match catch_unwind(AssertUnwindSafe(|| f(&*self.store))) {
+            Ok(r) => r,
+            Err(panic) => Err(StoreError::Corrupt {
+                store: self.name.clone(),
+                detail: format!("the backend panicked: {}", panic_text(&*panic)),
+            }),
+        }
+    }
+
+    fn refuse(&self) -> Option<StoreError> {
+        self.poisoned.as_ref().map(|cause| StoreError::Poisoned {
+            store: self.name.clone(),
+            cause: cause.clone(),
+        })
+    }
+
+    fn load(&mut self, key: &ActorKey) -> Result<Loaded, StoreError> {
+        if let Some(e) = self.refuse() {
+            return Err(e);
+        }
+        self.counters.loads.fetch_add(1, Ordering::Relaxed);
+        self.guarded(|s| s.open_actor(key))
+    }
+
+    fn flush_riders(&mut self) {
+        if !self.riders.is_empty() && self.poisoned.is_none() {
+            let mut batch = Vec::new();
+            self.flush(&mut batch);
+        }
+    }
+
+    /// Writes the riders and `batch` in one transaction and answers every waiter.
+    fn flush(&mut self, batch: &mut Vec<(ActorCommit, Done<()>)>) {
+        if batch.is_empty() && (self.riders.is_empty() || self.poisoned.is_some()) {
+            return;
+        }
+        if self.poisoned.is_some() {
+            for (_, done) in batch.drain(..) {
+                let _ = done.send(Err(self.refuse().expect("poisoned")));
+            }
+            return;
+        }
+        // Riders first: each was sent after its actor's earlier commits were acknowledged and
+        // before its later ones, so this keeps every actor's order.
+        let riders = std::mem::take(&mut self.riders);
+        let n_riders = riders.len();
+        let mut commits: Vec<ActorCommit> = riders;
+        let mut waiters: Vec<Option<Done<()>>> = (0..n_riders).map(|_| None).collect();
+        for (c, done) in batch.drain(..) {
+            commits.push(c);
+            waiters.push(Some(done));
+        }
+        loop {
+            if commits.is_empty() {
+                return;
+            }
+            match self.guarded(|s| s.commit(&commits)) {
+                Ok(()) => {
+                    let c = &self.counters;
+                    c.batches.fetch_add(1, Ordering::Relaxed);
+                    c.commits.fetch_add(commits.len() as u64, Ordering::Relaxed);
+                    let riders = waiters.iter().filter(|w| w.is_none()).count();
+                    c.riders.fetch_add(riders as u64, Ordering::Relaxed);
+                    for done in waiters.into_iter().flatten() {
+                        let _ = done.send(Ok(()));
+                    }
+                    return;
+                }
+                Err(StoreError::Fenced(fences)) if !fences.is_empty() => {
+                    // Refuse the stale commits alone and write the others.
+                    for fence in fences.iter().rev() {
+                        commits.remove(fence.index);
+                        if let Some(done) = waiters.remove(fence.index) {
+                            let mut one = fence.clone();
+                            one.index = 0;
+                            let _ = done.send(Err(StoreError::Fenced(vec![one])));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Nobody knows what is on disk now: fail everyone, refuse further writes.
+                    self.poisoned = Some(e.to_string());
+                    for done in waiters.into_iter().flatten() {
+                        let _ = done.send(Err(clone_err(&e)));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Store errors hold boxed sources, so a batch failure is told to each waiter as text.
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt { store, detail } => StoreError::Corrupt {
+            store: store.clone(),
+            detail: detail.clone(),
+        },
+        StoreError::Fenced(f) => StoreError::Fenced(f.clone()),
+        StoreError::Poisoned { store, cause } => StoreError::Poisoned {
+            store: store.clone(),
+            cause: cause.clone(),
+        },
+        StoreError::Closed { store } => StoreError::Closed {
+            store: store.clone(),
+        },
+        StoreError::Backend { store, source } => StoreError::Backend {
+            store: store.clone(),
+            source: source.to_string().into(),
+        },
+    }
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}

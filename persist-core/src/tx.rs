@@ -1,0 +1,131 @@
+//! The transaction context a handler writes its effects into.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ractor::{ActorRef, RpcReplyPort};
+
+use crate::key::ActorKey;
+use crate::model::{OpId, Pending, PersistentActor};
+
+type Reply = Box<dyn FnOnce() + Send>;
+
+/// What one message's handler asked for. Nothing here takes effect unless the commit succeeds.
+///
+/// * [`push`](Tx::push) an operation: it is committed with the state and performed after.
+/// * [`confirm`](Tx::confirm) a pending operation: it is removed in the same commit.
+/// * [`reply`](Tx::reply) to a caller: the reply leaves only after the commit returned.
+/// * [`resume`](Tx::resume) pending operations: they are performed again after the commit.
+pub struct Tx<'a, A: PersistentActor> {
+    key: &'a Arc<ActorKey>,
+    myself: &'a ActorRef<A::Msg>,
+    pending: &'a BTreeMap<u64, Pending<A::Op>>,
+    next_seq: u64,
+    parts: TxParts<A::Op>,
+}
+
+/// What a [`Tx`] collected, taken apart by the runtime after the handler returned.
+pub(crate) struct TxParts<Op> {
+    pub(crate) pushed: Vec<(u64, Op)>,
+    pub(crate) confirmed: BTreeSet<u64>,
+    pub(crate) replies: Vec<Reply>,
+    pub(crate) resumed: BTreeSet<u64>,
+    pub(crate) unknown_confirms: usize,
+}
+
+impl<'a, A: PersistentActor> Tx<'a, A> {
+    pub(crate) fn new(
+        key: &'a Arc<ActorKey>,
+        myself: &'a ActorRef<A::Msg>,
+        pending: &'a BTreeMap<u64, Pending<A::Op>>,
+        next_seq: u64,
+    ) -> Self {
+        Tx {
+            key,
+            myself,
+            pending,
+            next_seq,
+            parts: TxParts {
+                pushed: Vec::new(),
+                confirmed: BTreeSet::new(),
+                replies: Vec::new(),
+                resumed: BTreeSet::new(),
+                unknown_confirms: 0,
+            },
+        }
+    }
+
+    pub(crate) fn into_parts(self) -> TxParts<A::Op> {
+        self.parts
+    }
+
+    /// The key of the actor handling the message.
+    pub fn key(&self) -> &ActorKey {
+        self.key
+    }
+
+    /// The actor's own ref.
+    pub fn myself(&self) -> &ActorRef<A::Msg> {
+        self.myself
+    }
+
+    /// Adds an operation; it is committed with the state and then performed. Returns its id.
+    pub fn push(&mut self, op: A::Op) -> OpId {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.parts.pushed.push((seq, op));
+        OpId::new(self.key.clone(), seq)
+    }
+
+    /// The operations committed earlier and still pending, by sequence number.
+    pub fn pending(&self) -> impl Iterator<Item = &Pending<A::Op>> {
+        self.pending.values()
+    }
+
+    /// Confirms (removes) a pending operation in this message's commit.
+    ///
+    /// Returns `false`, and changes nothing, when no such operation is pending: confirming an
+    /// unknown or already confirmed id is not an error.
+    pub fn confirm(&mut self, id: &OpId) -> bool {
+        let known = id.actor() == &**self.key && self.pending.contains_key(&id.seq());
+        if known {
+            self.parts.confirmed.insert(id.seq());
+        } else {
+            self.parts.unknown_confirms += 1;
+        }
+        known
+    }
+
+    /// Confirms every pending operation for which `pred` holds; returns how many.
+    pub fn confirm_where(&mut self, mut pred: impl FnMut(&Pending<A::Op>) -> bool) -> usize {
+        let before = self.parts.confirmed.len();
+        for (seq, p) in self.pending {
+            if pred(p) {
+                self.parts.confirmed.insert(*seq);
+            }
+        }
+        self.parts.confirmed.len() - before
+    }
+
+    /// Performs every pending operation for which `pred` holds again after this message's
+    /// commit, in sequence order (for example those addressed to a peer that reconnected).
+    pub fn resume(&mut self, mut pred: impl FnMut(&Pending<A::Op>) -> bool) -> usize {
+        let before = self.parts.resumed.len();
+        for (seq, p) in self.pending {
+            if pred(p) {
+                self.parts.resumed.insert(*seq);
+            }
+        }
+        self.parts.resumed.len() - before
+    }
+
+    /// Sends `value` to the caller once this message's commit has returned.
+    ///
+    /// If the commit fails the port is dropped, so the caller gets an error, never a success.
+    pub fn reply<V: Send + 'static>(&mut self, port: RpcReplyPort<V>, value: V) {
+        self.parts.replies.push(Box::new(move || {
+            // The caller may have timed out and gone; that is the caller's business.
+            let _ = port.send(value);
+        }));
+    }
+}

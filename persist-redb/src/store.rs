@@ -1,0 +1,185 @@
+//! [`RedbStore`]: the [`Store`] seam on one redb database.
+
+use std::path::Path;
+
+use persist_core::{ActorCommit, ActorKey, Loaded, Store, StoreError, check_epochs};
+use redb::backends::InMemoryBackend;
+use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table};
+
+use crate::error::{Failure, guarded};
+use crate::format::{self, EPOCHS, Layout, OPS, SNAPSHOTS};
+
+/// A store in one redb database, normally one file.
+///
+/// Opening takes redb's file lock, so one process at a time holds the file; within the process,
+/// actors are fenced by writer epochs.
+#[derive(Debug)]
+pub struct RedbStore {
+    name: String,
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens the store in the file at `path`, creating it if the file is absent or empty.
+    ///
+    /// A file that is not one of our stores is refused with a
+    /// [`crate::FormatError`] (as the source of [`StoreError::Backend`]) and left unchanged; a
+    /// file another opener holds gives [`StoreError::Backend`] naming the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        guarded(&name, || {
+            format::probe(path)?;
+            let db = Builder::new().create(path).map_err(format::open_failure)?;
+            Self::prepare(name.clone(), db)
+        })
+    }
+
+    /// A new, empty store in memory, named `:memory:`; everything is lost when it is dropped.
+    pub fn in_memory() -> Result<RedbStore, StoreError> {
+        Self::with_backend(":memory:", InMemoryBackend::new())
+    }
+
+    /// Opens the store on a redb storage backend, creating it if the backend is empty.
+    ///
+    /// For tests that wrap the real backend to inject faults or simulate crashes.
+    pub fn with_backend(
+        name: impl Into<String>,
+        backend: impl StorageBackend,
+    ) -> Result<RedbStore, StoreError> {
+        let name = name.into();
+        guarded(&name, || {
+            let db = Builder::new()
+                .create_with_backend(backend)
+                .map_err(format::open_failure)?;
+            Self::prepare(name.clone(), db)
+        })
+    }
+
+    /// Uses an open redb database as the store, initialising it if it holds no tables.
+    pub fn from_database(name: impl Into<String>, db: Database) -> Result<RedbStore, StoreError> {
+        let name = name.into();
+        guarded(&name, || Self::prepare(name.clone(), db))
+    }
+
+    /// Closes the database, reporting what dropping it would ignore.
+    pub fn close(self) -> Result<(), StoreError> {
+        let RedbStore { name, db } = self;
+        guarded(&name, || Ok(db.close()?))
+    }
+
+    /// Refuses a database that is not ours; makes an empty one a store.
+    fn prepare(name: String, db: Database) -> Result<RedbStore, Failure> {
+        let layout = format::inspect(&db.begin_read()?)?;
+        if layout == Layout::Empty {
+            format::initialize(&db)?;
+        }
+        Ok(RedbStore { name, db })
+    }
+
+    /// The next writer epoch of `key`, and its record, in one write transaction.
+    fn load(&self, key: &ActorKey) -> Result<Loaded, Failure> {
+        let id = (key.namespace(), key.key());
+        let mut txn = self.db.begin_write()?;
+        // The epoch claim alone is not synced. If the process dies before a durable commit, the
+        // claim may be lost, but so is every instance that held an older epoch: no writer of
+        // this file survives a crash. While the process lives, later transactions see the claim;
+        // the next Immediate commit (of any actor) makes it durable with everything before it.
+        txn.set_durability(Durability::None)?;
+        let loaded = {
+            let mut epochs = txn.open_table(EPOCHS)?;
+            let current = epochs.get(id)?.map_or(0, |e| e.value());
+            let Some(epoch) = current.checked_add(1) else {
+                return Err(StoreError::Corrupt {
+                    store: self.name.clone(),
+                    detail: format!("the writer epoch of `{key}` is exhausted ({current})"),
+                }
+                .into());
+            };
+            epochs.insert(id, epoch)?;
+            let snapshot = txn
+                .open_table(SNAPSHOTS)?
+                .get(id)?
+                .map(|s| s.value().to_vec());
+            let ops = txn
+                .open_table(OPS)?
+                .range((id.0, id.1, 0)..=(id.0, id.1, u64::MAX))?
+                .map(|entry| {
+                    let (seq, op) = entry?;
+                    Ok((seq.value().2, op.value().to_vec()))
+                })
+                .collect::<Result<Vec<_>, redb::StorageError>>()?;
+            Loaded {
+                epoch,
+                snapshot,
+                ops,
+            }
+        };
+        txn.commit()?;
+        Ok(loaded)
+    }
+
+    /// Writes `batch` in one durable transaction, or nothing if any commit is fenced.
+    fn write(&self, batch: &[ActorCommit]) -> Result<(), Failure> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let fences = {
+            let epochs = txn.open_table(EPOCHS)?;
+            check_epochs(batch, |key| {
+                stored_epoch(&epochs, key)
+                    .map_err(|e| Failure::from(e).into_store_error(&self.name))
+            })?
+        };
+        if !fences.is_empty() {
+            // Dropping an uncommitted transaction aborts it; nothing of it was ever visible.
+            drop(txn);
+            return Err(StoreError::Fenced(fences).into());
+        }
+        {
+            let mut snapshots = txn.open_table(SNAPSHOTS)?;
+            let mut ops = txn.open_table(OPS)?;
+            for commit in batch {
+                let (ns, key) = (commit.key.namespace(), commit.key.key());
+                if let Some(snapshot) = &commit.snapshot {
+                    snapshots.insert((ns, key), snapshot.as_slice())?;
+                }
+                for (seq, op) in &commit.put_ops {
+                    ops.insert((ns, key, *seq), op.as_slice())?;
+                }
+                for seq in &commit.remove_ops {
+                    ops.remove((ns, key, *seq))?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// The epoch stored for `key`; 0 if it was never opened.
+fn stored_epoch(
+    epochs: &Table<'_, (&str, &str), u64>,
+    key: &ActorKey,
+) -> Result<u64, redb::StorageError> {
+    Ok(epochs
+        .get((key.namespace(), key.key()))?
+        .map_or(0, |e| e.value()))
+}
+
+impl Store for RedbStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn open_actor(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
+        guarded(&self.name, || self.load(key))
+    }
+
+    fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
+        // An empty batch changes nothing; it is not worth an fsync.
+        if batch.is_empty() {
+            return Ok(());
+        }
+        guarded(&self.name, || self.write(batch))
+    }
+}
