@@ -273,18 +273,22 @@ impl Committer {
         self.guarded(|s| s.open_actor(key))
     }
 
+    /// Writes the riders on their own: only when the committer stops.
     fn flush_riders(&mut self) {
         if !self.riders.is_empty() && self.poisoned.is_none() {
-            let mut batch = Vec::new();
-            self.flush(&mut batch);
+            self.write(&mut Vec::new());
+        }
+    }
+
+    /// Writes `batch`, with the riders, if it holds any commit: riders never cost a sync.
+    fn flush(&mut self, batch: &mut Vec<(ActorCommit, Done<()>)>) {
+        if !batch.is_empty() {
+            self.write(batch);
         }
     }
 
     /// Writes the riders and `batch` in one transaction and answers every waiter.
-    fn flush(&mut self, batch: &mut Vec<(ActorCommit, Done<()>)>) {
-        if batch.is_empty() && (self.riders.is_empty() || self.poisoned.is_some()) {
-            return;
-        }
+    fn write(&mut self, batch: &mut Vec<(ActorCommit, Done<()>)>) {
         if self.poisoned.is_some() {
             for (_, done) in batch.drain(..) {
                 let _ = done.send(Err(self.refuse().expect("poisoned")));
