@@ -6,9 +6,7 @@ use std::sync::atomic::Ordering;
 
 use common::{Backend, Event, Faults, Gate, Ledger, LedgerMsg, ledger_key, spawn_ledger};
 use ractor::{Actor, ActorProcessingErr, ActorStatus, RpcReplyPort, call};
-use ractor_persist::{
-    DecodeReason, LoadError, Persistent, PersistentActor, Start, Tx,
-};
+use ractor_persist::{DecodeReason, LoadError, Persistent, PersistentActor, Start, StoreError, Tx};
 use serde::{Deserialize, Serialize};
 
 /// Runs each named test against the memory store and against redb.
@@ -60,7 +58,7 @@ async fn restart_restores_last_state_and_replays_pending_in_order_before_new_mes
     // Kept ops are 0, 2, 4, 6, 8; done ops were removed.
     assert_eq!(first.performed().len(), 10);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 
     let storage = b.open(&faults);
     let second = Ledger::default();
@@ -71,11 +69,18 @@ async fn restart_restores_last_state_and_replays_pending_in_order_before_new_mes
     // The done op of the last message may be replayed too: its removal rides on a later commit.
     let kept: Vec<u64> = replayed.iter().copied().filter(|s| s % 2 == 0).collect();
     assert_eq!(kept, vec![0, 2, 4, 6, 8], "kept ops replayed in order");
-    assert!(replayed.windows(2).all(|w| w[0] < w[1]), "replay in sequence order: {replayed:?}");
-    assert_eq!(events.last(), Some(&Event::Handled), "replay before the first message");
+    assert!(
+        replayed.windows(2).all(|w| w[0] < w[1]),
+        "replay in sequence order: {replayed:?}"
+    );
+    assert_eq!(
+        events.last(),
+        Some(&Event::Handled),
+        "replay before the first message"
+    );
     assert_eq!(events.iter().filter(|e| **e == Event::Handled).count(), 1);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 }
 
 async fn op_whose_perform_never_ran_is_performed_after_restart_with_the_same_id(b: Backend) {
@@ -91,7 +96,7 @@ async fn op_whose_perform_never_ran_is_performed_after_restart_with_the_same_id(
     acct.kill();
     handle.await.unwrap();
     assert!(first.performed().is_empty());
-    storage.close().await;
+    storage.close().await.unwrap();
 
     let storage = b.open(&faults);
     let second = Ledger::default();
@@ -103,7 +108,7 @@ async fn op_whose_perform_never_ran_is_performed_after_restart_with_the_same_id(
     assert_eq!(performed[0].0.seq(), 0);
     assert_eq!(performed[0].1.total, 7);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 }
 
 async fn failed_commit_rolls_back_errors_the_caller_and_stores_nothing_partial(b: Backend) {
@@ -115,7 +120,10 @@ async fn failed_commit_rolls_back_errors_the_caller_and_stores_nothing_partial(b
         .unwrap();
     assert_eq!(call!(acct, LedgerMsg::AddKept, 1).unwrap(), 1);
     faults.fail_commits.store(true, Ordering::SeqCst);
-    assert!(call!(acct, LedgerMsg::AddKept, 10).is_err(), "a failed commit is never a success");
+    assert!(
+        call!(acct, LedgerMsg::AddKept, 10).is_err(),
+        "a failed commit is never a success"
+    );
     handle.await.unwrap();
     assert_eq!(acct.get_status(), ActorStatus::Stopped);
     assert!(
@@ -129,7 +137,11 @@ async fn failed_commit_rolls_back_errors_the_caller_and_stores_nothing_partial(b
         .map(|_| ())
         .expect_err("a poisoned store takes no new writers");
     assert!(load_error(err).to_string().contains("reopen"));
-    storage.close().await;
+    let closed = storage.close().await;
+    assert!(
+        matches!(closed, Err(StoreError::Poisoned { .. })),
+        "{closed:?}"
+    );
 
     let raw = b.raw(&ledger_key("carol"));
     assert_eq!(raw.ops.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0]);
@@ -139,7 +151,7 @@ async fn failed_commit_rolls_back_errors_the_caller_and_stores_nothing_partial(b
     assert_eq!(call!(acct, LedgerMsg::Peek).unwrap(), 1);
     assert_eq!(call!(acct, LedgerMsg::Pending).unwrap(), vec![0]);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 }
 
 async fn handler_error_rolls_back_sends_no_reply_and_runs_no_op(b: Backend) {
@@ -156,13 +168,13 @@ async fn handler_error_rolls_back_sends_no_reply_and_runs_no_op(b: Backend) {
     handle.await.unwrap();
     assert_eq!(faults.commits(), commits, "a failed handler writes nothing");
     assert!(first.performed().iter().all(|(_, n)| n.total != 103));
-    storage.close().await;
+    storage.close().await.unwrap();
 
     let storage = b.open(&faults);
     let acct = spawn_ledger(&storage, "erin", Ledger::default()).await;
     assert_eq!(call!(acct, LedgerMsg::Peek).unwrap(), 3);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 }
 
 async fn reply_and_op_wait_for_the_commit_to_return(b: Backend) {
@@ -183,12 +195,18 @@ async fn reply_and_op_wait_for_the_commit_to_return(b: Backend) {
         .await
         .unwrap();
     // The commit is inside the store now and has not returned.
-    assert!(reply.try_recv().is_err(), "reply left before the commit returned");
-    assert!(ledger.performed().is_empty(), "op ran before the commit returned");
+    assert!(
+        reply.try_recv().is_err(),
+        "reply left before the commit returned"
+    );
+    assert!(
+        ledger.performed().is_empty(),
+        "op ran before the commit returned"
+    );
     release.send(()).unwrap();
     assert_eq!(reply.await.unwrap(), 5);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 }
 
 async fn unchanged_state_without_op_changes_writes_nothing(b: Backend) {
@@ -202,11 +220,15 @@ async fn unchanged_state_without_op_changes_writes_nothing(b: Backend) {
         assert_eq!(call!(acct, LedgerMsg::Peek).unwrap(), 1);
         assert_eq!(call!(acct, LedgerMsg::Confirm, 42).unwrap(), false);
     }
-    assert_eq!(faults.commits(), before, "no store writes for unchanged messages");
+    assert_eq!(
+        faults.commits(),
+        before,
+        "no store writes for unchanged messages"
+    );
     assert_eq!(call!(acct, LedgerMsg::AddKept, 1).unwrap(), 2);
     assert_eq!(faults.commits(), before + 1);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 }
 
 async fn confirm_removes_exactly_the_confirmed_op_in_the_same_commit(b: Backend) {
@@ -218,14 +240,24 @@ async fn confirm_removes_exactly_the_confirmed_op_in_the_same_commit(b: Backend)
     }
     let commits = faults.commits();
     assert!(call!(acct, LedgerMsg::Confirm, 1).unwrap());
-    assert_eq!(faults.commits(), commits + 1, "one commit for the confirmation");
-    assert!(!call!(acct, LedgerMsg::Confirm, 1).unwrap(), "second confirm is a no-op");
+    assert_eq!(
+        faults.commits(),
+        commits + 1,
+        "one commit for the confirmation"
+    );
+    assert!(
+        !call!(acct, LedgerMsg::Confirm, 1).unwrap(),
+        "second confirm is a no-op"
+    );
     assert_eq!(call!(acct, LedgerMsg::Pending).unwrap(), vec![0, 2]);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 
     let raw = b.raw(&ledger_key("hal"));
-    assert_eq!(raw.ops.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0, 2]);
+    assert_eq!(
+        raw.ops.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![0, 2]
+    );
     let storage = b.open(&faults);
     let second = Ledger::default();
     let acct = spawn_ledger(&storage, "hal", second.clone()).await;
@@ -233,7 +265,7 @@ async fn confirm_removes_exactly_the_confirmed_op_in_the_same_commit(b: Backend)
     let seqs: Vec<u64> = second.performed().iter().map(|(id, _)| id.seq()).collect();
     assert_eq!(seqs, vec![0, 2]);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 }
 
 async fn resume_performs_pending_ops_again_in_order(b: Backend) {
@@ -253,7 +285,7 @@ async fn resume_performs_pending_ops_again_in_order(b: Backend) {
     let seqs: Vec<u64> = ledger.performed().iter().map(|(id, _)| id.seq()).collect();
     assert_eq!(seqs, vec![0, 1, 2]);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 }
 
 async fn second_spawn_of_a_key_fences_the_first(b: Backend) {
@@ -264,17 +296,20 @@ async fn second_spawn_of_a_key_fences_the_first(b: Backend) {
         .unwrap();
     assert_eq!(call!(old, LedgerMsg::Add, 1).unwrap(), 1);
     let new = spawn_ledger(&storage, "jo", Ledger::default()).await;
-    assert!(call!(old, LedgerMsg::Add, 1000).is_err(), "the stale instance may not write");
+    assert!(
+        call!(old, LedgerMsg::Add, 1000).is_err(),
+        "the stale instance may not write"
+    );
     old_handle.await.unwrap();
     assert_eq!(call!(new, LedgerMsg::Add, 1).unwrap(), 2);
     stop(new).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 
     let storage = b.open(&faults);
     let acct = spawn_ledger(&storage, "jo", Ledger::default()).await;
     assert_eq!(call!(acct, LedgerMsg::Peek).unwrap(), 2);
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
 }
 
 fn load_error(e: ractor::SpawnErr) -> LoadError {
@@ -293,7 +328,7 @@ async fn undecodable_snapshot_fails_the_spawn_with_a_typed_error_and_keeps_the_b
     let acct = spawn_ledger(&storage, "kim", Ledger::default()).await;
     call!(acct, LedgerMsg::Add, 9).unwrap();
     stop(acct).await;
-    storage.close().await;
+    storage.close().await.unwrap();
     let good = b.raw(&ledger_key("kim")).snapshot.unwrap();
 
     let mut damaged: Vec<(&str, Vec<u8>)> = vec![
@@ -322,13 +357,20 @@ async fn undecodable_snapshot_fails_the_spawn_with_a_typed_error_and_keeps_the_b
                 assert_eq!(d.key, ledger_key("kim"), "{what}");
                 assert!(d.to_string().contains("ledger/kim"), "{what}: {d}");
                 if what == "newer format" {
-                    assert!(matches!(d.reason, DecodeReason::UnknownFormat { found: 2, .. }));
+                    assert!(matches!(
+                        d.reason,
+                        DecodeReason::UnknownFormat { found: 2, .. }
+                    ));
                 }
             }
             other => panic!("{what}: expected a decode error, got {other}"),
         }
-        storage.close().await;
-        assert_eq!(b.raw(&ledger_key("kim")).snapshot.unwrap(), bytes, "{what}: bytes kept");
+        storage.close().await.unwrap();
+        assert_eq!(
+            b.raw(&ledger_key("kim")).snapshot.unwrap(),
+            bytes,
+            "{what}: bytes kept"
+        );
     }
 }
 
@@ -384,5 +426,5 @@ async fn snapshot_of_another_type_is_refused(b: Backend) {
         LoadError::Decode(d) => assert_eq!(d.key, ledger_key("lee")),
         other => panic!("expected a decode error, got {other}"),
     }
-    storage.close().await;
+    storage.close().await.unwrap();
 }

@@ -58,7 +58,13 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     sequence: u64,
     value: &T,
 ) -> Result<Vec<u8>, postcard::Error> {
-    Ok(wrap(kind, schema, epoch, sequence, &postcard::to_stdvec(value)?))
+    Ok(wrap(
+        kind,
+        schema,
+        epoch,
+        sequence,
+        &postcard::to_stdvec(value)?,
+    ))
 }
 
 /// Encodes `value` as a payload, refusing one over the cap.
@@ -197,7 +203,13 @@ mod tests {
     #[test]
     fn round_trip_keeps_value_and_header() {
         let (h, v): (Header, Two) = decode(&sample(), Kind::Snapshot, 1).unwrap();
-        assert_eq!(h, Header { schema: 1, sequence: 9 });
+        assert_eq!(
+            h,
+            Header {
+                schema: 1,
+                sequence: 9
+            }
+        );
         assert_eq!(v.b, "seven");
     }
 
@@ -207,7 +219,10 @@ mod tests {
         for i in 0..good.len() * 8 {
             let mut bad = good.clone();
             bad[i / 8] ^= 1 << (i % 8);
-            assert!(decode::<Two>(&bad, Kind::Snapshot, 1).is_err(), "flip {i} accepted");
+            assert!(
+                decode::<Two>(&bad, Kind::Snapshot, 1).is_err(),
+                "flip {i} accepted"
+            );
         }
     }
 
@@ -215,7 +230,10 @@ mod tests {
     fn every_truncation_and_extension_is_refused() {
         let good = sample();
         for n in 0..good.len() {
-            assert!(decode::<Two>(&good[..n], Kind::Snapshot, 1).is_err(), "cut at {n}");
+            assert!(
+                decode::<Two>(&good[..n], Kind::Snapshot, 1).is_err(),
+                "cut at {n}"
+            );
         }
         let mut long = good.clone();
         long.push(0);
@@ -230,7 +248,10 @@ mod tests {
         let v = encode(Kind::Snapshot, 2, 0, 0, &5u8).unwrap();
         assert!(matches!(
             decode::<u8>(&v, Kind::Snapshot, 1),
-            Err(DecodeReason::UnknownSchema { found: 2, expected: 1 })
+            Err(DecodeReason::UnknownSchema {
+                found: 2,
+                expected: 1
+            })
         ));
         assert!(matches!(
             decode::<u8>(&v, Kind::Op, 2),
@@ -246,7 +267,17 @@ mod tests {
 
     #[test]
     fn another_type_with_leftover_bytes_is_refused() {
-        let v = encode(Kind::Op, 1, 0, 0, &Two { a: 1, b: "xy".into() }).unwrap();
+        let v = encode(
+            Kind::Op,
+            1,
+            0,
+            0,
+            &Two {
+                a: 1,
+                b: "xy".into(),
+            },
+        )
+        .unwrap();
         assert!(matches!(
             decode::<u32>(&v, Kind::Op, 1),
             Err(DecodeReason::TrailingBytes { .. })

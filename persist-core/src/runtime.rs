@@ -129,8 +129,8 @@ pub async fn pre_start<A: Persistent>(
     };
     let mut pending = BTreeMap::new();
     for (seq, bytes) in &loaded.ops {
-        let (_, op) =
-            envelope::decode(bytes, Kind::Op, A::VERSION).map_err(|r| bad(RecordRef::Op(*seq), r))?;
+        let (_, op) = envelope::decode(bytes, Kind::Op, A::VERSION)
+            .map_err(|r| bad(RecordRef::Op(*seq), r))?;
         pending.insert(
             *seq,
             Pending {
@@ -197,7 +197,10 @@ pub async fn handle<A: Persistent>(
         let mut put_ops = Vec::with_capacity(parts.pushed.len());
         for (seq, op) in &parts.pushed {
             match envelope::to_payload(op) {
-                Ok(p) => put_ops.push((*seq, envelope::wrap(Kind::Op, rt.schema, rt.epoch, *seq, &p))),
+                Ok(p) => put_ops.push((
+                    *seq,
+                    envelope::wrap(Kind::Op, rt.schema, rt.epoch, *seq, &p),
+                )),
                 Err(source) => {
                     rt.rollback()?;
                     return Err(CommitError::Encode {

@@ -22,8 +22,9 @@ pub trait SpawnPersistent:
         storage: &Storage,
         key: impl Into<String>,
         args: <Self as PersistentActor>::Arguments,
-    ) -> impl Future<Output = Result<(ActorRef<<Self as PersistentActor>::Msg>, JoinHandle<()>), SpawnErr>>
-    + Send
+    ) -> impl Future<
+        Output = Result<(ActorRef<<Self as PersistentActor>::Msg>, JoinHandle<()>), SpawnErr>,
+    > + Send
     where
         Self: Default,
     {
@@ -36,8 +37,9 @@ pub trait SpawnPersistent:
         key: impl Into<String>,
         args: <Self as PersistentActor>::Arguments,
         supervisor: ActorCell,
-    ) -> impl Future<Output = Result<(ActorRef<<Self as PersistentActor>::Msg>, JoinHandle<()>), SpawnErr>>
-    + Send
+    ) -> impl Future<
+        Output = Result<(ActorRef<<Self as PersistentActor>::Msg>, JoinHandle<()>), SpawnErr>,
+    > + Send
     where
         Self: Default,
     {

@@ -57,7 +57,7 @@ enum Request {
     Commit(ActorCommit, Done<()>),
     /// A removal of done operations: written with the next commit, never on its own.
     Ride(ActorCommit),
-    Close(oneshot::Sender<()>),
+    Close(Done<()>),
 }
 
 #[derive(Default)]
@@ -170,25 +170,27 @@ impl Storage {
     }
 
     fn send(&self, request: Request) -> Result<(), StoreError> {
-        self.inner
-            .requests
-            .send(request)
-            .map_err(|_| self.closed())
+        self.inner.requests.send(request).map_err(|_| self.closed())
     }
 
     /// Writes what is queued, stops the committer and releases the backend (closing its
     /// file), so the store can be opened again. Later requests fail with
     /// [`StoreError::Closed`]. Stop the actors first.
-    pub async fn close(&self) {
+    ///
+    /// Reports what dropping the last handle would not: a failure writing the queued removals,
+    /// or that the store was poisoned by a failed commit. Closing twice is not an error.
+    pub async fn close(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        if self.send(Request::Close(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        let result = match self.send(Request::Close(tx)) {
+            Ok(()) => rx.await.unwrap_or(Ok(())),
+            Err(_) => Ok(()),
+        };
         let thread = self.inner.thread.lock().expect("not poisoned").take();
         if let Some(thread) = thread {
-            // The thread has acknowledged the close and only returns now; join off the runtime.
+            // The thread has answered the close and only returns now; join off the runtime.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        result
     }
 }
 
@@ -223,10 +225,10 @@ impl Committer {
                     }
                     Request::Close(done) => {
                         self.flush(&mut batch);
-                        self.flush_riders();
+                        let result = self.flush_riders();
                         drop(rx);
                         drop(self);
-                        let _ = done.send(());
+                        let _ = done.send(result);
                         return;
                     }
                 }
@@ -245,10 +247,13 @@ impl Committer {
             self.flush(&mut batch);
             bytes = 0;
         }
-        self.flush_riders();
+        let _ = self.flush_riders();
     }
 
-    fn guarded<T>(&self, f: impl FnOnce(&dyn Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn guarded<T>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         match catch_unwind(AssertUnwindSafe(|| f(&*self.store))) {
             Ok(r) => r,
             Err(panic) => Err(StoreError::Corrupt {
@@ -274,10 +279,14 @@ impl Committer {
     }
 
     /// Writes the riders on their own: only when the committer stops.
-    fn flush_riders(&mut self) {
-        if !self.riders.is_empty() && self.poisoned.is_none() {
+    fn flush_riders(&mut self) -> Result<(), StoreError> {
+        if let Some(e) = self.refuse() {
+            return Err(e);
+        }
+        if !self.riders.is_empty() {
             self.write(&mut Vec::new());
         }
+        self.refuse().map_or(Ok(()), Err)
     }
 
     /// Writes `batch`, with the riders, if it holds any commit: riders never cost a sync.

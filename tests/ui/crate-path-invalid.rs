@@ -1,0 +1,7 @@
+use ractor_persist::Persistent;
+
+#[derive(Persistent)]
+#[persistent(crate = "ractor persist")]
+struct AccountActor;
+
+fn main() {}

@@ -1,0 +1,9 @@
+use ractor_persist::Persistent;
+
+#[derive(Persistent)]
+enum AccountActor {
+    Open,
+    Closed,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use ractor_persist::Persistent;
+
+#[derive(Persistent)]
+struct AccountActor<T> {
+    balance: T,
+}
+
+fn main() {}
