@@ -297,3 +297,111 @@ async fn perform<A: Persistent>(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    //! P5 from the inside: after a failed handler or a failed commit, the state in memory is
+    //! the stored one. (The actor stops after either, so only the runtime can be asked.)
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ractor::ActorProcessingErr;
+
+    use super::*;
+    use crate::memory::MemoryStore;
+    use crate::store::{Loaded, Store};
+
+    #[derive(Default)]
+    struct Acc;
+
+    enum AccMsg {
+        Add(u32),
+        AddThenFail(u32),
+    }
+
+    impl PersistentActor for Acc {
+        type Msg = AccMsg;
+        type State = Vec<u32>;
+        type Op = u32;
+        type Arguments = ();
+
+        async fn init(&self, _: ()) -> Result<Vec<u32>, ActorProcessingErr> {
+            Ok(vec![1])
+        }
+
+        async fn handle(
+            &self,
+            tx: &mut Tx<'_, Self>,
+            msg: AccMsg,
+            state: &mut Vec<u32>,
+        ) -> Result<(), ActorProcessingErr> {
+            let (AccMsg::Add(n) | AccMsg::AddThenFail(n)) = msg;
+            state.push(n);
+            tx.push(n);
+            match msg {
+                AccMsg::Add(_) => Ok(()),
+                AccMsg::AddThenFail(_) => Err("failed on purpose".into()),
+            }
+        }
+    }
+
+    impl Persistent for Acc {
+        const NAME: &'static str = "acc";
+    }
+    crate::__impl_actor!(Acc);
+
+    #[derive(Clone, Default)]
+    struct Flaky {
+        inner: MemoryStore,
+        fail: std::sync::Arc<AtomicBool>,
+    }
+
+    impl Store for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn open_actor(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
+            self.inner.open_actor(key)
+        }
+        fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::backend("flaky", "injected"));
+            }
+            self.inner.commit(batch)
+        }
+    }
+
+    use crate::envelope::decode;
+
+    fn stored(store: &MemoryStore) -> Vec<u32> {
+        let bytes = store.snapshot(&ActorKey::new("acc", "k")).expect("a snapshot");
+        decode::<Vec<u32>>(&bytes, Kind::Snapshot, 1).unwrap().1
+    }
+
+    #[tokio::test]
+    async fn failed_handler_and_failed_commit_leave_memory_equal_to_the_store() {
+        let store = Flaky::default();
+        let storage = Storage::new(store.clone());
+        let (myself, _) = ractor::Actor::spawn(None, Acc, Start::new(&storage, "probe", ()))
+            .await
+            .unwrap();
+        let mut rt = pre_start(&Acc, myself.clone(), Start::new(&storage, "k", ()))
+            .await
+            .unwrap();
+        handle(&Acc, myself.clone(), AccMsg::Add(2), &mut rt).await.unwrap();
+        assert_eq!(stored(&store.inner), vec![1, 2]);
+
+        let err = handle(&Acc, myself.clone(), AccMsg::AddThenFail(3), &mut rt).await;
+        assert!(err.is_err());
+        assert_eq!(rt.state(), &stored(&store.inner), "handler error rolled back");
+
+        store.fail.store(true, Ordering::SeqCst);
+        let err = handle(&Acc, myself.clone(), AccMsg::Add(4), &mut rt).await;
+        let err = err.expect_err("commit failed");
+        assert!(err.downcast_ref::<CommitError>().is_some(), "{err}");
+        assert_eq!(rt.state(), &stored(&store.inner), "failed commit rolled back");
+        assert_eq!(rt.pending().count(), 0, "the failed message's op was dropped");
+        assert!(store.inner.ops(&ActorKey::new("acc", "k")).len() <= 1);
+        myself.stop(None);
+    }
+}
