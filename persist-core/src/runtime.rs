@@ -374,7 +374,9 @@ mod tests {
     use crate::envelope::decode;
 
     fn stored(store: &MemoryStore) -> Vec<u32> {
-        let bytes = store.snapshot(&ActorKey::new("acc", "k")).expect("a snapshot");
+        let bytes = store
+            .snapshot(&ActorKey::new("acc", "k"))
+            .expect("a snapshot");
         decode::<Vec<u32>>(&bytes, Kind::Snapshot, 1).unwrap().1
     }
 
@@ -388,19 +390,33 @@ mod tests {
         let mut rt = pre_start(&Acc, myself.clone(), Start::new(&storage, "k", ()))
             .await
             .unwrap();
-        handle(&Acc, myself.clone(), AccMsg::Add(2), &mut rt).await.unwrap();
+        handle(&Acc, myself.clone(), AccMsg::Add(2), &mut rt)
+            .await
+            .unwrap();
         assert_eq!(stored(&store.inner), vec![1, 2]);
 
         let err = handle(&Acc, myself.clone(), AccMsg::AddThenFail(3), &mut rt).await;
         assert!(err.is_err());
-        assert_eq!(rt.state(), &stored(&store.inner), "handler error rolled back");
+        assert_eq!(
+            rt.state(),
+            &stored(&store.inner),
+            "handler error rolled back"
+        );
 
         store.fail.store(true, Ordering::SeqCst);
         let err = handle(&Acc, myself.clone(), AccMsg::Add(4), &mut rt).await;
         let err = err.expect_err("commit failed");
         assert!(err.downcast_ref::<CommitError>().is_some(), "{err}");
-        assert_eq!(rt.state(), &stored(&store.inner), "failed commit rolled back");
-        assert_eq!(rt.pending().count(), 0, "the failed message's op was dropped");
+        assert_eq!(
+            rt.state(),
+            &stored(&store.inner),
+            "failed commit rolled back"
+        );
+        assert_eq!(
+            rt.pending().count(),
+            0,
+            "the failed message's op was dropped"
+        );
         assert!(store.inner.ops(&ActorKey::new("acc", "k")).len() <= 1);
         myself.stop(None);
     }

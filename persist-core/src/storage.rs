@@ -385,3 +385,234 @@ fn panic_text(panic: &(dyn Any + Send)) -> String {
         "(no message)".to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::memory::MemoryStore;
+
+    /// Records every batch; the first `hold` commits wait for a release; commits from call
+    /// number `fail_from` on fail.
+    #[derive(Clone)]
+    struct Scripted {
+        inner: MemoryStore,
+        batches: Arc<Mutex<Vec<Vec<(String, Option<Vec<u8>>)>>>>,
+        entered: Arc<Mutex<Option<std_mpsc::Sender<()>>>>,
+        release: Arc<Mutex<Option<std_mpsc::Receiver<()>>>>,
+        fail_from: usize,
+    }
+
+    impl Scripted {
+        fn new(fail_from: usize) -> Self {
+            Scripted {
+                inner: MemoryStore::new(),
+                batches: Arc::default(),
+                entered: Arc::default(),
+                release: Arc::default(),
+                fail_from,
+            }
+        }
+
+        /// Makes the next commit wait; returns (entered, release).
+        fn hold_next(&self) -> (std_mpsc::Receiver<()>, std_mpsc::Sender<()>) {
+            let (etx, erx) = std_mpsc::channel();
+            let (rtx, rrx) = std_mpsc::channel();
+            *self.entered.lock().unwrap() = Some(etx);
+            *self.release.lock().unwrap() = Some(rrx);
+            (erx, rtx)
+        }
+    }
+
+    impl Store for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn open_actor(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
+            self.inner.open_actor(key)
+        }
+        fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
+            if let Some(entered) = self.entered.lock().unwrap().take() {
+                entered.send(()).unwrap();
+                let release = self.release.lock().unwrap().take().unwrap();
+                release.recv().unwrap();
+            }
+            let mut batches = self.batches.lock().unwrap();
+            batches.push(
+                batch
+                    .iter()
+                    .map(|c| (c.key.key().to_owned(), c.snapshot.clone()))
+                    .collect(),
+            );
+            if batches.len() >= self.fail_from {
+                return Err(StoreError::backend("scripted", "disk on fire"));
+            }
+            self.inner.commit(batch)
+        }
+    }
+
+    fn commit_of(key: &str, epoch: u64, n: u8) -> ActorCommit {
+        ActorCommit {
+            key: Arc::new(ActorKey::new("t", key)),
+            epoch,
+            snapshot: Some(vec![n]),
+            put_ops: vec![(u64::from(n), vec![n])],
+            remove_ops: Vec::new(),
+        }
+    }
+
+    async fn epoch(storage: &Storage, key: &str) -> u64 {
+        storage.load(ActorKey::new("t", key)).await.unwrap().epoch
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_commits_share_one_batch_and_none_is_acknowledged_before_it_is_written() {
+        let store = Scripted::new(usize::MAX);
+        let storage = Storage::new(store.clone());
+        let mut epochs = Vec::new();
+        for i in 0..9 {
+            epochs.push(epoch(&storage, &format!("a{i}")).await);
+        }
+        let (entered, release) = store.hold_next();
+        let first = tokio::spawn({
+            let s = storage.clone();
+            let e = epochs[0];
+            async move { s.commit(commit_of("a0", e, 1)).await }
+        });
+        tokio::task::spawn_blocking(move || entered.recv().unwrap())
+            .await
+            .unwrap();
+        // The committer is inside the store with a0's commit; eight more queue behind it.
+        let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+        for (i, e) in epochs.iter().enumerate().skip(1) {
+            let s = storage.clone();
+            let tx = tx.clone();
+            let c = commit_of(&format!("a{i}"), *e, 1);
+            let (queued_tx, queued) = oneshot::channel();
+            tokio::spawn(async move {
+                let (done, rx) = oneshot::channel();
+                s.send(Request::Commit(c, done)).unwrap();
+                queued_tx.send(()).unwrap();
+                tx.send(rx.await.unwrap()).unwrap();
+            });
+            queued.await.unwrap();
+        }
+        drop(tx);
+        assert!(
+            acks.try_recv().is_err(),
+            "acknowledged before the batch was written"
+        );
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let mut n = 0;
+        while let Some(ack) = acks.recv().await {
+            ack.unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 8);
+        let batches = store.batches.lock().unwrap().clone();
+        assert_eq!(
+            batches.len(),
+            2,
+            "one write for a0, one for the eight behind it"
+        );
+        assert_eq!(batches[1].len(), 8);
+        assert_eq!(storage.stats().batches, 2);
+        storage.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiter_of_a_failed_batch_fails_and_the_store_refuses_more_writes() {
+        let store = Scripted::new(2);
+        let storage = Storage::new(store.clone());
+        let mut epochs = Vec::new();
+        for i in 0..6 {
+            epochs.push(epoch(&storage, &format!("b{i}")).await);
+        }
+        let (entered, release) = store.hold_next();
+        let first = tokio::spawn({
+            let s = storage.clone();
+            let e = epochs[0];
+            async move { s.commit(commit_of("b0", e, 1)).await }
+        });
+        tokio::task::spawn_blocking(move || entered.recv().unwrap())
+            .await
+            .unwrap();
+        let mut waiters = Vec::new();
+        for (i, e) in epochs.iter().enumerate().skip(1) {
+            let (done, rx) = oneshot::channel();
+            storage
+                .send(Request::Commit(commit_of(&format!("b{i}"), *e, 1), done))
+                .unwrap();
+            waiters.push(rx);
+        }
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        for rx in waiters {
+            let err = rx
+                .await
+                .unwrap()
+                .expect_err("a failed batch acknowledges no one");
+            assert!(err.to_string().contains("disk on fire"), "{err}");
+        }
+        assert_eq!(
+            store.batches.lock().unwrap()[1].len(),
+            5,
+            "they shared one batch"
+        );
+        let later = storage.commit(commit_of("b1", epochs[1], 2)).await;
+        assert!(
+            matches!(later, Err(StoreError::Poisoned { .. })),
+            "{later:?}"
+        );
+        assert!(later.unwrap_err().to_string().contains("reopen"));
+        assert!(storage.close().await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_actors_commits_are_written_in_the_order_sent() {
+        let store = Scripted::new(usize::MAX);
+        let storage = Storage::new(store.clone());
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let s = storage.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("c{i}");
+                let e = epoch(&s, &key).await;
+                for n in 0..50u8 {
+                    // Removal-only riders in between, as `perform` sends them.
+                    s.ride(ActorCommit {
+                        key: Arc::new(ActorKey::new("t", &key)),
+                        epoch: e,
+                        snapshot: None,
+                        put_ops: Vec::new(),
+                        remove_ops: vec![u64::from(n)],
+                    });
+                    s.commit(commit_of(&key, e, n)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let batches = store.batches.lock().unwrap().clone();
+        let mut seen: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+        for batch in &batches {
+            for (key, snap) in batch {
+                if let Some(s) = snap {
+                    seen.entry(key.clone()).or_default().push(s[0]);
+                }
+            }
+        }
+        assert_eq!(seen.len(), 16);
+        for (key, order) in seen {
+            assert_eq!(order, (0..50).collect::<Vec<u8>>(), "order of {key}");
+        }
+        let stats = storage.stats();
+        assert!(stats.batches <= 16 * 50, "{stats:?}");
+        assert_eq!(stats.batches as usize, batches.len());
+        storage.close().await.unwrap();
+    }
+}

@@ -275,12 +275,14 @@ impl<S: Store> Store for Faulty<S> {
     }
 
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
+        // Decided on entry, so a test can fail the commits queued behind a held one.
+        let fail = self.faults.fail_commits.load(Ordering::SeqCst);
         let gate = self.faults.gate.lock().unwrap().take();
         if let Some(gate) = gate {
             gate.entered.send(()).unwrap();
             gate.release.recv().unwrap();
         }
-        if self.faults.fail_commits.load(Ordering::SeqCst) {
+        if fail {
             return Err(StoreError::backend(
                 self.inner.name(),
                 "injected write failure",
