@@ -394,12 +394,15 @@ mod tests {
     use super::*;
     use crate::memory::MemoryStore;
 
+    /// One written batch: each commit's key and snapshot.
+    type Batch = Vec<(String, Option<Vec<u8>>)>;
+
     /// Records every batch; the first `hold` commits wait for a release; commits from call
     /// number `fail_from` on fail.
     #[derive(Clone)]
     struct Scripted {
         inner: MemoryStore,
-        batches: Arc<Mutex<Vec<Vec<(String, Option<Vec<u8>>)>>>>,
+        batches: Arc<Mutex<Vec<Batch>>>,
         entered: Arc<Mutex<Option<std_mpsc::Sender<()>>>>,
         release: Arc<Mutex<Option<std_mpsc::Receiver<()>>>>,
         fail_from: usize,
