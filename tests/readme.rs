@@ -11,5 +11,8 @@ fn readme_shows_the_quickstart_example_verbatim() {
     assert!(readme.contains("cargo run --example quickstart"));
     assert!(readme.contains("cargo test --workspace"));
     let ci = include_str!("../.ci/run");
-    assert!(ci.contains("cargo test --workspace\n"), ".ci/run runs the README's test command");
+    assert!(
+        ci.contains("cargo test --workspace\n"),
+        ".ci/run runs the README's test command"
+    );
 }
