@@ -8,9 +8,10 @@
 //!      4    4 schema version, little endian
 //!      8    8 epoch of the writer, little endian
 //!     16    8 sequence number, little endian
-//!     24    4 payload length, little endian
-//!     28    4 CRC-32C of bytes 0..28 and the payload, little endian
-//!     32    n postcard payload
+//!     24    8 shape fingerprint of the payload's type (0: unknown), little endian
+//!     32    4 payload length, little endian
+//!     36    4 CRC-32C of bytes 0..36 and the payload, little endian
+//!     40    n postcard payload
 //! ```
 
 use serde::Serialize;
@@ -19,7 +20,7 @@ use serde::de::DeserializeOwned;
 use crate::error::DecodeReason;
 
 /// Size of the envelope header in bytes.
-pub(crate) const HEADER_LEN: usize = 32;
+pub(crate) const HEADER_LEN: usize = 40;
 /// The envelope format this build writes and reads.
 pub(crate) const FORMAT_VERSION: u8 = 1;
 /// No record payload may be larger than this; a larger declared length is damage.
@@ -47,6 +48,7 @@ impl Kind {
 pub(crate) struct Header {
     pub(crate) schema: u32,
     pub(crate) sequence: u64,
+    pub(crate) fingerprint: u64,
 }
 
 /// Encodes `value` into a fresh envelope.
@@ -58,13 +60,12 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     sequence: u64,
     value: &T,
 ) -> Result<Vec<u8>, postcard::Error> {
-    Ok(wrap(
-        kind,
+    let head = Header {
         schema,
-        epoch,
         sequence,
-        &postcard::to_stdvec(value)?,
-    ))
+        fingerprint: 0,
+    };
+    Ok(wrap(kind, head, epoch, &postcard::to_stdvec(value)?))
 }
 
 /// Encodes `value` as a payload, refusing one over the cap.
@@ -77,14 +78,15 @@ pub(crate) fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, po
 }
 
 /// Wraps an encoded payload (at most [`MAX_PAYLOAD_LEN`] bytes) in an envelope.
-pub(crate) fn wrap(kind: Kind, schema: u32, epoch: u64, sequence: u64, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn wrap(kind: Kind, head: Header, epoch: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
     out.push(FORMAT_VERSION);
     out.push(kind as u8);
-    out.extend_from_slice(&schema.to_le_bytes());
+    out.extend_from_slice(&head.schema.to_le_bytes());
     out.extend_from_slice(&epoch.to_le_bytes());
-    out.extend_from_slice(&sequence.to_le_bytes());
+    out.extend_from_slice(&head.sequence.to_le_bytes());
+    out.extend_from_slice(&head.fingerprint.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     let crc = checksum(&out, payload);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -99,7 +101,46 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
 /// Checks the envelope and returns its header and payload bytes.
 ///
 /// `schema` is the version of the running code: a record from a newer schema is refused.
+/// Each envelope format has its own reader; a format this build does not know is refused.
 pub(crate) fn open(bytes: &[u8], kind: Kind, schema: u32) -> Result<(Header, &[u8]), DecodeReason> {
+    if bytes.len() < 3 {
+        return Err(DecodeReason::TooShort {
+            len: bytes.len(),
+            header: HEADER_LEN,
+        });
+    }
+    if bytes[0..2] != MAGIC {
+        return Err(DecodeReason::BadMagic {
+            found: [bytes[0], bytes[1]],
+        });
+    }
+    let (found_kind, header, payload) = match bytes[2] {
+        1 => open_v1(bytes)?,
+        found => {
+            return Err(DecodeReason::UnknownFormat {
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+    };
+    // Kind and schema are checked after the checksum, so that damage is reported as damage.
+    if found_kind != kind as u8 {
+        return Err(DecodeReason::WrongKind {
+            expected: kind.name(),
+            found: found_kind,
+        });
+    }
+    if header.schema > schema {
+        return Err(DecodeReason::UnknownSchema {
+            found: header.schema,
+            expected: schema,
+        });
+    }
+    Ok((header, payload))
+}
+
+/// Reads format 1 (the layout at the top of this file): kind, header and payload.
+fn open_v1(bytes: &[u8]) -> Result<(u8, Header, &[u8]), DecodeReason> {
     if bytes.len() < HEADER_LEN {
         return Err(DecodeReason::TooShort {
             len: bytes.len(),
@@ -108,18 +149,7 @@ pub(crate) fn open(bytes: &[u8], kind: Kind, schema: u32) -> Result<(Header, &[u
     }
     let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-    if bytes[0..2] != MAGIC {
-        return Err(DecodeReason::BadMagic {
-            found: [bytes[0], bytes[1]],
-        });
-    }
-    if bytes[2] != FORMAT_VERSION {
-        return Err(DecodeReason::UnknownFormat {
-            found: bytes[2],
-            supported: FORMAT_VERSION,
-        });
-    }
-    let declared = u64::from(u32_at(24));
+    let declared = u64::from(u32_at(32));
     if declared > MAX_PAYLOAD_LEN {
         return Err(DecodeReason::TooLarge {
             len: declared,
@@ -133,29 +163,17 @@ pub(crate) fn open(bytes: &[u8], kind: Kind, schema: u32) -> Result<(Header, &[u
             actual: payload.len() as u64,
         });
     }
-    let stored = u32_at(28);
-    let computed = checksum(&bytes[..28], payload);
+    let stored = u32_at(36);
+    let computed = checksum(&bytes[..36], payload);
     if stored != computed {
         return Err(DecodeReason::Checksum { stored, computed });
-    }
-    // Kind and schema are checked after the checksum, so that damage is reported as damage.
-    if bytes[3] != kind as u8 {
-        return Err(DecodeReason::WrongKind {
-            expected: kind.name(),
-            found: bytes[3],
-        });
     }
     let header = Header {
         schema: u32_at(4),
         sequence: u64_at(16),
+        fingerprint: u64_at(24),
     };
-    if header.schema > schema {
-        return Err(DecodeReason::UnknownSchema {
-            found: header.schema,
-            expected: schema,
-        });
-    }
-    Ok((header, payload))
+    Ok((bytes[3], header, payload))
 }
 
 /// Decodes a payload as exactly one `T`, refusing leftover bytes.
@@ -173,6 +191,7 @@ pub(crate) fn payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeRe
 }
 
 /// Opens an envelope and decodes its payload as `T`.
+#[cfg(test)]
 pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     kind: Kind,
@@ -207,7 +226,8 @@ mod tests {
             h,
             Header {
                 schema: 1,
-                sequence: 9
+                sequence: 9,
+                fingerprint: 0
             }
         );
         assert_eq!(v.b, "seven");

@@ -122,6 +122,32 @@ pub enum DecodeReason {
         /// Version of the running code.
         expected: u32,
     },
+    /// The record was written by an older schema and no migration from it is declared.
+    #[error(
+        "{what} of schema version {found} has no migration to version {expected}: declare one with #[persistent(migrate(...))]"
+    )]
+    NoMigration {
+        /// "state" or "operation".
+        what: &'static str,
+        /// Version stored.
+        found: u32,
+        /// Version of the running code.
+        expected: u32,
+    },
+    /// The type's shape changed but the schema version did not.
+    #[error(
+        "the shape of `{type_name}` changed without a version bump: stored fingerprint {stored:#018x}, this build's {expected:#018x} (schema version {version}); bump #[persistent(version = ..)] and add a migration"
+    )]
+    ShapeChanged {
+        /// The type whose shape changed.
+        type_name: &'static str,
+        /// Fingerprint stored with the record.
+        stored: u64,
+        /// Fingerprint of the type in this build.
+        expected: u64,
+        /// The schema version both claim.
+        version: u32,
+    },
     /// The declared length is over the cap.
     #[error("declared payload length {len} is over the cap of {max} bytes")]
     TooLarge {
@@ -167,10 +193,12 @@ pub enum DecodeReason {
 
 /// A stored record that could not be decoded. Nothing was overwritten.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot decode the {record} of `{key}`: {reason}")]
+#[error("cannot decode the {record} of `{key}` (actor type `{actor_type}`): {reason}")]
 pub struct DecodeError {
     /// The actor whose record failed.
     pub key: ActorKey,
+    /// The actor's Rust type.
+    pub actor_type: &'static str,
     /// Which record.
     pub record: RecordRef,
     /// What was wrong.

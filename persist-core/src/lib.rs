@@ -12,6 +12,7 @@ mod key;
 mod memory;
 mod model;
 mod runtime;
+mod shape;
 mod spawn;
 mod storage;
 mod store;
@@ -24,6 +25,7 @@ pub use key::ActorKey;
 pub use memory::MemoryStore;
 pub use model::{OpId, Outcome, Pending, Persistent, PersistentActor};
 pub use runtime::{Runtime, Start};
+pub use shape::{assert_shape, shape_fingerprint};
 pub use spawn::SpawnPersistent;
 pub use storage::{CommitStats, Storage, StorageConfig};
 pub use store::{ActorCommit, Fence, Loaded, Store, check_epochs};
@@ -33,6 +35,23 @@ pub use tx::Tx;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::__impl_actor as impl_actor;
+    pub use crate::error::DecodeReason;
+
+    /// Decodes a payload as exactly one `T` (for generated migrations).
+    pub fn decode_payload<T: serde::de::DeserializeOwned>(
+        payload: &[u8],
+    ) -> Result<T, DecodeReason> {
+        crate::envelope::payload(payload)
+    }
+
+    /// The error of a generated migration for a version it does not know.
+    pub fn no_migration(what: &'static str, found: u32, expected: u32) -> DecodeReason {
+        DecodeReason::NoMigration {
+            what,
+            found,
+            expected,
+        }
+    }
     pub use crate::model::{Persistent, PersistentActor};
     pub use crate::runtime::{Runtime, Start, handle, post_start, pre_start};
     #[cfg(feature = "async-trait")]

@@ -8,6 +8,7 @@ use ractor::{ActorProcessingErr, Message};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::error::DecodeReason;
 use crate::key::ActorKey;
 use crate::tx::Tx;
 
@@ -54,12 +55,32 @@ pub trait PersistentActor: Sized + Send + Sync + 'static {
     }
 }
 
-/// What the derive implements: the stable identity of a persistent actor type.
+/// What the derive implements: the stable identity of a persistent actor type and the
+/// migrations of its stored records.
 pub trait Persistent: PersistentActor {
     /// The storage namespace (`#[persistent(name = "...")]`, default the type name).
     const NAME: &'static str;
-    /// The schema version written into every record.
+    /// The schema version written into every record (`#[persistent(version = N)]`, default 1).
     const VERSION: u32 = 1;
+
+    /// Decodes a snapshot written by the older schema `version` into the current state
+    /// (`#[persistent(migrate(1 = StateV1, 2 = StateV2))]` generates the chain of `From`s).
+    fn migrate_state(version: u32, payload: &[u8]) -> Result<Self::State, DecodeReason> {
+        let _ = payload;
+        Err(DecodeReason::NoMigration {
+            what: "state",
+            found: version,
+            expected: Self::VERSION,
+        })
+    }
+
+    /// Decodes an operation written by the older schema `version`. By default operations
+    /// are taken to be unchanged across versions (`#[persistent(migrate_ops(...))]` changes
+    /// that).
+    fn migrate_op(version: u32, payload: &[u8]) -> Result<Self::Op, DecodeReason> {
+        let _ = version;
+        crate::envelope::payload(payload)
+    }
 }
 
 /// What became of a performed operation.

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use ractor::{ActorProcessingErr, ActorRef};
 
-use crate::envelope::{self, Kind};
-use crate::error::{CommitError, DecodeError, LoadError, RecordRef, StoreError};
+use crate::envelope::{self, Header, Kind};
+use crate::error::{CommitError, DecodeError, DecodeReason, LoadError, RecordRef, StoreError};
 use crate::key::ActorKey;
 use crate::model::{OpId, Outcome, Pending, Persistent, PersistentActor};
+use crate::shape::shape_fingerprint;
 use crate::storage::Storage;
 use crate::store::ActorCommit;
 use crate::tx::Tx;
@@ -40,6 +41,9 @@ pub struct Runtime<A: PersistentActor> {
     storage: Storage,
     epoch: u64,
     schema: u32,
+    /// Shape fingerprints of the state and op types (0: unknown), written into envelopes.
+    state_shape: u64,
+    op_shape: u64,
     state: A::State,
     /// The encoding of the last committed state, to detect change and to roll back to.
     committed: Vec<u8>,
@@ -68,6 +72,7 @@ impl<A: PersistentActor> Runtime<A> {
     fn rollback(&mut self) -> Result<(), ActorProcessingErr> {
         self.state = envelope::payload(&self.committed).map_err(|reason| DecodeError {
             key: (*self.key).clone(),
+            actor_type: std::any::type_name::<A>(),
             record: RecordRef::Snapshot,
             reason,
         })?;
@@ -107,16 +112,30 @@ pub async fn pre_start<A: Persistent>(
     let bad = |record, reason| {
         LoadError::Decode(DecodeError {
             key: (*key).clone(),
+            actor_type: std::any::type_name::<A>(),
             record,
             reason,
         })
     };
+    let state_shape = shape_fingerprint::<A::State>().unwrap_or(0);
+    let op_shape = shape_fingerprint::<A::Op>().unwrap_or(0);
     let (state, committed, mut next_seq) = match &loaded.snapshot {
         Some(bytes) => {
             let (header, body) = envelope::open(bytes, Kind::Snapshot, A::VERSION)
                 .map_err(|r| bad(RecordRef::Snapshot, r))?;
-            let state = envelope::payload(body).map_err(|r| bad(RecordRef::Snapshot, r))?;
-            (state, body.to_vec(), header.sequence)
+            let state = decode_versioned(A::VERSION, header, body, state_shape, A::migrate_state)
+                .map_err(|r| bad(RecordRef::Snapshot, r))?;
+            // After a migration the bytes differ from the stored ones: the next change
+            // rewrites the snapshot in the current version.
+            let committed = if header.schema == A::VERSION {
+                body.to_vec()
+            } else {
+                envelope::to_payload(&state).map_err(|source| LoadError::Encode {
+                    key: (*key).clone(),
+                    source,
+                })?
+            };
+            (state, committed, header.sequence)
         }
         None => {
             let state = actor.init(start.args).await?;
@@ -129,7 +148,10 @@ pub async fn pre_start<A: Persistent>(
     };
     let mut pending = BTreeMap::new();
     for (seq, bytes) in &loaded.ops {
-        let (_, op) = envelope::decode(bytes, Kind::Op, A::VERSION)
+        let op = envelope::open(bytes, Kind::Op, A::VERSION)
+            .and_then(|(header, body)| {
+                decode_versioned(A::VERSION, header, body, op_shape, A::migrate_op)
+            })
             .map_err(|r| bad(RecordRef::Op(*seq), r))?;
         pending.insert(
             *seq,
@@ -146,12 +168,38 @@ pub async fn pre_start<A: Persistent>(
         storage: start.storage,
         epoch: loaded.epoch,
         schema: A::VERSION,
+        state_shape,
+        op_shape,
         state,
         committed,
         pending,
         next_seq,
         retry: BTreeSet::new(),
     })
+}
+
+/// Decodes a payload of the current schema `version` (checking its shape) or migrates one of
+/// an older schema.
+fn decode_versioned<T: serde::de::DeserializeOwned>(
+    version: u32,
+    header: Header,
+    body: &[u8],
+    shape: u64,
+    migrate: fn(u32, &[u8]) -> Result<T, DecodeReason>,
+) -> Result<T, DecodeReason> {
+    if header.schema < version {
+        return migrate(header.schema, body);
+    }
+    // 0 is "unknown" (a type serde-reflection cannot trace): nothing to compare.
+    if shape != 0 && header.fingerprint != 0 && header.fingerprint != shape {
+        return Err(DecodeReason::ShapeChanged {
+            type_name: std::any::type_name::<T>(),
+            stored: header.fingerprint,
+            expected: shape,
+            version,
+        });
+    }
+    envelope::payload(body)
 }
 
 /// Performs every operation left pending by the previous incarnation, in sequence order,
@@ -197,10 +245,14 @@ pub async fn handle<A: Persistent>(
         let mut put_ops = Vec::with_capacity(parts.pushed.len());
         for (seq, op) in &parts.pushed {
             match envelope::to_payload(op) {
-                Ok(p) => put_ops.push((
-                    *seq,
-                    envelope::wrap(Kind::Op, rt.schema, rt.epoch, *seq, &p),
-                )),
+                Ok(p) => {
+                    let head = Header {
+                        schema: rt.schema,
+                        sequence: *seq,
+                        fingerprint: rt.op_shape,
+                    };
+                    put_ops.push((*seq, envelope::wrap(Kind::Op, head, rt.epoch, &p)));
+                }
                 Err(source) => {
                     rt.rollback()?;
                     return Err(CommitError::Encode {
@@ -214,8 +266,13 @@ pub async fn handle<A: Persistent>(
         }
         // The snapshot carries the next sequence number, so ids are never reused even after
         // every operation was removed.
+        let head = Header {
+            schema: rt.schema,
+            sequence: next_seq,
+            fingerprint: rt.state_shape,
+        };
         let snapshot = (changed || !parts.pushed.is_empty())
-            .then(|| envelope::wrap(Kind::Snapshot, rt.schema, rt.epoch, next_seq, &encoded));
+            .then(|| envelope::wrap(Kind::Snapshot, head, rt.epoch, &encoded));
         let commit = ActorCommit {
             key: rt.key.clone(),
             epoch: rt.epoch,
