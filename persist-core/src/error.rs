@@ -44,6 +44,14 @@ pub enum StoreError {
         /// The failure that poisoned it.
         cause: String,
     },
+    /// The backend does not implement this operation.
+    #[error("store `{store}` does not support `{operation}`")]
+    Unsupported {
+        /// The store's name.
+        store: String,
+        /// The operation.
+        operation: &'static str,
+    },
     /// The store was closed with [`crate::Storage::close`].
     #[error("store `{store}` is closed")]
     Closed {

@@ -27,7 +27,7 @@ pub use model::{OpId, Outcome, Pending, Persistent, PersistentActor};
 pub use runtime::{Runtime, Start};
 pub use shape::{assert_shape, shape_fingerprint};
 pub use spawn::SpawnPersistent;
-pub use storage::{CommitStats, Storage, StorageConfig};
+pub use storage::{CommitStats, Quarantined, Storage, StorageConfig};
 pub use store::{ActorCommit, Fence, Loaded, Store, check_epochs};
 pub use tx::Tx;
 

@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::StoreError;
 use crate::key::ActorKey;
-use crate::store::{ActorCommit, Loaded, Store, check_epochs};
+use crate::store::{ActorCommit, Fence, Loaded, Store, check_epochs};
 
 #[derive(Default)]
 struct Tables {
+    quarantine: BTreeMap<(ActorKey, u64), Vec<u8>>,
     snapshots: BTreeMap<ActorKey, Vec<u8>>,
     ops: BTreeMap<ActorKey, BTreeMap<u64, Vec<u8>>>,
     epochs: BTreeMap<ActorKey, u64>,
@@ -112,5 +113,50 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        t.snapshots.remove(key);
+        t.ops.remove(key);
+        *t.epochs.entry(key.clone()).or_default() += 1;
+        Ok(())
+    }
+
+    fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .tables()
+            .snapshots
+            .keys()
+            .filter(|k| k.namespace() == namespace)
+            .map(|k| k.key().to_owned())
+            .collect())
+    }
+
+    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        let current = t.epochs.get(key).copied().unwrap_or(0);
+        if current != epoch {
+            return Err(StoreError::Fenced(vec![Fence {
+                index: 0,
+                key: key.clone(),
+                epoch,
+                current,
+            }]));
+        }
+        t.quarantine.insert((key.clone(), epoch), blob.to_vec());
+        t.snapshots.remove(key);
+        t.ops.remove(key);
+        Ok(())
+    }
+
+    fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .tables()
+            .quarantine
+            .iter()
+            .filter(|((k, _), _)| k.namespace() == namespace)
+            .map(|((k, e), b)| (k.key().to_owned(), *e, b.clone()))
+            .collect())
     }
 }

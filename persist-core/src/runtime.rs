@@ -22,6 +22,7 @@ pub struct Start<A: PersistentActor> {
     storage: Storage,
     key: String,
     args: A::Arguments,
+    quarantine: bool,
 }
 
 impl<A: PersistentActor> Start<A> {
@@ -31,7 +32,17 @@ impl<A: PersistentActor> Start<A> {
             storage: storage.clone(),
             key: key.into(),
             args,
+            quarantine: false,
         }
+    }
+
+    /// Opts in to starting fresh when the stored record cannot be decoded: the record is
+    /// moved, with its original bytes and the reason, into the store's quarantine (see
+    /// [`Storage::quarantined`]) and `init` builds a new state. Without it (the default) the
+    /// spawn fails with the [`LoadError::Decode`] and nothing is touched.
+    pub fn quarantine_undecodable(mut self) -> Self {
+        self.quarantine = true;
+        self
     }
 }
 
@@ -101,25 +112,89 @@ pub async fn pre_start<A: Persistent>(
     start: Start<A>,
 ) -> Result<Runtime<A>, ActorProcessingErr> {
     let key = Arc::new(ActorKey::new(A::NAME, start.key));
+    let store_err = |source| LoadError::Store {
+        key: (*key).clone(),
+        source,
+    };
     let loaded = start
         .storage
         .load((*key).clone())
         .await
-        .map_err(|source| LoadError::Store {
-            key: (*key).clone(),
-            source,
-        })?;
+        .map_err(store_err)?;
+    let state_shape = shape_fingerprint::<A::State>().unwrap_or(0);
+    let op_shape = shape_fingerprint::<A::Op>().unwrap_or(0);
+    let (snapshot, pending) = match decode_record::<A>(&key, &loaded, state_shape, op_shape) {
+        Ok(decoded) => decoded,
+        Err(e) if start.quarantine => {
+            // Opted in: keep the original bytes aside and start fresh. Sequence numbers go
+            // on after every one the quarantined record used, so no op id is reused.
+            start
+                .storage
+                .quarantine(&key, loaded.epoch, e.to_string(), &loaded)
+                .await
+                .map_err(store_err)?;
+            let floor = loaded.ops.iter().map(|(s, _)| s + 1).max().unwrap_or(0);
+            let header_seq = loaded
+                .snapshot
+                .as_deref()
+                .and_then(|b| envelope::open(b, Kind::Snapshot, u32::MAX).ok())
+                .map_or(0, |(h, _)| h.sequence);
+            (Err(floor.max(header_seq)), BTreeMap::new())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (state, committed, mut next_seq) = match snapshot {
+        Ok(loaded) => loaded,
+        Err(next_seq) => {
+            let state = actor.init(start.args).await?;
+            let committed = envelope::to_payload(&state).map_err(|source| LoadError::Encode {
+                key: (*key).clone(),
+                source,
+            })?;
+            (state, committed, next_seq)
+        }
+    };
+    if let Some(last) = pending.keys().next_back() {
+        next_seq = next_seq.max(last + 1);
+    }
+    Ok(Runtime {
+        key,
+        storage: start.storage,
+        epoch: loaded.epoch,
+        schema: A::VERSION,
+        state_shape,
+        op_shape,
+        state,
+        committed,
+        pending,
+        next_seq,
+        retry: BTreeSet::new(),
+    })
+}
+
+/// The decoded snapshot (state, its current-version encoding, next sequence number), or the
+/// first sequence number to use when there is none; and the pending operations.
+type Decoded<A> = (
+    Result<(<A as PersistentActor>::State, Vec<u8>, u64), u64>,
+    BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
+);
+
+/// Decodes (and migrates) a loaded record without touching the store.
+fn decode_record<A: Persistent>(
+    key: &Arc<ActorKey>,
+    loaded: &crate::store::Loaded,
+    state_shape: u64,
+    op_shape: u64,
+) -> Result<Decoded<A>, LoadError> {
     let bad = |record, reason| {
         LoadError::Decode(DecodeError {
-            key: (*key).clone(),
+            key: (**key).clone(),
             actor_type: std::any::type_name::<A>(),
             record,
             reason,
         })
     };
-    let state_shape = shape_fingerprint::<A::State>().unwrap_or(0);
-    let op_shape = shape_fingerprint::<A::Op>().unwrap_or(0);
-    let (state, committed, mut next_seq) = match &loaded.snapshot {
+    let snapshot = match &loaded.snapshot {
         Some(bytes) => {
             let (header, body) = envelope::open(bytes, Kind::Snapshot, A::VERSION)
                 .map_err(|r| bad(RecordRef::Snapshot, r))?;
@@ -131,20 +206,13 @@ pub async fn pre_start<A: Persistent>(
                 body.to_vec()
             } else {
                 envelope::to_payload(&state).map_err(|source| LoadError::Encode {
-                    key: (*key).clone(),
+                    key: (**key).clone(),
                     source,
                 })?
             };
-            (state, committed, header.sequence)
+            Ok((state, committed, header.sequence))
         }
-        None => {
-            let state = actor.init(start.args).await?;
-            let committed = envelope::to_payload(&state).map_err(|source| LoadError::Encode {
-                key: (*key).clone(),
-                source,
-            })?;
-            (state, committed, 0)
-        }
+        None => Err(0),
     };
     let mut pending = BTreeMap::new();
     for (seq, bytes) in &loaded.ops {
@@ -161,21 +229,8 @@ pub async fn pre_start<A: Persistent>(
                 attempts: 0,
             },
         );
-        next_seq = next_seq.max(seq + 1);
     }
-    Ok(Runtime {
-        key,
-        storage: start.storage,
-        epoch: loaded.epoch,
-        schema: A::VERSION,
-        state_shape,
-        op_shape,
-        state,
-        committed,
-        pending,
-        next_seq,
-        retry: BTreeSet::new(),
-    })
+    Ok((snapshot, pending))
 }
 
 /// Decodes a payload of the current schema `version` (checking its shape) or migrates one of

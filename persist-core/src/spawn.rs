@@ -5,6 +5,8 @@ use std::future::Future;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorCell, ActorRef, ActorRuntime, SpawnErr};
 
+use crate::error::StoreError;
+use crate::key::ActorKey;
 use crate::model::{Persistent, PersistentActor};
 use crate::runtime::{Runtime, Start};
 use crate::storage::Storage;
@@ -49,6 +51,25 @@ pub trait SpawnPersistent:
             Start::new(storage, key, args),
             supervisor,
         )
+    }
+
+    /// Deletes the stored state and pending operations of this type's actor `key`, in one
+    /// commit. Stop the actor first (see [`Storage::delete`]).
+    fn delete_persistent(
+        storage: &Storage,
+        key: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let key = ActorKey::new(Self::NAME, key);
+        let storage = storage.clone();
+        async move { storage.delete(&key).await }
+    }
+
+    /// The keys of this type's actors that hold a state in `storage`.
+    fn list_persistent(
+        storage: &Storage,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        let storage = storage.clone();
+        async move { storage.list(Self::NAME).await }
     }
 }
 

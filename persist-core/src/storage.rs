@@ -52,8 +52,37 @@ pub struct CommitStats {
 
 type Done<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// A record moved aside because it could not be decoded, with its original bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Quarantined {
+    /// The actor.
+    pub key: ActorKey,
+    /// The epoch of the instance that moved it aside (unique per key).
+    pub epoch: u64,
+    /// Why it could not be decoded.
+    pub reason: String,
+    /// The snapshot envelope as it was stored.
+    pub snapshot: Option<Vec<u8>>,
+    /// The pending operation envelopes as they were stored.
+    pub ops: Vec<(u64, Vec<u8>)>,
+}
+
+/// How a quarantined record is stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct QuarantineBody {
+    reason: String,
+    snapshot: Option<Vec<u8>>,
+    ops: Vec<(u64, Vec<u8>)>,
+}
+
+/// Work run on the committer thread against the store, or told why it may not run.
+type Job = Box<dyn FnOnce(Result<&dyn Store, StoreError>) + Send>;
+
 enum Request {
     Load(ActorKey, Done<Loaded>),
+    /// Administrative work (delete, list, quarantine), in order with the commits.
+    Call(Job),
     Commit(ActorCommit, Done<()>),
     /// A removal of done operations: written with the next commit, never on its own.
     Ride(ActorCommit),
@@ -169,6 +198,85 @@ impl Storage {
         let _ = self.inner.requests.send(Request::Ride(commit));
     }
 
+    /// Runs `f` on the committer thread, after every commit sent before it.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let name = self.inner.name.clone();
+        let job: Job = Box::new(move |store| {
+            let result = store.and_then(|s| {
+                catch_unwind(AssertUnwindSafe(|| f(s))).unwrap_or_else(|panic| {
+                    Err(StoreError::Corrupt {
+                        store: name,
+                        detail: format!("the backend panicked: {}", panic_text(&*panic)),
+                    })
+                })
+            });
+            let _ = tx.send(result);
+        });
+        self.send(Request::Call(job))?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Deletes the actor `key`: its snapshot and pending operations go in one durable
+    /// transaction. Stop the actor first: a running instance is fenced (its next write fails
+    /// with [`crate::CommitError::Fenced`] and it stops), but it answers from memory until
+    /// then.
+    pub async fn delete(&self, key: &ActorKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.call(move |s| s.delete_actor(&key)).await
+    }
+
+    /// The keys of `namespace` that hold a state, in order.
+    pub async fn list(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        let namespace = namespace.to_owned();
+        self.call(move |s| s.list_keys(&namespace)).await
+    }
+
+    /// The records of `namespace` moved aside because they could not be decoded (see
+    /// [`crate::Start::quarantine_undecodable`]), with their original bytes.
+    pub async fn quarantined(&self, namespace: &str) -> Result<Vec<Quarantined>, StoreError> {
+        let ns = namespace.to_owned();
+        let name = self.inner.name.clone();
+        let rows = self.call(move |s| s.list_quarantined(&ns)).await?;
+        rows.into_iter()
+            .map(|(key, epoch, blob)| {
+                let body: QuarantineBody =
+                    postcard::from_bytes(&blob).map_err(|e| StoreError::Corrupt {
+                        store: name.clone(),
+                        detail: format!("quarantined record of `{namespace}/{key}`: {e}"),
+                    })?;
+                Ok(Quarantined {
+                    key: ActorKey::new(namespace, key),
+                    epoch,
+                    reason: body.reason,
+                    snapshot: body.snapshot,
+                    ops: body.ops,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves the record of `key` aside, if `epoch` is still its epoch.
+    pub(crate) async fn quarantine(
+        &self,
+        key: &ActorKey,
+        epoch: u64,
+        reason: String,
+        loaded: &Loaded,
+    ) -> Result<(), StoreError> {
+        let body = QuarantineBody {
+            reason,
+            snapshot: loaded.snapshot.clone(),
+            ops: loaded.ops.clone(),
+        };
+        let blob = postcard::to_stdvec(&body).map_err(|e| StoreError::backend(self.name(), e))?;
+        let key = key.clone();
+        self.call(move |s| s.quarantine(&key, epoch, &blob)).await
+    }
+
     fn send(&self, request: Request) -> Result<(), StoreError> {
         self.inner.requests.send(request).map_err(|_| self.closed())
     }
@@ -217,6 +325,14 @@ impl Committer {
                         batch.push((c, done));
                     }
                     Request::Ride(c) => self.riders.push(c),
+                    Request::Call(job) => {
+                        self.flush(&mut batch);
+                        bytes = 0;
+                        match self.refuse() {
+                            Some(e) => job(Err(e)),
+                            None => job(Ok(&*self.store)),
+                        }
+                    }
                     Request::Load(key, done) => {
                         // A load must see every commit sent before it.
                         self.flush(&mut batch);
@@ -368,6 +484,10 @@ fn clone_err(e: &StoreError) -> StoreError {
         },
         StoreError::Closed { store } => StoreError::Closed {
             store: store.clone(),
+        },
+        StoreError::Unsupported { store, operation } => StoreError::Unsupported {
+            store: store.clone(),
+            operation,
         },
         StoreError::Backend { store, source } => StoreError::Backend {
             store: store.clone(),

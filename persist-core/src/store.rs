@@ -73,6 +73,42 @@ pub trait Store: Send + Sync + 'static {
     /// Before writing, each commit's epoch is checked against the stored one; if any is stale,
     /// nothing is written and [`StoreError::Fenced`] lists every stale commit.
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError>;
+
+    /// Deletes the snapshot and pending operations of `key` in one durable transaction and
+    /// takes a new epoch for it, so that a running instance can no longer write.
+    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
+        let _ = key;
+        Err(self.unsupported("delete_actor"))
+    }
+
+    /// The keys in `namespace` that hold a snapshot, in order.
+    fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        let _ = namespace;
+        Err(self.unsupported("list_keys"))
+    }
+
+    /// Moves the record of `key` aside in one durable transaction: stores `blob` (the
+    /// original bytes and the reason, encoded by the runtime) in a quarantine table under
+    /// (`key`, `epoch`) and deletes the snapshot and pending operations. Refused with
+    /// [`StoreError::Fenced`] unless `epoch` is the key's current epoch.
+    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
+        let _ = (key, epoch, blob);
+        Err(self.unsupported("quarantine"))
+    }
+
+    /// The quarantined records of `namespace`: (key, epoch, blob), in order.
+    fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        let _ = namespace;
+        Err(self.unsupported("list_quarantined"))
+    }
+
+    /// The error of an operation this backend does not implement.
+    fn unsupported(&self, operation: &'static str) -> StoreError {
+        StoreError::Unsupported {
+            store: self.name().to_owned(),
+            operation,
+        }
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -84,6 +120,18 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
         (**self).commit(batch)
+    }
+    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
+        (**self).delete_actor(key)
+    }
+    fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        (**self).list_keys(namespace)
+    }
+    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
+        (**self).quarantine(key, epoch, blob)
+    }
+    fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        (**self).list_quarantined(namespace)
     }
 }
 

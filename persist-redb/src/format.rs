@@ -97,6 +97,11 @@ pub(crate) fn inspect(txn: &ReadTransaction) -> Result<Layout, Failure> {
     }
 }
 
+/// The redb settings of every store this crate opens.
+pub(crate) fn builder() -> Builder {
+    Builder::new()
+}
+
 /// Makes an empty database a store: writes the marker and creates the tables, durably.
 pub(crate) fn initialize(db: &Database) -> Result<(), Failure> {
     let txn = db.begin_write()?;
@@ -122,7 +127,7 @@ pub(crate) fn probe(path: &Path) -> Result<(), Failure> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(redb::Error::from(e).into()),
     }
-    let db = match Builder::new().open_read_only(path) {
+    let db = match builder().open_read_only(path) {
         Ok(db) => db,
         Err(DatabaseError::RepairAborted) => return Ok(()),
         Err(e) => return Err(open_failure(e)),

@@ -7,6 +7,8 @@
 //! [`persist_core::Store::commit`] is one redb write transaction with one fsync.
 #![deny(missing_docs, unreachable_pub, unused_crate_dependencies)]
 
+mod admin;
+mod create;
 mod error;
 mod format;
 mod store;

@@ -1,11 +1,14 @@
 //! [`RedbStore`]: the [`Store`] seam on one redb database.
 
+use std::fs::OpenOptions;
 use std::path::Path;
 
 use persist_core::{ActorCommit, ActorKey, Loaded, Store, StoreError, check_epochs};
-use redb::backends::InMemoryBackend;
-use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table};
+use redb::backends::{FileBackend, InMemoryBackend};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table};
 
+use crate::admin;
+use crate::create::{self, Found};
 use crate::error::{Failure, guarded};
 use crate::format::{self, EPOCHS, Layout, OPS, SNAPSHOTS};
 
@@ -22,15 +25,43 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens the store in the file at `path`, creating it if the file is absent or empty.
     ///
+    /// The first create is atomic: the store is built in a temporary file beside `path`,
+    /// synced, and linked into place, so a crash during it leaves no file at `path` (or the
+    /// empty file that was there), never a half-made one that refuses to open.
+    ///
     /// A file that is not one of our stores is refused with a
     /// [`crate::FormatError`] (as the source of [`StoreError::Backend`]) and left unchanged; a
     /// file another opener holds gives [`StoreError::Backend`] naming the file.
     pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        Self::open_wrapped(path, |backend| backend)
+    }
+
+    /// Opens like [`RedbStore::open`], passing each redb backend of the file (and of the
+    /// temporary file a first create builds) through `wrap`.
+    ///
+    /// A test hook: `tests/crash_io_failure.rs` wraps the real file to fail its I/O at every
+    /// step of a first create. Not needed otherwise.
+    #[doc(hidden)]
+    pub fn open_wrapped<B: StorageBackend>(
+        path: impl AsRef<Path>,
+        wrap: impl Fn(FileBackend) -> B,
+    ) -> Result<RedbStore, StoreError> {
         let path = path.as_ref();
         let name = path.display().to_string();
         guarded(&name, || {
+            let found = create::inspect(path)?;
+            if found != Found::Present {
+                create::create(path, found, &wrap)?;
+            }
             format::probe(path)?;
-            let db = Builder::new().create(path).map_err(format::open_failure)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(redb::Error::from)?;
+            let db = format::builder()
+                .create_with_backend(wrap(FileBackend::new(file)?))
+                .map_err(format::open_failure)?;
             Self::prepare(name.clone(), db)
         })
     }
@@ -42,14 +73,16 @@ impl RedbStore {
 
     /// Opens the store on a redb storage backend, creating it if the backend is empty.
     ///
-    /// For tests that wrap the real backend to inject faults or simulate crashes.
+    /// For tests that wrap the real backend to inject faults or simulate crashes. Unlike
+    /// [`RedbStore::open`], creating a store on a bare backend is not atomic: a crash during
+    /// it can leave a backend that refuses to open.
     pub fn with_backend(
         name: impl Into<String>,
         backend: impl StorageBackend,
     ) -> Result<RedbStore, StoreError> {
         let name = name.into();
         guarded(&name, || {
-            let db = Builder::new()
+            let db = format::builder()
                 .create_with_backend(backend)
                 .map_err(format::open_failure)?;
             Self::prepare(name.clone(), db)
@@ -181,5 +214,21 @@ impl Store for RedbStore {
             return Ok(());
         }
         guarded(&self.name, || self.write(batch))
+    }
+
+    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
+        guarded(&self.name, || admin::delete(&self.db, key))
+    }
+
+    fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        guarded(&self.name, || admin::list(&self.db, namespace))
+    }
+
+    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
+        guarded(&self.name, || admin::quarantine(&self.db, key, epoch, blob))
+    }
+
+    fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        guarded(&self.name, || admin::quarantined(&self.db, namespace))
     }
 }

@@ -291,4 +291,20 @@ impl<S: Store> Store for Faulty<S> {
         self.faults.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit(batch)
     }
+
+    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
+        self.inner.delete_actor(key)
+    }
+
+    fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list_keys(namespace)
+    }
+
+    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
+        self.inner.quarantine(key, epoch, blob)
+    }
+
+    fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        self.inner.list_quarantined(namespace)
+    }
 }
