@@ -81,7 +81,7 @@ impl PersistentActor for Channel {
                 if !state.offered.remove(&tlc) {
                     return Err(format!("TLC {tlc} is not offered").into());
                 }
-                let id = tx.push(PeerMessage::RemoveTlc { tlc }); // same commit as the state
+                let id = tx.push(PeerMessage::RemoveTlc { tlc })?; // same commit as the state
                 tx.reply(reply, id); // leaves after the commit, before the send
             }
             ChannelMsg::CommitmentSigned { tlcs, reply } => {

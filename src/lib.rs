@@ -59,9 +59,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use persist_core::{
-    ActorCommit, ActorKey, BoxError, CommitError, CommitStats, DecodeError, DecodeReason, Error,
-    Fence, LoadError, Loaded, OpId, Outcome, Pending, Persistent, PersistentActor, RecordRef,
-    Runtime, SpawnPersistent, Start, Storage, StorageConfig, Store, StoreError, Tx, check_epochs,
+    ActorCommit, ActorKey, BoxError, CommitError, CommitStats, Control, DEFAULT_MAX_PENDING,
+    DecodeError, DecodeReason, Delivery, Error, Fence, LoadError, Loaded, NotDeadLetter, OpId,
+    Outcome, OverCapacity, Pending, Persistent, PersistentActor, Quarantined, RecordRef,
+    ResumeError, RetryPolicy, Runtime, Seen, SpawnPersistent, Start, Storage, StorageConfig,
+    Store, StoreError, Tx, assert_shape, check_epochs, shape_fingerprint,
 };
 
 #[cfg(feature = "memory")]
@@ -87,7 +89,8 @@ pub mod prelude {
     #[cfg(feature = "redb")]
     pub use crate::RedbStore;
     pub use crate::{
-        OpId, Outcome, Pending, Persistent, PersistentActor, SpawnPersistent, Storage, Tx,
+        Control, Delivery, OpId, Outcome, Pending, Persistent, PersistentActor, Seen,
+        SpawnPersistent, Storage, Tx,
     };
     pub use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 }

@@ -32,6 +32,8 @@ const MAGIC: [u8; 2] = *b"RP";
 pub(crate) enum Kind {
     Snapshot = 1,
     Op = 2,
+    /// An operation moved to the dead letters after too many attempts: kept, not performed.
+    DeadOp = 3,
 }
 
 impl Kind {
@@ -39,6 +41,7 @@ impl Kind {
         match self {
             Kind::Snapshot => "snapshot",
             Kind::Op => "operation",
+            Kind::DeadOp => "dead-letter operation",
         }
     }
 }
@@ -103,6 +106,18 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
 /// `schema` is the version of the running code: a record from a newer schema is refused.
 /// Each envelope format has its own reader; a format this build does not know is refused.
 pub(crate) fn open(bytes: &[u8], kind: Kind, schema: u32) -> Result<(Header, &[u8]), DecodeReason> {
+    let (found, header, payload) = open_any(bytes, schema)?;
+    if found != kind {
+        return Err(DecodeReason::WrongKind {
+            expected: kind.name(),
+            found: found as u8,
+        });
+    }
+    Ok((header, payload))
+}
+
+/// Like [`open`], for a record that may be of any known kind.
+pub(crate) fn open_any(bytes: &[u8], schema: u32) -> Result<(Kind, Header, &[u8]), DecodeReason> {
     if bytes.len() < 3 {
         return Err(DecodeReason::TooShort {
             len: bytes.len(),
@@ -124,19 +139,24 @@ pub(crate) fn open(bytes: &[u8], kind: Kind, schema: u32) -> Result<(Header, &[u
         }
     };
     // Kind and schema are checked after the checksum, so that damage is reported as damage.
-    if found_kind != kind as u8 {
-        return Err(DecodeReason::WrongKind {
-            expected: kind.name(),
-            found: found_kind,
-        });
-    }
+    let kind = match found_kind {
+        1 => Kind::Snapshot,
+        2 => Kind::Op,
+        3 => Kind::DeadOp,
+        found => {
+            return Err(DecodeReason::WrongKind {
+                expected: "known",
+                found,
+            });
+        }
+    };
     if header.schema > schema {
         return Err(DecodeReason::UnknownSchema {
             found: header.schema,
             expected: schema,
         });
     }
-    Ok((header, payload))
+    Ok((kind, header, payload))
 }
 
 /// Reads format 1 (the layout at the top of this file): kind, header and payload.

@@ -296,3 +296,48 @@ pub enum Error {
     #[error(transparent)]
     Commit(#[from] CommitError),
 }
+
+/// `Tx::push` refused an operation: the actor holds its maximum of pending operations.
+///
+/// Nothing was added and nothing is lost; turn it into a reply ("over capacity") or let `?`
+/// fail the message (the state rolls back).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{key}` already holds {pending} pending operations, its maximum of {max}: the operation was not added"
+)]
+pub struct OverCapacity {
+    /// The actor.
+    pub key: ActorKey,
+    /// Operations pending, counting this message's.
+    pub pending: usize,
+    /// The configured maximum.
+    pub max: usize,
+}
+
+/// `Tx::requeue` was given an id that is not one of the actor's dead letters.
+#[derive(Debug, thiserror::Error)]
+#[error("operation {id} is not a dead letter of `{key}`")]
+pub struct NotDeadLetter {
+    /// The actor.
+    pub key: ActorKey,
+    /// The id given.
+    pub id: crate::model::OpId,
+}
+
+/// `resume` could not reach the actor.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// The actor's message type has no variant for runtime control messages: implement
+    /// `PersistentActor::control` and `wrap_control`, or resume from a handler with `Tx::resume`.
+    #[error(
+        "`{actor_type}` cannot be resumed from outside: its message type has no control variant (implement PersistentActor::control and wrap_control)"
+    )]
+    NoControlVariant {
+        /// The actor's type.
+        actor_type: &'static str,
+    },
+    /// The actor is not running.
+    #[error("the actor is not running: {0}")]
+    NotRunning(String),
+}

@@ -4,7 +4,9 @@ use std::fmt;
 
 /// Where one actor's records live: the actor type's stable namespace (from
 /// `#[persistent(name = "...")]`) and the key it was spawned under.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ActorKey {
     namespace: String,
     key: String,

@@ -12,6 +12,7 @@ mod key;
 mod memory;
 mod model;
 mod runtime;
+mod seen;
 mod shape;
 mod spawn;
 mod storage;
@@ -19,12 +20,16 @@ mod store;
 mod tx;
 
 pub use error::{
-    BoxError, CommitError, DecodeError, DecodeReason, Error, LoadError, RecordRef, StoreError,
+    BoxError, CommitError, DecodeError, DecodeReason, Error, LoadError, NotDeadLetter,
+    OverCapacity, RecordRef, ResumeError, StoreError,
 };
 pub use key::ActorKey;
 pub use memory::MemoryStore;
-pub use model::{OpId, Outcome, Pending, Persistent, PersistentActor};
-pub use runtime::{Runtime, Start};
+pub use model::{
+    Control, OpId, Outcome, Pending, Persistent, PersistentActor, ResumeFilter, RetryPolicy,
+};
+pub use runtime::{DEFAULT_MAX_PENDING, Runtime, Start};
+pub use seen::{Delivery, Seen};
 pub use shape::{assert_shape, shape_fingerprint};
 pub use spawn::SpawnPersistent;
 pub use storage::{CommitStats, Quarantined, Storage, StorageConfig};

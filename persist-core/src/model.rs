@@ -3,10 +3,11 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{ActorProcessingErr, Message};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::DecodeReason;
 use crate::key::ActorKey;
@@ -52,6 +53,107 @@ pub trait PersistentActor: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Outcome, ActorProcessingErr>> + Send {
         let _ = (op, state);
         async { Ok(Outcome::Done) }
+    }
+
+    /// Takes a runtime [`Control`] message out of the actor's message type, if the type has a
+    /// variant for it; other messages go back to the caller untouched. With
+    /// [`wrap_control`](Self::wrap_control) this lets the runtime wake the actor for retries
+    /// and lets [`crate::resume`] reach it from outside.
+    ///
+    /// ```ignore
+    /// enum AccountMsg { Deposit(u64, RpcReplyPort<u64>), Persist(Control<Effect>) }
+    /// fn control(msg: AccountMsg) -> Result<Control<Effect>, AccountMsg> {
+    ///     match msg { AccountMsg::Persist(c) => Ok(c), other => Err(other) }
+    /// }
+    /// fn wrap_control(c: Control<Effect>) -> Option<AccountMsg> { Some(AccountMsg::Persist(c)) }
+    /// ```
+    fn control(msg: Self::Msg) -> Result<Control<Self::Op>, Self::Msg> {
+        Err(msg)
+    }
+
+    /// Wraps a runtime [`Control`] message in the actor's message type; `None` (the default)
+    /// when the type has no variant for it. Then retries wait for the next message, and
+    /// [`crate::resume`] is refused.
+    fn wrap_control(control: Control<Self::Op>) -> Option<Self::Msg> {
+        let _ = control;
+        None
+    }
+}
+
+/// Which pending operations a [`Control::Resume`] performs again.
+pub type ResumeFilter<Op> = Box<dyn Fn(&Pending<Op>) -> bool + Send + Sync>;
+
+/// A message the runtime handles itself, carried in a variant of the actor's message type
+/// (see [`PersistentActor::control`]).
+pub enum Control<Op> {
+    /// Perform again, in sequence order, every pending operation for which the filter holds
+    /// (for example those addressed to a peer that just reconnected).
+    Resume(ResumeFilter<Op>),
+    /// Operations waiting for a retry may be due: perform those whose backoff ran out.
+    RetryDue,
+}
+
+impl<Op> fmt::Debug for Control<Op> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Control::Resume(_) => f.write_str("Control::Resume(..)"),
+            Control::RetryDue => f.write_str("Control::RetryDue"),
+        }
+    }
+}
+
+/// When to perform an operation again after [`Outcome::Retry`], and when to give up.
+///
+/// The n-th retry waits `initial * 2^(n-1)`, capped at `max`, minus up to `jitter` of it
+/// (chosen at random), so peers that failed together do not retry together.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// The first delay.
+    pub initial: Duration,
+    /// The longest delay.
+    pub max: Duration,
+    /// The fraction of each delay taken off at random, from 0.0 to 1.0.
+    pub jitter: f64,
+    /// After this many attempts in one incarnation of the actor the operation becomes a dead
+    /// letter: kept in the store, no longer performed, listable and re-queueable.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            jitter: 0.2,
+            max_attempts: 10,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy with these delays and attempts, and the default jitter.
+    pub fn new(initial: Duration, max: Duration, max_attempts: u32) -> Self {
+        RetryPolicy {
+            initial,
+            max,
+            max_attempts,
+            ..Self::default()
+        }
+    }
+
+    /// The same policy with `jitter` (clamped to 0.0..=1.0).
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter.clamp(0.0, 1.0);
+        self
+    }
+
+    /// The delay before retry number `attempt` (1-based), given a random `unit` in 0..1.
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let doubling = 2f64.powi(attempt.saturating_sub(1).min(62) as i32);
+        let full = self.initial.as_secs_f64() * doubling;
+        let capped = full.min(self.max.as_secs_f64());
+        Duration::from_secs_f64(capped * (1.0 - self.jitter * unit.clamp(0.0, 1.0)))
     }
 }
 
@@ -100,7 +202,7 @@ pub enum Outcome {
 ///
 /// The same operation keeps the same id across crashes and resends, so a receiver can use
 /// it to drop duplicates.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OpId {
     actor: Arc<ActorKey>,
     seq: u64,

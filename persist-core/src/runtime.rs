@@ -2,13 +2,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ractor::{ActorProcessingErr, ActorRef};
 
 use crate::envelope::{self, Header, Kind};
 use crate::error::{CommitError, DecodeError, DecodeReason, LoadError, RecordRef, StoreError};
 use crate::key::ActorKey;
-use crate::model::{OpId, Outcome, Pending, Persistent, PersistentActor};
+use crate::model::{Control, OpId, Outcome, Pending, Persistent, PersistentActor, RetryPolicy};
 use crate::shape::shape_fingerprint;
 use crate::storage::Storage;
 use crate::store::ActorCommit;
@@ -23,7 +24,12 @@ pub struct Start<A: PersistentActor> {
     key: String,
     args: A::Arguments,
     quarantine: bool,
+    retry: RetryPolicy,
+    max_pending: usize,
 }
+
+/// The default most pending operations one actor may hold (see [`Start::max_pending`]).
+pub const DEFAULT_MAX_PENDING: usize = 65_536;
 
 impl<A: PersistentActor> Start<A> {
     /// Actor `key` on `storage`; `args` go to `init` if the store holds no state for it.
@@ -33,7 +39,23 @@ impl<A: PersistentActor> Start<A> {
             key: key.into(),
             args,
             quarantine: false,
+            retry: RetryPolicy::default(),
+            max_pending: DEFAULT_MAX_PENDING,
         }
+    }
+
+    /// When operations that ask for [`Outcome::Retry`] are performed again, and after how
+    /// many attempts they become dead letters.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The most operations the actor may hold pending (default [`DEFAULT_MAX_PENDING`]);
+    /// past it, [`Tx::push`] returns [`crate::OverCapacity`].
+    pub fn max_pending(mut self, max: usize) -> Self {
+        self.max_pending = max;
+        self
     }
 
     /// Opts in to starting fresh when the stored record cannot be decoded: the record is
@@ -59,9 +81,15 @@ pub struct Runtime<A: PersistentActor> {
     /// The encoding of the last committed state, to detect change and to roll back to.
     committed: Vec<u8>,
     pending: BTreeMap<u64, Pending<A::Op>>,
+    /// Operations that failed too often: stored, not performed, until re-queued.
+    dead: BTreeMap<u64, Pending<A::Op>>,
     next_seq: u64,
-    /// Operations whose last `perform` asked to be retried.
-    retry: BTreeSet<u64>,
+    /// Operations whose last `perform` asked to be retried, and when they are due.
+    retry: BTreeMap<u64, Instant>,
+    policy: RetryPolicy,
+    max_pending: usize,
+    /// xorshift state for retry jitter.
+    rng: u64,
 }
 
 impl<A: PersistentActor> Runtime<A> {
@@ -78,6 +106,31 @@ impl<A: PersistentActor> Runtime<A> {
     /// The pending operations, by sequence number.
     pub fn pending(&self) -> impl Iterator<Item = &Pending<A::Op>> {
         self.pending.values()
+    }
+
+    /// A random number in 0..1 for jitter (xorshift64; quality is not the point).
+    fn unit(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn op_envelope(&self, kind: Kind, seq: u64, payload: &[u8]) -> Vec<u8> {
+        let head = Header {
+            schema: self.schema,
+            sequence: seq,
+            fingerprint: self.op_shape,
+        };
+        envelope::wrap(kind, head, self.epoch, payload)
+    }
+
+    fn encode_error(&self, what: &'static str, source: postcard::Error) -> CommitError {
+        CommitError::Encode {
+            key: (*self.key).clone(),
+            what,
+            source,
+        }
     }
 
     fn rollback(&mut self) -> Result<(), ActorProcessingErr> {
@@ -123,7 +176,7 @@ pub async fn pre_start<A: Persistent>(
         .map_err(store_err)?;
     let state_shape = shape_fingerprint::<A::State>().unwrap_or(0);
     let op_shape = shape_fingerprint::<A::Op>().unwrap_or(0);
-    let (snapshot, pending) = match decode_record::<A>(&key, &loaded, state_shape, op_shape) {
+    let (snapshot, pending, dead) = match decode_record::<A>(&key, &loaded, state_shape, op_shape) {
         Ok(decoded) => decoded,
         Err(e) if start.quarantine => {
             // Opted in: keep the original bytes aside and start fresh. Sequence numbers go
@@ -139,7 +192,7 @@ pub async fn pre_start<A: Persistent>(
                 .as_deref()
                 .and_then(|b| envelope::open(b, Kind::Snapshot, u32::MAX).ok())
                 .map_or(0, |(h, _)| h.sequence);
-            (Err(floor.max(header_seq)), BTreeMap::new())
+            (Err(floor.max(header_seq)), BTreeMap::new(), BTreeMap::new())
         }
         Err(e) => return Err(e.into()),
     };
@@ -154,9 +207,15 @@ pub async fn pre_start<A: Persistent>(
             (state, committed, next_seq)
         }
     };
-    if let Some(last) = pending.keys().next_back() {
+    if let Some(last) = pending.keys().chain(dead.keys()).max() {
         next_seq = next_seq.max(last + 1);
     }
+    let seed = key
+        .to_string()
+        .bytes()
+        .fold(loaded.epoch ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
     Ok(Runtime {
         key,
         storage: start.storage,
@@ -167,15 +226,20 @@ pub async fn pre_start<A: Persistent>(
         state,
         committed,
         pending,
+        dead,
         next_seq,
-        retry: BTreeSet::new(),
+        retry: BTreeMap::new(),
+        policy: start.retry,
+        max_pending: start.max_pending,
+        rng: seed | 1,
     })
 }
 
 /// The decoded snapshot (state, its current-version encoding, next sequence number), or the
-/// first sequence number to use when there is none; and the pending operations.
+/// first sequence number to use when there is none; the pending operations; the dead letters.
 type Decoded<A> = (
     Result<(<A as PersistentActor>::State, Vec<u8>, u64), u64>,
+    BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
     BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
 );
 
@@ -215,22 +279,31 @@ fn decode_record<A: Persistent>(
         None => Err(0),
     };
     let mut pending = BTreeMap::new();
+    let mut dead = BTreeMap::new();
     for (seq, bytes) in &loaded.ops {
-        let op = envelope::open(bytes, Kind::Op, A::VERSION)
-            .and_then(|(header, body)| {
-                decode_versioned(A::VERSION, header, body, op_shape, A::migrate_op)
+        let (kind, op) = envelope::open_any(bytes, A::VERSION)
+            .and_then(|(kind, header, body)| match kind {
+                Kind::Op | Kind::DeadOp => {
+                    decode_versioned(A::VERSION, header, body, op_shape, A::migrate_op)
+                        .map(|op| (kind, op))
+                }
+                Kind::Snapshot => Err(DecodeReason::WrongKind {
+                    expected: "operation",
+                    found: Kind::Snapshot as u8,
+                }),
             })
             .map_err(|r| bad(RecordRef::Op(*seq), r))?;
-        pending.insert(
-            *seq,
-            Pending {
-                id: OpId::new(key.clone(), *seq),
-                op,
-                attempts: 0,
-            },
-        );
+        let entry = Pending {
+            id: OpId::new(key.clone(), *seq),
+            op,
+            attempts: 0,
+        };
+        match kind {
+            Kind::DeadOp => dead.insert(*seq, entry),
+            _ => pending.insert(*seq, entry),
+        };
     }
-    Ok((snapshot, pending))
+    Ok((snapshot, pending, dead))
 }
 
 /// Decodes a payload of the current schema `version` (checking its shape) or migrates one of
@@ -261,11 +334,45 @@ fn decode_versioned<T: serde::de::DeserializeOwned>(
 /// before the first new message.
 pub async fn post_start<A: Persistent>(
     actor: &A,
-    _myself: ActorRef<A::Msg>,
+    myself: ActorRef<A::Msg>,
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
     let all: Vec<u64> = rt.pending.keys().copied().collect();
-    perform(actor, rt, all).await
+    perform(actor, &myself, rt, all).await
+}
+
+/// Handles a runtime [`Control`] message: no handler runs and nothing is committed.
+async fn control<A: Persistent>(
+    actor: &A,
+    myself: &ActorRef<A::Msg>,
+    control: Control<A::Op>,
+    rt: &mut Runtime<A>,
+) -> Result<(), ActorProcessingErr> {
+    let mut order = due_retries(rt);
+    if let Control::Resume(filter) = control {
+        order.extend(
+            rt.pending
+                .values()
+                .filter(|p| filter(p))
+                .map(|p| p.id.seq()),
+        );
+    }
+    perform(actor, myself, rt, order.into_iter().collect()).await
+}
+
+/// Takes the retries whose backoff ran out.
+fn due_retries<A: PersistentActor>(rt: &mut Runtime<A>) -> BTreeSet<u64> {
+    let now = Instant::now();
+    let due: BTreeSet<u64> = rt
+        .retry
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(seq, _)| *seq)
+        .collect();
+    for seq in &due {
+        rt.retry.remove(seq);
+    }
+    due
 }
 
 /// One message cycle: handle, commit if anything changed, reply, perform.
@@ -275,7 +382,18 @@ pub async fn handle<A: Persistent>(
     msg: A::Msg,
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
-    let mut tx = Tx::new(&rt.key, &myself, &rt.pending, rt.next_seq);
+    let msg = match A::control(msg) {
+        Ok(c) => return control(actor, &myself, c, rt).await,
+        Err(msg) => msg,
+    };
+    let mut tx = Tx::new(
+        &rt.key,
+        &myself,
+        &rt.pending,
+        &rt.dead,
+        rt.max_pending,
+        rt.next_seq,
+    );
     let handled = actor.handle(&mut tx, msg, &mut rt.state).await;
     let parts = tx.into_parts();
     if let Err(e) = handled {
@@ -295,27 +413,22 @@ pub async fn handle<A: Persistent>(
         }
     };
     let changed = encoded != rt.committed;
-    if changed || !parts.pushed.is_empty() || !parts.confirmed.is_empty() {
+    let ops_changed =
+        !parts.pushed.is_empty() || !parts.confirmed.is_empty() || !parts.requeued.is_empty();
+    if changed || ops_changed {
         let next_seq = rt.next_seq + parts.pushed.len() as u64;
-        let mut put_ops = Vec::with_capacity(parts.pushed.len());
-        for (seq, op) in &parts.pushed {
+        let mut put_ops = Vec::with_capacity(parts.pushed.len() + parts.requeued.len());
+        // A re-queued dead letter is rewritten as a pending operation under its own number.
+        let requeued = parts
+            .requeued
+            .iter()
+            .filter_map(|s| Some((*s, &rt.dead.get(s)?.op)));
+        for (seq, op) in requeued.chain(parts.pushed.iter().map(|(s, op)| (*s, op))) {
             match envelope::to_payload(op) {
-                Ok(p) => {
-                    let head = Header {
-                        schema: rt.schema,
-                        sequence: *seq,
-                        fingerprint: rt.op_shape,
-                    };
-                    put_ops.push((*seq, envelope::wrap(Kind::Op, head, rt.epoch, &p)));
-                }
+                Ok(p) => put_ops.push((seq, rt.op_envelope(Kind::Op, seq, &p))),
                 Err(source) => {
                     rt.rollback()?;
-                    return Err(CommitError::Encode {
-                        key: (*rt.key).clone(),
-                        what: "operation",
-                        source,
-                    }
-                    .into());
+                    return Err(rt.encode_error("operation", source).into());
                 }
             }
         }
@@ -346,6 +459,12 @@ pub async fn handle<A: Persistent>(
             rt.pending.remove(seq);
             rt.retry.remove(seq);
         }
+        for seq in &parts.requeued {
+            if let Some(mut p) = rt.dead.remove(seq) {
+                p.attempts = 0;
+                rt.pending.insert(*seq, p);
+            }
+        }
     }
     for reply in parts.replies {
         reply();
@@ -362,34 +481,61 @@ pub async fn handle<A: Persistent>(
         );
         order.push(seq);
     }
-    // Resumed and retried operations were committed before this message's: they go first.
+    // Resumed, re-queued and due operations were committed before this message's: they go
+    // first, in sequence order.
     let mut again: BTreeSet<u64> = parts.resumed;
-    again.extend(std::mem::take(&mut rt.retry));
+    again.extend(parts.requeued);
+    again.extend(due_retries(rt));
     let order: Vec<u64> = again.into_iter().chain(order).collect();
-    perform(actor, rt, order).await
+    perform(actor, &myself, rt, order).await
 }
 
 /// Performs the operations `seqs`, in that order, and queues the removal of those done.
 async fn perform<A: Persistent>(
     actor: &A,
+    myself: &ActorRef<A::Msg>,
     rt: &mut Runtime<A>,
     seqs: Vec<u64>,
 ) -> Result<(), ActorProcessingErr> {
     let mut done = Vec::new();
+    let mut buried = Vec::new();
+    let mut wake = None;
     let mut result = Ok(());
     for seq in seqs {
         let Some(p) = rt.pending.get_mut(&seq) else {
             continue;
         };
         p.attempts += 1;
+        let attempts = p.attempts;
         match actor.perform(p, &rt.state).await {
             Ok(Outcome::Done) => {
                 rt.pending.remove(&seq);
+                rt.retry.remove(&seq);
                 done.push(seq);
             }
-            Ok(Outcome::KeepUntilConfirmed) => {}
+            Ok(Outcome::KeepUntilConfirmed) => {
+                rt.retry.remove(&seq);
+            }
+            Ok(Outcome::Retry) if attempts >= rt.policy.max_attempts => {
+                // Given up: set aside as a dead letter, kept in the store, not lost.
+                rt.retry.remove(&seq);
+                if let Some(p) = rt.pending.remove(&seq) {
+                    match envelope::to_payload(&p.op) {
+                        Ok(bytes) => buried.push((seq, rt.op_envelope(Kind::DeadOp, seq, &bytes))),
+                        Err(source) => {
+                            rt.pending.insert(seq, p);
+                            result = Err(rt.encode_error("operation", source).into());
+                            break;
+                        }
+                    }
+                    rt.dead.insert(seq, p);
+                }
+            }
             Ok(Outcome::Retry) => {
-                rt.retry.insert(seq);
+                let unit = rt.unit();
+                let delay = rt.policy.delay(attempts, unit);
+                rt.retry.insert(seq, Instant::now() + delay);
+                wake = Some(wake.map_or(delay, |d: std::time::Duration| d.min(delay)));
             }
             Err(e) => {
                 // The operation stays pending and is performed again after a restart.
@@ -398,14 +544,27 @@ async fn perform<A: Persistent>(
             }
         }
     }
-    if !done.is_empty() {
+    if !done.is_empty() || !buried.is_empty() {
         rt.storage.ride(ActorCommit {
             key: rt.key.clone(),
             epoch: rt.epoch,
             snapshot: None,
-            put_ops: Vec::new(),
+            put_ops: buried,
             remove_ops: done,
         });
+    }
+    if let Some(delay) = wake {
+        // Without a control variant in the message type, retries wait for the next message.
+        if A::wrap_control(Control::RetryDue).is_some() {
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Some(msg) = A::wrap_control(Control::RetryDue) {
+                    // The actor may have stopped meanwhile; then there is nothing to retry.
+                    let _ = myself.send_message(msg);
+                }
+            });
+        }
     }
     result
 }
@@ -449,7 +608,7 @@ mod tests {
         ) -> Result<(), ActorProcessingErr> {
             let (AccMsg::Add(n) | AccMsg::AddThenFail(n)) = msg;
             state.push(n);
-            tx.push(n);
+            tx.push(n)?;
             match msg {
                 AccMsg::Add(_) => Ok(()),
                 AccMsg::AddThenFail(_) => Err("failed on purpose".into()),

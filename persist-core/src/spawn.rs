@@ -5,9 +5,9 @@ use std::future::Future;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorCell, ActorRef, ActorRuntime, SpawnErr};
 
-use crate::error::StoreError;
+use crate::error::{ResumeError, StoreError};
 use crate::key::ActorKey;
-use crate::model::{Persistent, PersistentActor};
+use crate::model::{Control, Pending, Persistent, PersistentActor};
 use crate::runtime::{Runtime, Start};
 use crate::storage::Storage;
 
@@ -62,6 +62,23 @@ pub trait SpawnPersistent:
         let key = ActorKey::new(Self::NAME, key);
         let storage = storage.clone();
         async move { storage.delete(&key).await }
+    }
+
+    /// Performs again, in sequence order, every pending operation of the running actor
+    /// `actor` for which `filter` holds (for example when a peer reconnected). Needs a control
+    /// variant in the message type (see [`PersistentActor::control`]).
+    fn resume(
+        actor: &ActorRef<<Self as PersistentActor>::Msg>,
+        filter: impl Fn(&Pending<<Self as PersistentActor>::Op>) -> bool + Send + Sync + 'static,
+    ) -> Result<(), ResumeError> {
+        let msg = Self::wrap_control(Control::Resume(Box::new(filter))).ok_or(
+            ResumeError::NoControlVariant {
+                actor_type: std::any::type_name::<Self>(),
+            },
+        )?;
+        actor
+            .send_message(msg)
+            .map_err(|e| ResumeError::NotRunning(e.to_string()))
     }
 
     /// The keys of this type's actors that hold a state in `storage`.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ractor::{ActorRef, RpcReplyPort};
 
+use crate::error::{NotDeadLetter, OverCapacity};
 use crate::key::ActorKey;
 use crate::model::{OpId, Pending, PersistentActor};
 
@@ -20,6 +21,8 @@ pub struct Tx<'a, A: PersistentActor> {
     key: &'a Arc<ActorKey>,
     myself: &'a ActorRef<A::Msg>,
     pending: &'a BTreeMap<u64, Pending<A::Op>>,
+    dead: &'a BTreeMap<u64, Pending<A::Op>>,
+    max_pending: usize,
     next_seq: u64,
     parts: TxParts<A::Op>,
 }
@@ -30,6 +33,7 @@ pub(crate) struct TxParts<Op> {
     pub(crate) confirmed: BTreeSet<u64>,
     pub(crate) replies: Vec<Reply>,
     pub(crate) resumed: BTreeSet<u64>,
+    pub(crate) requeued: BTreeSet<u64>,
     pub(crate) unknown_confirms: usize,
 }
 
@@ -38,18 +42,23 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
         key: &'a Arc<ActorKey>,
         myself: &'a ActorRef<A::Msg>,
         pending: &'a BTreeMap<u64, Pending<A::Op>>,
+        dead: &'a BTreeMap<u64, Pending<A::Op>>,
+        max_pending: usize,
         next_seq: u64,
     ) -> Self {
         Tx {
             key,
             myself,
             pending,
+            dead,
+            max_pending,
             next_seq,
             parts: TxParts {
                 pushed: Vec::new(),
                 confirmed: BTreeSet::new(),
                 replies: Vec::new(),
                 resumed: BTreeSet::new(),
+                requeued: BTreeSet::new(),
                 unknown_confirms: 0,
             },
         }
@@ -69,12 +78,47 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
         self.myself
     }
 
-    /// Adds an operation; it is committed with the state and then performed. Returns its id.
-    pub fn push(&mut self, op: A::Op) -> OpId {
+    /// Adds an operation; it is committed with the state and then performed. Returns its id,
+    /// or [`OverCapacity`] (adding nothing) when the actor already holds its maximum of
+    /// pending operations (see [`crate::Start::max_pending`]).
+    pub fn push(&mut self, op: A::Op) -> Result<OpId, OverCapacity> {
+        let pending = self.pending.len() + self.parts.pushed.len() + self.parts.requeued.len()
+            - self.parts.confirmed.len();
+        if pending >= self.max_pending {
+            return Err(OverCapacity {
+                key: (**self.key).clone(),
+                pending,
+                max: self.max_pending,
+            });
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.parts.pushed.push((seq, op));
-        OpId::new(self.key.clone(), seq)
+        Ok(OpId::new(self.key.clone(), seq))
+    }
+
+    /// The operations that failed too often and were set aside (dead letters), by sequence
+    /// number. They are kept in the store and not performed until re-queued.
+    pub fn dead_letters(&self) -> impl Iterator<Item = &Pending<A::Op>> {
+        self.dead.values()
+    }
+
+    /// Puts a dead letter back among the pending operations, in this message's commit; it is
+    /// performed again after the commit with a fresh attempt count.
+    pub fn requeue(&mut self, id: &OpId) -> Result<(), NotDeadLetter> {
+        if id.actor() != &**self.key || !self.dead.contains_key(&id.seq()) {
+            return Err(NotDeadLetter {
+                key: (**self.key).clone(),
+                id: id.clone(),
+            });
+        }
+        self.parts.requeued.insert(id.seq());
+        Ok(())
+    }
+
+    /// How many confirmations of this message named an operation that is not pending.
+    pub fn unknown_confirms(&self) -> usize {
+        self.parts.unknown_confirms
     }
 
     /// The operations committed earlier and still pending, by sequence number.

@@ -59,6 +59,16 @@ impl<'a> Actor<'a> {
         }
     }
 
+    /// The current schema version: `version = N`, or 1. `None` when `version` was given
+    /// but could not be read, so nothing that depends on it can be checked.
+    pub(crate) fn version(&self) -> Option<u32> {
+        match &self.attrs.version {
+            Some(version) => Some(version.value),
+            None if self.attrs.version_failed => None,
+            None => Some(1),
+        }
+    }
+
     /// Whether an impl can be written for this input at all: a plain struct, no
     /// generics, and a runtime path that is known.
     pub(crate) fn can_stub(&self) -> bool {

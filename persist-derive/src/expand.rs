@@ -1,10 +1,12 @@
 //! Writes the impls for a valid actor, or hands a broken one to `fallback.rs`.
 
-use proc_macro2::TokenStream;
-use quote::quote;
-use syn::{DeriveInput, Ident, LitStr};
+use proc_macro2::{Literal, Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Ident};
 
 use crate::ast::Actor;
+use crate::attr::Chain;
 use crate::ctxt::Ctxt;
 use crate::{fallback, valid};
 
@@ -14,23 +16,96 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
     let actor = Actor::from_syn(&cx, input);
     valid::check(&cx, &actor);
     match cx.check() {
-        Ok(()) => impls(&actor.krate(), actor.ident, &actor.name()),
+        Ok(()) => impls(&actor),
         Err(errors) => fallback::expand(&actor, &errors),
     }
 }
 
-/// `Persistent` (the namespace) and, through persist-core's `impl_actor!`, ractor's
-/// `Actor`: the macro picks the async-trait or native form with persist-core's own cfg,
-/// which a derive crate cannot see.
-fn impls(krate: &TokenStream, ident: &Ident, name: &LitStr) -> TokenStream {
+/// `Persistent` (the namespace, the schema version and its migrations) and, through
+/// persist-core's `impl_actor!`, ractor's `Actor`: the macro picks the async-trait or
+/// native form with persist-core's own cfg, which a derive crate cannot see.
+fn impls(actor: &Actor) -> TokenStream {
+    let krate = actor.krate();
+    let ident = actor.ident;
+    let name = actor.name();
+    let current = actor.version().expect("checked by valid");
+    let version = actor.attrs.version.as_ref().map(|version| {
+        let value = Literal::u32_unsuffixed(version.value);
+        quote!(const VERSION: u32 = #value;)
+    });
+    let migrate_state = actor.attrs.migrate.as_ref().map(|chain| {
+        let state = Ident::new("State", Span::call_site());
+        let name = Ident::new("migrate_state", Span::call_site());
+        migration(&krate, chain, current, &name, &state, "state")
+    });
+    let migrate_op = actor.attrs.migrate_ops.as_ref().map(|chain| {
+        let op = Ident::new("Op", Span::call_site());
+        let name = Ident::new("migrate_op", Span::call_site());
+        migration(&krate, chain, current, &name, &op, "operation")
+    });
     quote! {
         #[automatically_derived]
         #[allow(unused_qualifications)]
         impl #krate::__private::Persistent for #ident {
             const NAME: &'static str = #name;
+            #version
+            #migrate_state
+            #migrate_op
         }
         #krate::__private::impl_actor!(#ident);
     }
+}
+
+/// A migration hook: one arm per older version, decoding that version's type and walking
+/// the `From`s up to the current `assoc` type. Each step is spanned at the user's type in
+/// the attribute, so a missing `From` impl is reported there.
+fn migration(
+    krate: &TokenStream,
+    chain: &Chain,
+    current: u32,
+    name: &Ident,
+    assoc: &Ident,
+    what: &str,
+) -> TokenStream {
+    let mut steps: Vec<_> = chain.steps.iter().collect();
+    steps.sort_by_key(|step| step.value);
+    let arms = steps.iter().enumerate().map(|(i, step)| {
+        let version = Literal::u32_unsuffixed(step.value);
+        let ty = &step.ty;
+        let mut body = quote_spanned! {at(ty)=>
+            let v: #ty = #krate::__private::decode_payload(payload)?;
+        };
+        for pair in steps[i..].windows(2) {
+            let (from, to) = (&pair[0].ty, &pair[1].ty);
+            body.extend(quote_spanned! {at(from)=>
+                let v: #to = ::core::convert::From::from(v);
+            });
+        }
+        let last = &steps[steps.len() - 1].ty;
+        body.extend(quote_spanned! {at(last)=>
+            ::core::result::Result::Ok(::core::convert::From::from(v))
+        });
+        quote!(#version => { #body })
+    });
+    let current = Literal::u32_unsuffixed(current);
+    quote! {
+        fn #name(version: u32, payload: &[u8]) -> ::core::result::Result<
+            <Self as #krate::__private::PersistentActor>::#assoc,
+            #krate::__private::DecodeReason
+        > {
+            match version {
+                #(#arms)*
+                _ => ::core::result::Result::Err(
+                    #krate::__private::no_migration(#what, version, #current)
+                ),
+            }
+        }
+    }
+}
+
+/// Where `ty` is written, but resolving names as the rest of the expansion does.
+fn at(ty: &syn::Type) -> Span {
+    Span::call_site().located_at(ty.span())
 }
 
 /// Every error message the derive reports for `input`, in order.
@@ -186,5 +261,93 @@ mod tests {
             assert!(out.contains("compile_error"), "{out}");
             assert!(!out.contains("impl"), "{out}");
         }
+    }
+
+    #[test]
+    fn version_is_written_when_given() {
+        expands_to(
+            parse_quote!(
+                #[persistent(name = "account", version = 2)]
+                struct AccountActor;
+            ),
+            quote! {
+                #[automatically_derived]
+                #[allow(unused_qualifications)]
+                impl ::ractor_persist::__private::Persistent for AccountActor {
+                    const NAME: &'static str = "account";
+                    const VERSION: u32 = 2;
+                }
+                ::ractor_persist::__private::impl_actor!(AccountActor);
+            },
+        );
+    }
+
+    #[test]
+    fn a_state_chain_walks_every_from_up_to_the_current_state() {
+        expands_to(
+            parse_quote!(
+                #[persistent(version = 3, migrate(2 = AccountV2, 1 = v1::Account))]
+                struct AccountActor;
+            ),
+            quote! {
+                #[automatically_derived]
+                #[allow(unused_qualifications)]
+                impl ::ractor_persist::__private::Persistent for AccountActor {
+                    const NAME: &'static str = "AccountActor";
+                    const VERSION: u32 = 3;
+                    fn migrate_state(version: u32, payload: &[u8]) -> ::core::result::Result<
+                        <Self as ::ractor_persist::__private::PersistentActor>::State,
+                        ::ractor_persist::__private::DecodeReason
+                    > {
+                        match version {
+                            1 => {
+                                let v: v1::Account = ::ractor_persist::__private::decode_payload(payload)?;
+                                let v: AccountV2 = ::core::convert::From::from(v);
+                                ::core::result::Result::Ok(::core::convert::From::from(v))
+                            }
+                            2 => {
+                                let v: AccountV2 = ::ractor_persist::__private::decode_payload(payload)?;
+                                ::core::result::Result::Ok(::core::convert::From::from(v))
+                            }
+                            _ => ::core::result::Result::Err(
+                                ::ractor_persist::__private::no_migration("state", version, 3)
+                            ),
+                        }
+                    }
+                }
+                ::ractor_persist::__private::impl_actor!(AccountActor);
+            },
+        );
+    }
+
+    #[test]
+    fn an_op_chain_writes_migrate_op() {
+        let out = derive(&parse_quote!(
+            #[persistent(crate = "persist_core", migrate_ops(1 = OpV1), version = 2)]
+            struct A;
+        ))
+        .to_string();
+        assert!(out.contains(
+            "fn migrate_op (version : u32 , payload : & [u8]) -> :: core :: result :: Result < \
+             < Self as persist_core :: __private :: PersistentActor > :: Op"
+        ));
+        assert!(out.contains(
+            "1 => { let v : OpV1 = persist_core :: __private :: decode_payload (payload) ? ; \
+             :: core :: result :: Result :: Ok (:: core :: convert :: From :: from (v)) }"
+        ));
+        assert!(out.contains(r#"no_migration ("operation" , version , 2)"#));
+        assert!(!out.contains("migrate_state"));
+    }
+
+    #[test]
+    fn chain_mistakes_keep_only_the_stub() {
+        let out = derive(&parse_quote!(
+            #[persistent(version = 3, migrate(1 = A))]
+            struct AccountActor;
+        ))
+        .to_string();
+        assert!(out.contains("compile_error"));
+        assert!(!out.contains("migrate_state"));
+        assert!(!out.contains("VERSION"));
     }
 }

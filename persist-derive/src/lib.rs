@@ -17,9 +17,9 @@ use syn::{DeriveInput, parse_macro_input};
 /// Makes a ractor actor type durable.
 ///
 /// Put it on the actor struct (unit, named or tuple; no generics) whose logic is a
-/// `PersistentActor` impl. It implements `Persistent` (the type's storage namespace)
-/// and ractor's `Actor` for the type, so `ActorRef`, `call!`, `cast!`, supervision and
-/// `spawn_linked` work as they always do.
+/// `PersistentActor` impl. It implements `Persistent` (the type's storage namespace, schema
+/// version and migrations) and ractor's `Actor` for the type, so `ActorRef`, `call!`,
+/// `cast!`, supervision and `spawn_linked` work as they always do.
 ///
 /// # Attributes
 ///
@@ -31,6 +31,16 @@ use syn::{DeriveInput, parse_macro_input};
 ///   without `/` and without leading or trailing whitespace.
 /// - `crate = "path"`: where the runtime is, for users who renamed the dependency or use
 ///   the core crate alone (`crate = "persist_core"`). Defaults to `::ractor_persist`.
+/// - `version = 2`: the schema version written into every record, a `u32` from 1 (the
+///   default). Bump it whenever the state or operation type changes shape; a record of a
+///   newer version than the running code is refused with a typed error.
+/// - `migrate(1 = AccountV1, 2 = AccountV2)`: the state type of every older version, each
+///   `From`-convertible into the next and the last into `State`. It must name each version
+///   from 1 to `version - 1` exactly once; a record of version `k` is decoded as its type and
+///   converted up the chain on load, and rewritten in the current version by the next change.
+///   A missing `From` impl is reported at the type in the attribute.
+/// - `migrate_ops(1 = OpV1, ...)`: the same for the operation type. Without it, operations of
+///   older versions are decoded as the current `Op`.
 ///
 /// # Example
 ///
@@ -38,11 +48,12 @@ use syn::{DeriveInput, parse_macro_input};
 /// use ractor_persist::{Persistent, PersistentActor};
 ///
 /// #[derive(Persistent)]
-/// #[persistent(name = "account")]
+/// #[persistent(name = "account", version = 3, migrate(1 = AccountV1, 2 = AccountV2))]
 /// struct AccountActor;
 ///
 /// impl PersistentActor for AccountActor {
-///     // Msg, State, Op, Arguments, init, handle, perform
+///     type State = Account; // with `From<AccountV1> for AccountV2`, `From<AccountV2> for Account`
+///     // Msg, Op, Arguments, init, handle, perform
 /// }
 /// ```
 ///

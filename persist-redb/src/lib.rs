@@ -14,6 +14,9 @@ mod format;
 mod store;
 
 pub use format::FormatError;
+/// The redb this crate is built on: a backend given to [`RedbStore::with_backend`] implements
+/// this version's [`redb::StorageBackend`].
+pub use redb;
 pub use store::RedbStore;
 
 // Used only by the integration tests; named here so `unused_crate_dependencies` stays quiet.

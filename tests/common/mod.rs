@@ -102,7 +102,7 @@ impl PersistentActor for Ledger {
                 tx.push(Notify {
                     total: book.total,
                     keep: false,
-                });
+                })?;
                 tx.reply(reply, book.total);
             }
             LedgerMsg::AddKept(n, reply) => {
@@ -111,7 +111,7 @@ impl PersistentActor for Ledger {
                 tx.push(Notify {
                     total: book.total,
                     keep: true,
-                });
+                })?;
                 tx.reply(reply, book.total);
             }
             LedgerMsg::Peek(reply) => tx.reply(reply, book.total),
@@ -120,7 +120,7 @@ impl PersistentActor for Ledger {
                 tx.push(Notify {
                     total: book.total,
                     keep: false,
-                });
+                })?;
                 tx.reply(reply, book.total);
                 return Err("the handler failed on purpose".into());
             }

@@ -63,7 +63,7 @@ impl PersistentActor for Tally {
             TallyMsg::Add(n, reply) => {
                 state.total += n;
                 state.count += 1;
-                tx.push(Announce(state.total));
+                tx.push(Announce(state.total))?;
                 tx.reply(reply, state.total);
             }
             TallyMsg::Get(reply) => tx.reply(reply, state.clone()),
