@@ -1,0 +1,368 @@
+//! At-least-once delivery: confirmation, resume from outside, retry with backoff, dead
+//! letters, receiver-side deduplication, and the capacity limit.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call};
+use ractor_persist::{
+    ActorKey, Control, Delivery, MemoryStore, OpId, Outcome, Pending, Persistent, PersistentActor,
+    RetryPolicy, Seen, SpawnPersistent, Start, Storage, Tx,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Book {
+    sent: u32,
+    applied: Vec<u32>,
+    seen: Seen,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Deliver {
+    n: u32,
+}
+
+enum Msg {
+    Send(u32, RpcReplyPort<Result<OpId, String>>),
+    ConfirmId(OpId, RpcReplyPort<bool>),
+    ConfirmBelow(u32, RpcReplyPort<usize>),
+    DeadLetters(RpcReplyPort<Vec<OpId>>),
+    Requeue(OpId, RpcReplyPort<Result<(), String>>),
+    Receive(OpId, u32, RpcReplyPort<Delivery>),
+    Applied(RpcReplyPort<Vec<u32>>),
+    Pending(RpcReplyPort<Vec<(u64, u32)>>),
+    Persist(Control<Deliver>),
+}
+
+const DONE: u8 = 0;
+const KEEP: u8 = 1;
+const RETRY: u8 = 2;
+
+#[derive(Clone, Default, Persistent)]
+#[persistent(name = "courier")]
+struct Courier {
+    /// What `perform` answers.
+    mode: Arc<AtomicU8>,
+    /// Every perform: (seq, attempt).
+    performed: Arc<Mutex<Vec<(u64, u32)>>>,
+    /// Told of every perform, so tests wait without sleeping.
+    notify: Arc<Mutex<Option<mpsc::UnboundedSender<(u64, u32)>>>>,
+}
+
+impl Courier {
+    fn with_mode(mode: u8) -> Self {
+        let c = Courier::default();
+        c.mode.store(mode, Ordering::SeqCst);
+        c
+    }
+
+    fn watch(&self) -> mpsc::UnboundedReceiver<(u64, u32)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.notify.lock().unwrap() = Some(tx);
+        rx
+    }
+
+    fn seqs(&self) -> Vec<u64> {
+        self.performed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, _)| *s)
+            .collect()
+    }
+}
+
+impl PersistentActor for Courier {
+    type Msg = Msg;
+    type State = Book;
+    type Op = Deliver;
+    type Arguments = ();
+
+    async fn init(&self, _: ()) -> Result<Book, ActorProcessingErr> {
+        Ok(Book {
+            seen: Seen::new(64, 8),
+            ..Book::default()
+        })
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        msg: Msg,
+        book: &mut Book,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            Msg::Send(n, reply) => match tx.push(Deliver { n }) {
+                Ok(id) => {
+                    book.sent += 1;
+                    tx.reply(reply, Ok(id));
+                }
+                // Over capacity: tell the caller, change nothing.
+                Err(e) => tx.reply(reply, Err(e.to_string())),
+            },
+            Msg::ConfirmId(id, reply) => {
+                let known = tx.confirm(&id);
+                book.sent += 1; // a state change in the same commit
+                tx.reply(reply, known);
+            }
+            Msg::ConfirmBelow(limit, reply) => {
+                let n = tx.confirm_where(|p| p.op().n < limit);
+                book.sent += 1;
+                tx.reply(reply, n);
+            }
+            Msg::DeadLetters(reply) => {
+                let dead = tx.dead_letters().map(|p| p.id().clone()).collect();
+                tx.reply(reply, dead);
+            }
+            Msg::Requeue(id, reply) => {
+                let r = tx.requeue(&id).map_err(|e| e.to_string());
+                tx.reply(reply, r);
+            }
+            Msg::Receive(id, n, reply) => {
+                let d = book.seen.record(&id);
+                if d == Delivery::New {
+                    book.applied.push(n);
+                }
+                tx.reply(reply, d);
+            }
+            Msg::Applied(reply) => tx.reply(reply, book.applied.clone()),
+            Msg::Pending(reply) => {
+                let p = tx.pending().map(|p| (p.id().seq(), p.attempts())).collect();
+                tx.reply(reply, p);
+            }
+            Msg::Persist(_) => unreachable!("control messages never reach the handler"),
+        }
+        Ok(())
+    }
+
+    async fn perform(
+        &self,
+        op: &Pending<Deliver>,
+        _: &Book,
+    ) -> Result<Outcome, ActorProcessingErr> {
+        let entry = (op.id().seq(), op.attempts());
+        self.performed.lock().unwrap().push(entry);
+        if let Some(n) = self.notify.lock().unwrap().as_ref() {
+            let _ = n.send(entry);
+        }
+        Ok(match self.mode.load(Ordering::SeqCst) {
+            DONE => Outcome::Done,
+            KEEP => Outcome::KeepUntilConfirmed,
+            _ => Outcome::Retry,
+        })
+    }
+
+    fn control(msg: Msg) -> Result<Control<Deliver>, Msg> {
+        match msg {
+            Msg::Persist(c) => Ok(c),
+            other => Err(other),
+        }
+    }
+
+    fn wrap_control(c: Control<Deliver>) -> Option<Msg> {
+        Some(Msg::Persist(c))
+    }
+}
+
+async fn spawn(
+    storage: &Storage,
+    key: &str,
+    c: Courier,
+    start: impl FnOnce(Start<Courier>) -> Start<Courier>,
+) -> ActorRef<Msg> {
+    let (a, _) = Actor::spawn(None, c, start(Start::new(storage, key, ())))
+        .await
+        .unwrap();
+    a
+}
+
+fn ops_in_store(store: &MemoryStore, key: &str) -> Vec<u64> {
+    store
+        .ops(&ActorKey::new("courier", key))
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_by_id_and_by_predicate_remove_exactly_the_matching_ops_with_the_state_change() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let a = spawn(&storage, "c1", Courier::with_mode(KEEP), |s| s).await;
+    let mut ids = Vec::new();
+    for n in [10, 20, 30, 40] {
+        ids.push(call!(a, Msg::Send, n).unwrap().unwrap());
+    }
+    assert!(call!(a, Msg::ConfirmId, ids[1].clone()).unwrap());
+    assert_eq!(ops_in_store(&store, "c1"), vec![0, 2, 3]);
+    assert_eq!(call!(a, Msg::ConfirmBelow, 35).unwrap(), 2, "10 and 30");
+    assert_eq!(ops_in_store(&store, "c1"), vec![3]);
+    // Unknown ids change nothing and are reported as such.
+    assert!(!call!(a, Msg::ConfirmId, ids[1].clone()).unwrap());
+    // The confirmations rode with a state change: `sent` counts 4 sends and 3 confirms.
+    a.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+    let storage = Storage::new(store.clone());
+    let again = Courier::with_mode(KEEP);
+    let a = spawn(&storage, "c1", again.clone(), |s| s).await;
+    assert_eq!(call!(a, Msg::Pending).unwrap(), vec![(3, 1)]);
+    assert_eq!(again.seqs(), vec![3], "only the unconfirmed op is replayed");
+    a.stop_and_wait(None, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_outside_performs_the_matching_pending_ops_in_order() {
+    let storage = Storage::new(MemoryStore::new());
+    let c = Courier::with_mode(KEEP);
+    let a = spawn(&storage, "c2", c.clone(), |s| s).await;
+    for n in [1, 2, 3, 4] {
+        call!(a, Msg::Send, n).unwrap().unwrap();
+    }
+    call!(a, Msg::Pending).unwrap();
+    c.performed.lock().unwrap().clear();
+    Courier::resume(&a, |p| p.op().n % 2 == 0).unwrap();
+    call!(a, Msg::Pending).unwrap();
+    assert_eq!(c.seqs(), vec![1, 3], "the even ones, in sequence order");
+    Courier::resume(&a, |_| true).unwrap();
+    call!(a, Msg::Pending).unwrap();
+    assert_eq!(c.seqs(), vec![1, 3, 0, 1, 2, 3]);
+    a.stop_and_wait(None, None).await.unwrap();
+}
+
+#[test]
+fn retry_delays_grow_are_capped_and_jittered_within_bounds() {
+    let p =
+        RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1), 5).with_jitter(0.5);
+    assert_eq!(p.delay(1, 0.0), Duration::from_millis(100));
+    assert_eq!(p.delay(2, 0.0), Duration::from_millis(200));
+    assert_eq!(p.delay(3, 0.0), Duration::from_millis(400));
+    assert_eq!(p.delay(9, 0.0), Duration::from_secs(1), "capped");
+    assert_eq!(
+        p.delay(2, 1.0),
+        Duration::from_millis(100),
+        "at most half taken off"
+    );
+    assert!(p.delay(60, 0.3) <= Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_for_its_backoff_without_blocking_the_mailbox() {
+    let storage = Storage::new(MemoryStore::new());
+    let c = Courier::with_mode(RETRY);
+    let policy = RetryPolicy::new(Duration::from_secs(3600), Duration::from_secs(3600), 5);
+    let a = spawn(&storage, "c3", c.clone(), |s| s.retry_policy(policy)).await;
+    call!(a, Msg::Send, 1).unwrap().unwrap();
+    // The actor answers while the op waits an hour for its retry.
+    assert_eq!(call!(a, Msg::Pending).unwrap(), vec![(0, 1)]);
+    a.send_message(Msg::Persist(Control::RetryDue)).unwrap();
+    call!(a, Msg::Send, 2).unwrap().unwrap();
+    call!(a, Msg::Pending).unwrap();
+    assert_eq!(c.seqs(), vec![0, 1], "op 0 is not due: performed once");
+    a.stop_and_wait(None, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_back_off_then_the_op_becomes_a_dead_letter_that_can_be_requeued() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let c = Courier::with_mode(RETRY);
+    let mut seen = c.watch();
+    let policy = RetryPolicy::new(Duration::ZERO, Duration::ZERO, 3);
+    let a = spawn(&storage, "c4", c.clone(), |s| s.retry_policy(policy)).await;
+    call!(a, Msg::Send, 7).unwrap().unwrap();
+    // The runtime's timer wakes the actor for each retry: attempts 1, 2, 3, then it stops.
+    for attempt in 1..=3 {
+        assert_eq!(seen.recv().await, Some((0, attempt)));
+    }
+    let dead = |ids: Vec<OpId>| ids.iter().map(OpId::seq).collect::<Vec<_>>();
+    assert_eq!(dead(call!(a, Msg::DeadLetters).unwrap()), vec![0]);
+    assert!(call!(a, Msg::Pending).unwrap().is_empty());
+    assert!(seen.try_recv().is_err(), "no fourth attempt");
+    // Requeueing an id that is not a dead letter is a typed error.
+    let live = call!(a, Msg::Send, 8).unwrap().unwrap();
+    let err = call!(a, Msg::Requeue, live).unwrap().unwrap_err();
+    assert!(err.contains("not a dead letter"), "{err}");
+    for attempt in 1..=3 {
+        assert_eq!(seen.recv().await, Some((1, attempt)));
+    }
+    a.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+
+    // Dead letters survive a restart, are not performed, and can be re-queued.
+    let storage = Storage::new(store.clone());
+    let c = Courier::with_mode(DONE);
+    let a = spawn(&storage, "c4", c.clone(), |s| s.retry_policy(policy)).await;
+    let letters = call!(a, Msg::DeadLetters).unwrap();
+    assert_eq!(dead(letters.clone()), vec![0, 1]);
+    assert!(c.seqs().is_empty(), "dead letters are not replayed");
+    call!(a, Msg::Requeue, letters[0].clone()).unwrap().unwrap();
+    call!(a, Msg::Pending).unwrap();
+    assert_eq!(c.seqs(), vec![0], "the requeued op ran and was done");
+    assert_eq!(dead(call!(a, Msg::DeadLetters).unwrap()), vec![1]);
+    a.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+    assert!(!ops_in_store(&store, "c4").contains(&0), "done: removed");
+    assert!(
+        ops_in_store(&store, "c4").contains(&1),
+        "still a dead letter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seen_set_drops_a_duplicate_across_a_receiver_restart() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let sender = spawn(&storage, "sender", Courier::with_mode(KEEP), |s| s).await;
+    let id = call!(sender, Msg::Send, 5).unwrap().unwrap();
+    let rx = spawn(&storage, "receiver", Courier::default(), |s| s).await;
+    assert_eq!(
+        call!(rx, Msg::Receive, id.clone(), 5).unwrap(),
+        Delivery::New
+    );
+    assert_eq!(
+        call!(rx, Msg::Receive, id.clone(), 5).unwrap(),
+        Delivery::Duplicate
+    );
+    rx.stop_and_wait(None, None).await.unwrap();
+    sender.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+
+    let storage = Storage::new(store.clone());
+    let rx = spawn(&storage, "receiver", Courier::default(), |s| s).await;
+    assert_eq!(
+        call!(rx, Msg::Receive, id.clone(), 5).unwrap(),
+        Delivery::Duplicate
+    );
+    assert_eq!(
+        call!(rx, Msg::Applied).unwrap(),
+        vec![5],
+        "applied exactly once"
+    );
+    rx.stop_and_wait(None, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_capacity_limit_push_is_a_typed_error_and_nothing_is_lost() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let a = spawn(&storage, "c5", Courier::with_mode(KEEP), |s| {
+        s.max_pending(2)
+    })
+    .await;
+    let first = call!(a, Msg::Send, 1).unwrap().unwrap();
+    call!(a, Msg::Send, 2).unwrap().unwrap();
+    let err = call!(a, Msg::Send, 3).unwrap().unwrap_err();
+    assert!(err.contains("maximum of 2"), "{err}");
+    assert_eq!(
+        ops_in_store(&store, "c5"),
+        vec![0, 1],
+        "nothing lost, nothing added"
+    );
+    assert!(call!(a, Msg::ConfirmId, first).unwrap());
+    call!(a, Msg::Send, 3).unwrap().unwrap();
+    assert_eq!(ops_in_store(&store, "c5"), vec![1, 2]);
+    a.stop_and_wait(None, None).await.unwrap();
+}
