@@ -37,6 +37,9 @@ enum Msg {
     Persist(Control<Deliver>),
 }
 
+/// Told (seq, attempt) of every perform.
+type Watcher = mpsc::UnboundedSender<(u64, u32)>;
+
 const DONE: u8 = 0;
 const KEEP: u8 = 1;
 const RETRY: u8 = 2;
@@ -49,7 +52,7 @@ struct Courier {
     /// Every perform: (seq, attempt).
     performed: Arc<Mutex<Vec<(u64, u32)>>>,
     /// Told of every perform, so tests wait without sleeping.
-    notify: Arc<Mutex<Option<mpsc::UnboundedSender<(u64, u32)>>>>,
+    notify: Arc<Mutex<Option<Watcher>>>,
 }
 
 impl Courier {
