@@ -80,7 +80,6 @@ struct QuarantineBody {
 type Job = Box<dyn FnOnce(Result<&dyn Store, StoreError>) + Send>;
 
 enum Request {
-    Load(ActorKey, Done<Loaded>),
     /// Administrative work (delete, list, quarantine), in order with the commits.
     Call(Job),
     Commit(ActorCommit, Done<()>),
@@ -178,11 +177,15 @@ impl Storage {
         }
     }
 
-    /// Takes a new writer epoch for `key` and reads its record.
+    /// Takes a new writer epoch for `key` and reads its record, after every commit sent
+    /// before.
     pub(crate) async fn load(&self, key: ActorKey) -> Result<Loaded, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Request::Load(key, tx))?;
-        rx.await.map_err(|_| self.closed())?
+        let counters = self.inner.counters.clone();
+        self.call(move |s| {
+            counters.loads.fetch_add(1, Ordering::Relaxed);
+            s.open_actor(&key)
+        })
+        .await
     }
 
     /// Commits `commit` with whatever else is waiting; returns once it is durable.
@@ -326,18 +329,13 @@ impl Committer {
                     }
                     Request::Ride(c) => self.riders.push(c),
                     Request::Call(job) => {
+                        // A call (a load among them) must see every commit sent before it.
                         self.flush(&mut batch);
                         bytes = 0;
                         match self.refuse() {
                             Some(e) => job(Err(e)),
                             None => job(Ok(&*self.store)),
                         }
-                    }
-                    Request::Load(key, done) => {
-                        // A load must see every commit sent before it.
-                        self.flush(&mut batch);
-                        bytes = 0;
-                        let _ = done.send(self.load(&key));
                     }
                     Request::Close(done) => {
                         self.flush(&mut batch);
@@ -384,14 +382,6 @@ impl Committer {
             store: self.name.clone(),
             cause: cause.clone(),
         })
-    }
-
-    fn load(&mut self, key: &ActorKey) -> Result<Loaded, StoreError> {
-        if let Some(e) = self.refuse() {
-            return Err(e);
-        }
-        self.counters.loads.fetch_add(1, Ordering::Relaxed);
-        self.guarded(|s| s.open_actor(key))
     }
 
     /// Writes the riders on their own: only when the committer stops.
