@@ -15,9 +15,11 @@ pub enum Delivery {
     /// Seen before: drop it, it already took effect.
     Duplicate,
     /// Older than everything still remembered for its sender: it was applied and forgotten,
-    /// or it arrives for the first time after `window` later operations of the same sender.
-    /// Senders that perform in sequence order (as the runtime does) never cause the second,
-    /// so it is normally safe to drop.
+    /// or it arrives for the first time after `window` later operations of the same sender
+    /// were recorded (a link that drops or reorders can do that, even though the runtime
+    /// performs in sequence order). It is safe to drop only if the receiver records each
+    /// sender's operations in order (it refuses one that skips ahead, so the sender resends),
+    /// or if `window` is larger than the number of operations that can overtake one.
     Forgotten,
 }
 
