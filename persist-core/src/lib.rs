@@ -67,6 +67,9 @@ pub mod __private {
 /// Emits the ractor `Actor` impl of a persistent actor, in the form the ractor in this build
 /// expects: native `async fn`, or `#[async_trait]` when persist-core's `async-trait` feature
 /// (which turns on ractor's) is on. The choice is persist-core's, not the user's crate's.
+///
+/// The runtime's futures are boxed: the actor's task is sized for its largest future, and an
+/// idle actor should not carry the message cycle's (about 1 KiB per actor).
 #[doc(hidden)]
 #[cfg(not(feature = "async-trait"))]
 #[macro_export]
@@ -84,7 +87,7 @@ macro_rules! __impl_actor {
                 args: Self::Arguments,
             ) -> ::core::result::Result<Self::State, $crate::__private::ractor::ActorProcessingErr>
             {
-                $crate::__private::pre_start(self, myself, args).await
+                ::std::boxed::Box::pin($crate::__private::pre_start(self, myself, args)).await
             }
 
             async fn post_start(
@@ -92,7 +95,7 @@ macro_rules! __impl_actor {
                 myself: $crate::__private::ractor::ActorRef<Self::Msg>,
                 state: &mut Self::State,
             ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
-                $crate::__private::post_start(self, myself, state).await
+                ::std::boxed::Box::pin($crate::__private::post_start(self, myself, state)).await
             }
 
             async fn handle(
@@ -101,7 +104,8 @@ macro_rules! __impl_actor {
                 message: Self::Msg,
                 state: &mut Self::State,
             ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
-                $crate::__private::handle(self, myself, message, state).await
+                ::std::boxed::Box::pin($crate::__private::handle(self, myself, message, state))
+                    .await
             }
         }
     };
@@ -126,7 +130,7 @@ macro_rules! __impl_actor {
                 args: Self::Arguments,
             ) -> ::core::result::Result<Self::State, $crate::__private::ractor::ActorProcessingErr>
             {
-                $crate::__private::pre_start(self, myself, args).await
+                ::std::boxed::Box::pin($crate::__private::pre_start(self, myself, args)).await
             }
 
             async fn post_start(
@@ -134,7 +138,7 @@ macro_rules! __impl_actor {
                 myself: $crate::__private::ractor::ActorRef<Self::Msg>,
                 state: &mut Self::State,
             ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
-                $crate::__private::post_start(self, myself, state).await
+                ::std::boxed::Box::pin($crate::__private::post_start(self, myself, state)).await
             }
 
             async fn handle(
@@ -143,7 +147,8 @@ macro_rules! __impl_actor {
                 message: Self::Msg,
                 state: &mut Self::State,
             ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
-                $crate::__private::handle(self, myself, message, state).await
+                ::std::boxed::Box::pin($crate::__private::handle(self, myself, message, state))
+                    .await
             }
         }
     };

@@ -200,10 +200,12 @@ pub async fn pre_start<A: Persistent>(
         Ok(loaded) => loaded,
         Err(next_seq) => {
             let state = actor.init(start.args).await?;
-            let committed = envelope::to_payload(&state).map_err(|source| LoadError::Encode {
-                key: (*key).clone(),
-                source,
-            })?;
+            let mut committed =
+                envelope::to_payload(&state).map_err(|source| LoadError::Encode {
+                    key: (*key).clone(),
+                    source,
+                })?;
+            committed.shrink_to_fit();
             (state, committed, next_seq)
         }
     };
@@ -454,6 +456,8 @@ pub async fn handle<A: Persistent>(
             return Err(rt.fail(source).into());
         }
         rt.committed = encoded;
+        // Kept for the actor's life: no spare capacity (postcard grows its buffer by doubling).
+        rt.committed.shrink_to_fit();
         rt.next_seq = next_seq;
         for seq in &parts.confirmed {
             rt.pending.remove(seq);

@@ -1,0 +1,435 @@
+//! Durable throughput, latency, memory and recovery of ractor-persist, each figure printed
+//! beside its baseline measured in the same run on the same disk.
+//!
+//! Run with `cargo bench --bench throughput`; `BENCH_QUICK=1 cargo bench --bench throughput`
+//! (or `-- quick`) runs a shorter version. Naming sections after `--` runs only those:
+//! `durable`, `unchanged`, `cycle`, `resident`, `recovery`; `BENCH_ACTORS=1,1024` limits
+//! `durable` to those actor counts (for profiling). See docs/performance.md.
+
+#[path = "throughput/actors.rs"]
+mod actors;
+#[path = "throughput/cycle.rs"]
+mod cycle;
+#[path = "throughput/durable.rs"]
+mod durable;
+#[path = "throughput/measure.rs"]
+mod measure;
+#[path = "throughput/raw.rs"]
+mod raw;
+#[path = "throughput/recovery.rs"]
+mod recovery;
+#[path = "throughput/resident.rs"]
+mod resident;
+
+use std::time::Duration;
+
+use measure::{Run, count, dur, median_of, percentile, us};
+
+/// How much to run: the full plan, or the quick one.
+struct Plan {
+    reps: usize,
+    /// (actors, messages per actor for the library, messages per actor for the baseline)
+    configs: [(usize, usize, usize); 4],
+    changed_one: usize,
+    unchanged_one: usize,
+    cycle: [(usize, usize, usize); 2],
+    idle_actors: usize,
+    recovery_actors: usize,
+    respawn: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                reps: 1,
+                configs: [(1, 600, 300), (16, 100, 30), (256, 20, 2), (1024, 10, 1)],
+                changed_one: 300,
+                unchanged_one: 20_000,
+                cycle: [(1024, 20_000, 5_000), (65536, 1_000, 300)],
+                idle_actors: 10_000,
+                recovery_actors: 20_000,
+                respawn: 200,
+            }
+        } else {
+            Plan {
+                reps: 5,
+                configs: [
+                    (1, 3_000, 1_500),
+                    (16, 500, 150),
+                    (256, 100, 10),
+                    (1024, 40, 3),
+                ],
+                changed_one: 2_000,
+                unchanged_one: 200_000,
+                cycle: [(1024, 100_000, 20_000), (65536, 5_000, 1_000)],
+                idle_actors: 10_000,
+                recovery_actors: 100_000,
+                respawn: 1_000,
+            }
+        }
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime");
+    if let Ok(spec) = std::env::var(resident::CHILD) {
+        resident::child(&spec, &rt);
+        return;
+    }
+    // `cargo bench` passes `--bench`; words name the quick plan or sections.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let quick = words.iter().any(|w| w == "quick")
+        || std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let only: Vec<&str> = words
+        .iter()
+        .map(String::as_str)
+        .filter(|w| *w != "quick")
+        .collect();
+    let run = |section: &str| only.is_empty() || only.contains(&section);
+    let plan = Plan::new(quick);
+
+    let dir = tempfile::Builder::new()
+        .prefix("throughput-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a temporary directory");
+    println!(
+        "ractor-persist throughput benchmark ({})",
+        if quick { "quick" } else { "full" }
+    );
+    println!(
+        "dir {} on {}; {} cores; tokio multi-thread, {} workers; repeats {} (medians)",
+        dir.path().display(),
+        measure::filesystem(dir.path()),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        plan.reps,
+    );
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start: {}", load().trim());
+    let (busy0, total0, steal0) = measure::machine_cpu();
+    let own0 = measure::cpu_time() + measure::children_cpu();
+    rt.block_on(async {
+        let rows = raw::row_sizes().await;
+        println!("rows: snapshot {} bytes, op {} bytes (the library's envelopes)", rows.0, rows.1);
+        // Per configuration: (actors, library msg/s, library / baseline, library / raw).
+        let mut ratios: Vec<(usize, f64, f64, f64)> = Vec::new();
+        if run("durable") {
+            println!(
+                "\n== 1, 2. state-changing messages (each pushes one op; perform -> Done) on redb, Durability::Immediate"
+            );
+            println!(
+                "   baseline: plain ractor actor: clone + mutate + one redb transaction per message, on its own task"
+            );
+            println!(
+                "   raw redb: one thread, no actor, the same rows (snapshot + op + removal of the previous op), as many messages per transaction as the library averaged"
+            );
+            println!(
+                "   each repeat runs library, baseline, raw back to back; figures are medians over repeats, ratios medians of per-repeat ratios"
+            );
+            // `BENCH_ACTORS=1024` (a comma-separated list) runs only those configurations.
+            let wanted: Vec<usize> = std::env::var("BENCH_ACTORS")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|a| a.trim().parse().ok())
+                .collect();
+            let configs = plan
+                .configs
+                .iter()
+                .filter(|c| wanted.is_empty() || wanted.contains(&c.0));
+            for &(actors, per_lib, per_naive) in configs {
+                let (mut lib, mut naive, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..plan.reps {
+                    let l = durable::library(dir.path(), actors, per_lib).await;
+                    let per_txn = l.batch().round().max(1.0) as usize;
+                    naive.push(durable::naive(dir.path(), actors, per_naive).await);
+                    raw.push(raw::write(dir.path(), rows, actors, per_txn, l.msgs));
+                    lib.push(l);
+                }
+                let ratio = |other: &[Run]| {
+                    let v: Vec<Run> = lib
+                        .iter()
+                        .zip(other)
+                        .map(|(l, o)| Run {
+                            msgs: 1,
+                            secs: o.rate() / l.rate(),
+                            ..Run::default()
+                        })
+                        .collect();
+                    median_of(&v, Run::rate)
+                };
+                let (vs_naive, vs_raw) = (ratio(&naive), ratio(&raw));
+                let (l, n, r) = (summary(&lib), summary(&naive), summary(&raw));
+                println!(
+                    "{actors:>5} actors  library  {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  batch {:>6.1} msgs ({:.1} commits with riders)  CPU/msg {} (committer thread {})  [{} msgs]",
+                    count(l.rate),
+                    range(&l),
+                    dur(l.p50),
+                    dur(l.p99),
+                    l.batch,
+                    l.batch_all,
+                    us(l.cpu),
+                    us(l.committer),
+                    count(lib[0].msgs as f64),
+                );
+                println!(
+                    "              baseline {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  CPU/msg {}  -> library / baseline {:>6.1}x  [{} msgs]",
+                    count(n.rate),
+                    range(&n),
+                    dur(n.p50),
+                    dur(n.p99),
+                    us(n.cpu),
+                    vs_naive,
+                    count(naive[0].msgs as f64),
+                );
+                println!(
+                    "              raw redb {:>8} msg/s {:>17}  txn p50 {:>9}  p99 {:>9}  CPU/msg {}  -> library / raw {:>5.2}  ({} msgs per txn, {actors} keys)",
+                    count(r.rate),
+                    range(&r),
+                    dur(r.p50),
+                    dur(r.p99),
+                    us(r.cpu),
+                    vs_raw,
+                    count(r.batch),
+                );
+                ratios.push((actors, l.rate, vs_naive, vs_raw));
+            }
+
+            println!("\n== targets (issue 6)");
+            let get = |a: usize| ratios.iter().find(|r| r.0 == a).copied();
+            if let Some((_, _, _, vs_raw)) = get(1) {
+                verdict("library / raw one-txn-per-message, 1 actor", vs_raw, 0.9, "x");
+            }
+            for (actors, target) in [(256, 20.0), (1024, 40.0)] {
+                if let Some((_, _, vs_naive, _)) = get(actors) {
+                    verdict(
+                        &format!("library / baseline, {actors} actors"),
+                        vs_naive,
+                        target,
+                        "x",
+                    );
+                }
+            }
+            if let Some((_, rate, _, _)) = get(1024) {
+                verdict("library, 1024 actors", rate, 100_000.0, " msg/s");
+            }
+        }
+
+        if run("unchanged") {
+            println!("\n== 3. unchanged-state messages (no commit) vs state-changing ones, the same actor on redb");
+            let mut changed = Vec::new();
+            let mut unchanged = Vec::new();
+            let mut writes = 0;
+            for _ in 0..plan.reps {
+                let (c, u, w) = cycle::unchanged_vs_changed(dir.path(), plan.changed_one, plan.unchanged_one).await;
+                changed.push(c);
+                unchanged.push(u);
+                writes += w;
+            }
+            let c = summary(&changed);
+            let u = summary(&unchanged);
+            println!(
+                "unchanged {:>9} msg/s p50 {:>9} p99 {:>9} ({} commits) | changed {:>7} msg/s p50 {:>9} p99 {:>9}",
+                count(u.rate),
+                dur(u.p50),
+                dur(u.p99),
+                writes,
+                count(c.rate),
+                dur(c.p50),
+                dur(c.p99),
+            );
+            verdict("unchanged / changed, 1 actor", u.rate / c.rate, 50.0, "x");
+        }
+
+        if run("cycle") {
+            println!("\n== 4. message cycle per message, MemoryStore (no disk), one actor, call! closed loop: elapsed, and CPU time of all threads");
+            println!("   baseline: plain ractor actor holding the same state in memory (no persistence)");
+            for &(pad, unchanged, changed) in &plan.cycle {
+                let mut runs = Vec::new();
+                for _ in 0..plan.reps {
+                    runs.push(cycle::cost(pad, unchanged, changed).await);
+                }
+                let m = |f: fn(&cycle::Cycle) -> f64| {
+                    let mut v: Vec<f64> = runs.iter().map(f).collect();
+                    v.sort_by(|a, b| a.total_cmp(b));
+                    v[v.len() / 2]
+                };
+                let size = format!("{} KiB", pad / 1024);
+                let line = |what: &str, p: (f64, f64), b: (f64, f64), extra: String| {
+                    println!(
+                        "{size:>6} {what:<9}: persistent {:>10} (CPU {:>10}) | plain {:>9} (CPU {:>9}) | runtime adds {:>10} (CPU {:>10}){extra}",
+                        us(p.0),
+                        us(p.1),
+                        us(b.0),
+                        us(b.1),
+                        us(p.0 - b.0),
+                        us(p.1 - b.1),
+                    );
+                };
+                line(
+                    "unchanged",
+                    (m(|c| c.persistent_unchanged.wall), m(|c| c.persistent_unchanged.cpu)),
+                    (m(|c| c.plain_unchanged.wall), m(|c| c.plain_unchanged.cpu)),
+                    String::new(),
+                );
+                line(
+                    "changed",
+                    (m(|c| c.persistent_changed.wall), m(|c| c.persistent_changed.cpu)),
+                    (m(|c| c.plain_changed.wall), m(|c| c.plain_changed.cpu)),
+                    format!(
+                        " | encode alone {}, clone alone {}",
+                        us(m(|c| c.encode)),
+                        us(m(|c| c.clone))
+                    ),
+                );
+            }
+            let mut floors: Vec<f64> = Vec::new();
+            for _ in 0..plan.reps {
+                floors.push(cycle::handoff(plan.cycle[0].2).await);
+            }
+            floors.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "committer round trip alone (tokio task -> std thread over std mpsc -> oneshot back, no work): {} per message",
+                us(floors[floors.len() / 2]),
+            );
+        }
+
+        if run("resident") {
+            let n = plan.idle_actors;
+            println!("\n== 5. resident memory, {n} idle actors with a 1 KiB state (Vec<u8> of 1024 filled bytes), each in a fresh process, MemoryStore");
+            let p = resident::measure("persistent", n);
+            let b = resident::measure("plain", n);
+            println!(
+                "per actor beyond its state: persistent {:>6} B (VmRSS +{} KiB, VmHWM +{} KiB) | plain ractor {:>6} B (VmRSS +{} KiB) | persistence adds {} B",
+                count(p.per_actor_rss(n)),
+                count((p.rss_after - p.rss_before) as f64 / 1024.0),
+                count((p.hwm_after - p.hwm_before) as f64 / 1024.0),
+                count(b.per_actor_rss(n)),
+                count((b.rss_after - b.rss_before) as f64 / 1024.0),
+                count(p.per_actor_rss(n) - b.per_actor_rss(n)),
+            );
+            verdict_max("persistent bytes per idle actor beyond state (VmHWM)", p.per_actor_hwm(n), 3072.0, " B");
+        }
+
+        if run("recovery") {
+            println!("\n== 6. recovery: a store of {} actors (snapshot + one pending op each), respawn {} spread over it", count(plan.recovery_actors as f64), plan.respawn);
+            let r = recovery::run(dir.path(), plan.recovery_actors, plan.respawn, plan.reps).await;
+            println!(
+                "built in {:.2} s (library records copied through Store::commit, 10,000 per transaction); file {} MiB",
+                r.build.as_secs_f64(),
+                count(r.file_bytes as f64 / (1024.0 * 1024.0)),
+            );
+            let pp = |v: &[Duration]| format!("p50 {:>9} p99 {:>9}", dur(percentile(v, 0.5)), dur(percentile(v, 0.99)));
+            println!(
+                "open, warm page cache: RedbStore + Storage {:>9} | baseline redb Database::open {:>9} (medians of {})",
+                dur(r.open_warm),
+                dur(r.raw_open),
+                plan.reps,
+            );
+            println!(
+                "respawn, warm: {} | baseline raw redb load (epoch + snapshot + ops, one txn) {} | plain ractor spawn {}",
+                pp(&r.spawn_warm),
+                pp(&r.raw_load),
+                pp(&r.plain_spawn),
+            );
+            println!(
+                "cold (file evicted from the page cache): open {:>9} | respawn {}",
+                dur(r.open_cold),
+                pp(&r.spawn_cold),
+            );
+            verdict_max(
+                &format!("respawn p99 from a store of {} actors (warm)", count(r.actors as f64)),
+                percentile(&r.spawn_warm, 0.99).as_secs_f64() * 1000.0,
+                2.0,
+                " ms",
+            );
+        }
+    });
+    let (busy1, total1, steal1) = measure::machine_cpu();
+    let own = measure::cpu_time() + measure::children_cpu() - own0;
+    let others = ((busy1 - busy0) - own).max(0.0);
+    println!(
+        "\nload average at end: {}; CPU used by other processes during the run: {:.0}% of the machine (this benchmark: {:.0}%; stolen by the hypervisor: {:.1}%)",
+        load().trim(),
+        100.0 * others / (total1 - total0).max(1e-9),
+        100.0 * own / (total1 - total0).max(1e-9),
+        100.0 * (steal1 - steal0) / (total1 - total0).max(1e-9),
+    );
+}
+
+/// Medians of repeated runs, figure by figure.
+struct Summary {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    batch: f64,
+    batch_all: f64,
+    cpu: f64,
+    committer: f64,
+    /// The lowest and highest msg/s over the repeats.
+    range: (f64, f64),
+}
+
+fn summary(runs: &[Run]) -> Summary {
+    Summary {
+        rate: median_of(runs, Run::rate),
+        p50: Duration::from_secs_f64(median_of(runs, |r| r.p50().as_secs_f64())),
+        p99: Duration::from_secs_f64(median_of(runs, |r| r.p99().as_secs_f64())),
+        batch: median_of(runs, Run::batch),
+        batch_all: median_of(runs, Run::batch_all),
+        cpu: median_of(runs, Run::cpu_per_msg),
+        committer: median_of(runs, Run::committer_per_msg),
+        range: runs
+            .iter()
+            .map(Run::rate)
+            .fold((f64::MAX, 0.0), |(lo, hi), r| (lo.min(r), hi.max(r))),
+    }
+}
+
+/// "(95,000-140,000)": the spread of msg/s over the repeats.
+fn range(s: &Summary) -> String {
+    if s.range.0 >= s.range.1 {
+        return String::new();
+    }
+    format!("({}-{})", count(s.range.0), count(s.range.1))
+}
+
+fn verdict(what: &str, value: f64, target: f64, unit: &str) {
+    let shown = if value >= 1000.0 {
+        count(value)
+    } else {
+        format!("{value:.2}")
+    };
+    let status = if value >= target { "met" } else { "MISSED" };
+    println!(
+        "{what}: {shown}{unit} (target >= {}{unit}) {status}",
+        count_or(target)
+    );
+}
+
+fn verdict_max(what: &str, value: f64, target: f64, unit: &str) {
+    let shown = if value >= 1000.0 {
+        count(value)
+    } else {
+        format!("{value:.2}")
+    };
+    let status = if value <= target { "met" } else { "MISSED" };
+    println!(
+        "{what}: {shown}{unit} (target <= {}{unit}) {status}",
+        count_or(target)
+    );
+}
+
+fn count_or(x: f64) -> String {
+    if x >= 1000.0 {
+        count(x)
+    } else {
+        format!("{x}")
+    }
+}

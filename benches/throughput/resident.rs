@@ -1,0 +1,104 @@
+//! Resident memory of idle actors, each measured in a fresh process of this binary so that
+//! memory freed by earlier sections cannot hide what the actors take.
+
+use std::process::Command;
+
+use ractor::{Actor, ActorRef};
+use ractor_persist::{MemoryStore, SpawnPersistent, Storage};
+
+use crate::actors::{Acct, Msg, Plain};
+use crate::measure::{closed_loop, resident};
+
+/// The environment variable that makes this binary a child measuring one kind of actor.
+pub const CHILD: &str = "THROUGHPUT_RESIDENT_CHILD";
+/// The state of each idle actor: 1 KiB of filled bytes.
+pub const STATE: usize = 1024;
+
+/// Resident bytes before and after spawning the actors.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resident {
+    pub rss_before: u64,
+    pub hwm_before: u64,
+    pub rss_after: u64,
+    pub hwm_after: u64,
+}
+
+impl Resident {
+    /// Bytes per actor beyond its state, from the growth of `VmRSS`.
+    pub fn per_actor_rss(&self, actors: usize) -> f64 {
+        (self.rss_after as f64 - self.rss_before as f64) / actors as f64 - STATE as f64
+    }
+    /// Bytes per actor beyond its state, from the growth of the peak `VmHWM`.
+    pub fn per_actor_hwm(&self, actors: usize) -> f64 {
+        (self.hwm_after as f64 - self.hwm_before as f64) / actors as f64 - STATE as f64
+    }
+}
+
+/// Runs a child process that spawns `actors` idle actors of `kind` ("persistent" or "plain").
+pub fn measure(kind: &str, actors: usize) -> Resident {
+    let exe = std::env::current_exe().expect("this binary");
+    let out = Command::new(exe)
+        .env(CHILD, format!("{kind}:{actors}"))
+        .output()
+        .expect("run the child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESIDENT "))
+        .unwrap_or_else(|| {
+            panic!(
+                "the child said: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let v: Vec<u64> = line
+        .split(' ')
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    Resident {
+        rss_before: v[0],
+        hwm_before: v[1],
+        rss_after: v[2],
+        hwm_after: v[3],
+    }
+}
+
+/// The child's side: `spec` is "kind:actors". Prints one `RESIDENT` line.
+pub fn child(spec: &str, rt: &tokio::runtime::Runtime) {
+    let (kind, actors) = spec.split_once(':').expect("kind:actors");
+    let actors: usize = actors.parse().expect("a count");
+    rt.block_on(async {
+        let storage = Storage::new(MemoryStore::new());
+        // Warm up whatever is allocated once: the runtime, ractor's globals, the committer.
+        let warm = spawn(kind, &storage, "warm").await;
+        closed_loop(std::slice::from_ref(&warm), 10, Msg::Peek).await;
+        warm.stop_and_wait(None, None).await.expect("stop");
+        let (rss_before, hwm_before) = resident();
+        let mut refs = Vec::with_capacity(actors);
+        for i in 0..actors {
+            refs.push(spawn(kind, &storage, &format!("idle{i}")).await);
+        }
+        // One message each, so every actor is past post_start and idle in its loop.
+        for actor in &refs {
+            ractor::call!(actor, Msg::Peek).expect("reply");
+        }
+        let (rss_after, hwm_after) = resident();
+        println!("RESIDENT {rss_before} {hwm_before} {rss_after} {hwm_after}");
+        for actor in refs {
+            actor.stop(None);
+        }
+    });
+}
+
+async fn spawn(kind: &str, storage: &Storage, key: &str) -> ActorRef<Msg> {
+    match kind {
+        "persistent" => {
+            Acct::spawn_persistent(storage, key, STATE)
+                .await
+                .expect("spawn")
+                .0
+        }
+        "plain" => Plain::spawn(None, Plain, STATE).await.expect("spawn").0,
+        other => panic!("unknown actor kind {other}"),
+    }
+}
