@@ -5,7 +5,10 @@
 //! steps. A crash in between leaves a file of zeros, which every later open refuses as "not a
 //! redb database", so a plain `create` could turn a crash into a store that refuses to open
 //! while appearing to hold data. Instead the store is built in a temporary file beside the
-//! target, synced, and linked into place; the directory is synced after.
+//! target, synced, and linked into place; the directory is synced after. So a store file is
+//! never empty, and an empty file at a store's path is refused
+//! ([`crate::FormatError::EmptyFile`]) rather than taken for a new store: it is a store that
+//! lost its bytes, or not a store at all.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -18,41 +21,27 @@ use redb::backends::FileBackend;
 use crate::error::Failure;
 use crate::format;
 
-/// What is at the store's path before it is opened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Found {
-    /// No file: it must be created.
-    Absent,
-    /// An empty file (say, made by `touch` or a temp-file helper): it must be replaced.
-    Empty,
-    /// A file with bytes in it: open it as it is.
-    Present,
-}
-
-/// Looks at what `path` holds.
-pub(crate) fn inspect(path: &Path) -> Result<Found, Failure> {
+/// Whether there is a file at `path`.
+pub(crate) fn exists(path: &Path) -> Result<bool, Failure> {
     match fs::metadata(path) {
-        Ok(meta) if meta.len() == 0 => Ok(Found::Empty),
-        Ok(_) => Ok(Found::Present),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Absent),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(redb::Error::from(e).into()),
     }
 }
 
-/// Builds an empty store in a temporary file beside `path` and puts it at `path`.
+/// Builds an empty store in a temporary file beside `path` and puts it at the absent `path`.
 ///
-/// An absent `path` is filled with a hard link, which fails if another process created the
-/// store meanwhile (then that store is used, not replaced). An empty file is replaced by a
-/// rename. A crash leaves at most a temporary file `.<name>.create-*` behind, which no open
-/// reads; it may be deleted.
+/// The store is placed with a hard link, which fails if another process created the store
+/// meanwhile (then that store is used, not replaced). A crash leaves at most a temporary file
+/// `.<name>.create-*` behind, which no open reads; it may be deleted.
 pub(crate) fn create<B: StorageBackend>(
     path: &Path,
-    found: Found,
     wrap: &impl Fn(FileBackend) -> B,
 ) -> Result<(), Failure> {
     let temp = temp_path(path);
-    let result = build(&temp, wrap).and_then(|()| place(&temp, path, found));
-    // The temporary name is gone after a rename; after a link or a failure it is removed.
+    let result = build(&temp, wrap).and_then(|()| place(&temp, path));
+    // After a link, or a failure, the temporary name is removed (after a rename it is gone).
     let _ = fs::remove_file(&temp);
     result
 }
@@ -77,21 +66,16 @@ fn build<B: StorageBackend>(temp: &Path, wrap: &impl Fn(FileBackend) -> B) -> Re
     Ok(())
 }
 
-fn place(temp: &Path, path: &Path, found: Found) -> Result<(), Failure> {
-    let placed = match found {
-        Found::Absent => match fs::hard_link(temp, path) {
-            Ok(()) => Ok(()),
-            // Another opener won the race: use its store, never replace it.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-            // A file system without hard links: a rename is atomic too, but may replace a
-            // store created meanwhile; redb's lock then keeps the two openers apart only if
-            // they opened the same file, which is why the link comes first.
-            Err(_) => fs::rename(temp, path),
-        },
-        Found::Empty => fs::rename(temp, path),
-        Found::Present => unreachable!("an existing store is opened, never created"),
-    };
-    placed.map_err(redb::Error::from)?;
+fn place(temp: &Path, path: &Path) -> Result<(), Failure> {
+    match fs::hard_link(temp, path) {
+        Ok(()) => {}
+        // Another opener won the race: use its store, never replace it.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        // A file system without hard links: a rename is atomic too, but would replace a store
+        // created meanwhile (whose opener then writes to a file no longer at `path`), which is
+        // why the link comes first.
+        Err(_) => fs::rename(temp, path).map_err(redb::Error::from)?,
+    }
     sync_dir(path).map_err(redb::Error::from)?;
     Ok(())
 }

@@ -34,6 +34,12 @@ const FORMAT_MARKER: &str = "ractor-persist/redb/1";
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
+    /// The file exists and is empty. A store file is never empty, not even after a crash
+    /// during its creation (it is built aside and linked into place), so an empty file is
+    /// taken for a store that lost its bytes rather than silently made a new, empty store.
+    /// Remove it to create a store there.
+    #[error("the file is empty: not a store, and not made one (remove it to create a store)")]
+    EmptyFile,
     /// The file is not a redb database.
     #[error("not a redb database ({detail}), so not a ractor-persist store")]
     NotRedb {
@@ -98,8 +104,17 @@ pub(crate) fn inspect(txn: &ReadTransaction) -> Result<Layout, Failure> {
 }
 
 /// The redb settings of every store this crate opens.
+///
+/// Every writable open verifies the checksum of every page reachable from the last commit
+/// (redb's `check_integrity`): redb does not verify pages when it reads them, and our
+/// envelope's checksum covers a record's value but not the key it is stored under, so a flipped
+/// bit in a key or a branch page could otherwise hand one actor's record to another, or hide
+/// it (and `init` would build a fresh state over it). The cost is one read of the file per
+/// open.
 pub(crate) fn builder() -> Builder {
-    Builder::new()
+    let mut builder = Builder::new();
+    builder.set_check_integrity_on_open(true);
+    builder
 }
 
 /// Makes an empty database a store: writes the marker and creates the tables, durably.
@@ -123,7 +138,7 @@ pub(crate) fn initialize(db: &Database) -> Result<(), Failure> {
 pub(crate) fn probe(path: &Path) -> Result<(), Failure> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.len() > 0 => {}
-        Ok(_) => return Ok(()),
+        Ok(_) => return Err(FormatError::EmptyFile.into()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(redb::Error::from(e).into()),
     }

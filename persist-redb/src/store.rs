@@ -8,7 +8,7 @@ use redb::backends::{FileBackend, InMemoryBackend};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table};
 
 use crate::admin;
-use crate::create::{self, Found};
+use crate::create;
 use crate::error::{Failure, guarded};
 use crate::format::{self, EPOCHS, Layout, OPS, SNAPSHOTS};
 
@@ -23,11 +23,16 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens the store in the file at `path`, creating it if the file is absent or empty.
+    /// Opens the store in the file at `path`, creating it if there is no file.
     ///
     /// The first create is atomic: the store is built in a temporary file beside `path`,
-    /// synced, and linked into place, so a crash during it leaves no file at `path` (or the
-    /// empty file that was there), never a half-made one that refuses to open.
+    /// synced, and linked into place, so a crash during it leaves no file at `path`, never a
+    /// half-made one that refuses to open. So a store file is never empty, and an empty file
+    /// is refused ([`crate::FormatError::EmptyFile`]): it is a store that lost its bytes, or
+    /// not a store at all.
+    ///
+    /// Every open verifies the checksum of every page of the file (one read of the file), so
+    /// damage redb would not notice is a typed error here, not a wrong record later.
     ///
     /// A file that is not one of our stores is refused with a
     /// [`crate::FormatError`] (as the source of [`StoreError::Backend`]) and left unchanged; a
@@ -49,9 +54,8 @@ impl RedbStore {
         let path = path.as_ref();
         let name = path.display().to_string();
         guarded(&name, || {
-            let found = create::inspect(path)?;
-            if found != Found::Present {
-                create::create(path, found, &wrap)?;
+            if !create::exists(path)? {
+                create::create(path, &wrap)?;
             }
             format::probe(path)?;
             let file = OpenOptions::new()

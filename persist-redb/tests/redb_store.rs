@@ -241,19 +241,14 @@ fn empty_batch_is_a_no_op() {
 }
 
 #[test]
-fn empty_file_becomes_a_store() {
+fn empty_file_is_refused_not_taken_for_a_new_store() {
+    // A store file is never empty (the first create links a complete file into place), so an
+    // empty one is a store that lost its bytes: making it a new, empty store would hide that.
     let file = tempfile::NamedTempFile::new().unwrap();
-    let store = RedbStore::open(file.path()).unwrap();
-    let k = key("account", "fay");
-    let epoch = store.open_actor(&k).unwrap().epoch;
-    store
-        .commit(&[commit(&k, epoch, Some(b"s"), &[], &[])])
-        .unwrap();
-    drop(store);
-    let store = RedbStore::open(file.path()).unwrap();
-    assert_eq!(
-        store.open_actor(&k).unwrap().snapshot.as_deref(),
-        Some(&b"s"[..])
+    let err = assert_refused_unchanged(file.path());
+    assert!(
+        matches!(format_error(&err), Some(FormatError::EmptyFile)),
+        "{err}"
     );
 }
 
