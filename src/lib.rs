@@ -62,8 +62,8 @@ pub use persist_core::{
     ActorCommit, ActorKey, BoxError, CommitError, CommitStats, Control, DEFAULT_MAX_PENDING,
     DecodeError, DecodeReason, Delivery, Error, Fence, LoadError, Loaded, NotDeadLetter, OpId,
     Outcome, OverCapacity, Pending, Persistent, PersistentActor, Quarantined, RecordRef,
-    ResumeError, RetryPolicy, Runtime, Seen, SpawnPersistent, Start, Storage, StorageConfig,
-    Store, StoreError, Tx, assert_shape, check_epochs, shape_fingerprint,
+    ResumeError, RetryPolicy, Runtime, Seen, SpawnPersistent, Start, Storage, StorageConfig, Store,
+    StoreError, Tx, assert_shape, check_epochs, shape_fingerprint,
 };
 
 #[cfg(feature = "memory")]

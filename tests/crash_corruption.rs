@@ -16,6 +16,7 @@
 mod crash;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -305,7 +306,9 @@ fn damaged_store_gives_the_right_state_or_a_typed_error_never_a_wrong_one() {
         f.panics_caught += h.panics_caught;
         f.aborts += h.aborts;
     }
-    println!(
+    // Straight to stderr, past the test harness's capture: CI shows the figures.
+    let _ = writeln!(
+        std::io::stderr(),
         "corruption: flips={} truncations={} correct={} refused_open={} refused_spawn={} wrong={} untyped={} panics_caught={} aborts={} file={}B seed={seed} ({:.1}s)",
         flips.min(to.saturating_sub(from)),
         f.cases.saturating_sub(flips.min(f.cases)),

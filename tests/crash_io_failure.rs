@@ -11,6 +11,7 @@
 mod crash;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use crash::torture::{Tally, mix};
@@ -365,7 +366,9 @@ fn io_failure_at_every_operation_is_typed_and_leaves_the_old_or_the_acknowledged
     let mut f = Figures::default();
     rt.block_on(run(seed, &mut f));
     let phases: Vec<String> = f.phases.iter().map(|(p, n)| format!("{p}={n}")).collect();
-    println!(
+    // Straight to stderr, past the test harness's capture: CI shows the figures.
+    let _ = writeln!(
+        std::io::stderr(),
         "io-failure: points={}/{} ({:.0}%) [{}] acked={} refused={} violations={} seed={seed} ({:.1}s)",
         f.covered,
         f.total,

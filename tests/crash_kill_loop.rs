@@ -16,6 +16,7 @@
 mod crash;
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
@@ -270,7 +271,9 @@ fn killed_process_loses_no_acknowledged_change_and_replays_every_pending_op() {
         }
     }
     let f = &model.f;
-    println!(
+    // Straight to stderr, past the test harness's capture: CI shows the figures.
+    let _ = writeln!(
+        std::io::stderr(),
         "kill-loop: cycles={cycles} acked={} lost={} unexpected={} missed_replays={} replayed={} recovered_inflight={} kills_in_recovery={} seed={seed} ({:.1}s)",
         f.acked,
         f.lost,
