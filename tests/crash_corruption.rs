@@ -16,7 +16,6 @@
 mod crash;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
