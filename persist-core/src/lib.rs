@@ -67,47 +67,12 @@ pub mod __private {
 /// Emits the ractor `Actor` impl of a persistent actor, in the form the ractor in this build
 /// expects: native `async fn`, or `#[async_trait]` when persist-core's `async-trait` feature
 /// (which turns on ractor's) is on. The choice is persist-core's, not the user's crate's.
-///
-/// The runtime's futures are boxed: the actor's task is sized for its largest future, and an
-/// idle actor should not carry the message cycle's (about 1 KiB per actor).
 #[doc(hidden)]
 #[cfg(not(feature = "async-trait"))]
 #[macro_export]
 macro_rules! __impl_actor {
     ($ty:ty) => {
-        #[automatically_derived]
-        impl $crate::__private::ractor::Actor for $ty {
-            type Msg = <$ty as $crate::__private::PersistentActor>::Msg;
-            type State = $crate::__private::Runtime<$ty>;
-            type Arguments = $crate::__private::Start<$ty>;
-
-            async fn pre_start(
-                &self,
-                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
-                args: Self::Arguments,
-            ) -> ::core::result::Result<Self::State, $crate::__private::ractor::ActorProcessingErr>
-            {
-                ::std::boxed::Box::pin($crate::__private::pre_start(self, myself, args)).await
-            }
-
-            async fn post_start(
-                &self,
-                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
-                state: &mut Self::State,
-            ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
-                ::std::boxed::Box::pin($crate::__private::post_start(self, myself, state)).await
-            }
-
-            async fn handle(
-                &self,
-                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
-                message: Self::Msg,
-                state: &mut Self::State,
-            ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
-                ::std::boxed::Box::pin($crate::__private::handle(self, myself, message, state))
-                    .await
-            }
-        }
+        $crate::__impl_actor_as!($ty);
     };
 }
 
@@ -117,8 +82,20 @@ macro_rules! __impl_actor {
 #[macro_export]
 macro_rules! __impl_actor {
     ($ty:ty) => {
+        $crate::__impl_actor_as!($ty, #[$crate::__private::async_trait]);
+    };
+}
+
+/// The ractor `Actor` impl itself, with the attribute that selects its form.
+///
+/// The runtime's futures are boxed: the actor's task is sized for its largest future, and an
+/// idle actor should not carry the message cycle's (about 1 KiB per actor).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __impl_actor_as {
+    ($ty:ty $(, #[$attr:meta])?) => {
         #[automatically_derived]
-        #[$crate::__private::async_trait]
+        $(#[$attr])?
         impl $crate::__private::ractor::Actor for $ty {
             type Msg = <$ty as $crate::__private::PersistentActor>::Msg;
             type State = $crate::__private::Runtime<$ty>;

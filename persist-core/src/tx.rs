@@ -141,26 +141,14 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
     }
 
     /// Confirms every pending operation for which `pred` holds; returns how many.
-    pub fn confirm_where(&mut self, mut pred: impl FnMut(&Pending<A::Op>) -> bool) -> usize {
-        let before = self.parts.confirmed.len();
-        for (seq, p) in self.pending {
-            if pred(p) {
-                self.parts.confirmed.insert(*seq);
-            }
-        }
-        self.parts.confirmed.len() - before
+    pub fn confirm_where(&mut self, pred: impl FnMut(&Pending<A::Op>) -> bool) -> usize {
+        mark(self.pending, &mut self.parts.confirmed, pred)
     }
 
     /// Performs every pending operation for which `pred` holds again after this message's
     /// commit, in sequence order (for example those addressed to a peer that reconnected).
-    pub fn resume(&mut self, mut pred: impl FnMut(&Pending<A::Op>) -> bool) -> usize {
-        let before = self.parts.resumed.len();
-        for (seq, p) in self.pending {
-            if pred(p) {
-                self.parts.resumed.insert(*seq);
-            }
-        }
-        self.parts.resumed.len() - before
+    pub fn resume(&mut self, pred: impl FnMut(&Pending<A::Op>) -> bool) -> usize {
+        mark(self.pending, &mut self.parts.resumed, pred)
     }
 
     /// Sends `value` to the caller once this message's commit has returned.
@@ -172,4 +160,15 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             let _ = port.send(value);
         }));
     }
+}
+
+/// Adds to `set` the pending operations for which `pred` holds; returns how many were new.
+fn mark<Op>(
+    pending: &BTreeMap<u64, Pending<Op>>,
+    set: &mut BTreeSet<u64>,
+    mut pred: impl FnMut(&Pending<Op>) -> bool,
+) -> usize {
+    let before = set.len();
+    set.extend(pending.iter().filter(|(_, p)| pred(p)).map(|(seq, _)| *seq));
+    set.len() - before
 }
