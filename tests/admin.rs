@@ -1,25 +1,13 @@
 //! Deleting and listing actors, quarantine on request, and one process per store file.
 
+#[macro_use]
 mod common;
 
 use common::{Backend, Faults, Ledger, LedgerMsg, ledger_key, spawn_ledger};
 use ractor::{Actor, call};
 use ractor_persist::{LoadError, RedbStore, SpawnPersistent, Start, StoreError};
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::memory()).await })*
-        }
-        mod redb {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::redb()).await })*
-        }
-    };
-}
-
-both!(
+on_every_backend!(
     delete_removes_state_and_pending_ops_at_once_and_fences_a_running_instance,
     list_names_the_keys_of_one_namespace,
     quarantine_on_request_keeps_the_original_bytes_and_starts_fresh,

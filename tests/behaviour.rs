@@ -1,5 +1,6 @@
 //! The behaviour suite: every promise of the message cycle, run against every backend.
 
+#[macro_use]
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -9,21 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorStatus, RpcReplyPort, call};
 use ractor_persist::{DecodeReason, LoadError, Persistent, PersistentActor, Start, StoreError, Tx};
 use serde::{Deserialize, Serialize};
 
-/// Runs each named test against the memory store and against redb.
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::memory()).await })*
-        }
-        mod redb {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::redb()).await })*
-        }
-    };
-}
-
-suite!(
+on_every_backend!(
     restart_restores_last_state_and_replays_pending_in_order_before_new_messages,
     op_whose_perform_never_ran_is_performed_after_restart_with_the_same_id,
     failed_commit_rolls_back_errors_the_caller_and_stores_nothing_partial,

@@ -1,5 +1,6 @@
 //! Group commit through actors: a failed batch fails and rolls back every actor in it.
 
+#[macro_use]
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -64,12 +65,4 @@ async fn failed_batch_fails_every_actor_in_it_and_each_rolls_back(b: Backend) {
     storage.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_batch_on_memory() {
-    failed_batch_fails_every_actor_in_it_and_each_rolls_back(Backend::memory()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_batch_on_redb() {
-    failed_batch_fails_every_actor_in_it_and_each_rolls_back(Backend::redb()).await;
-}
+on_every_backend!(failed_batch_fails_every_actor_in_it_and_each_rolls_back);
