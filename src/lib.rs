@@ -53,7 +53,7 @@
 //! |---|---|---|
 //! | `derive` | yes | `#[derive(Persistent)]` |
 //! | `redb` | yes | [`RedbStore`], the embedded store |
-//! | `memory` | no | [`MemoryStore`], the in-memory store |
+//! | `memory` | no | `MemoryStore`, the in-memory store |
 //! | `async-trait` | no | needed when ractor's own `async-trait` feature is on in the build |
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -58,7 +58,7 @@ pub trait PersistentActor: Sized + Send + Sync + 'static {
     /// Takes a runtime [`Control`] message out of the actor's message type, if the type has a
     /// variant for it; other messages go back to the caller untouched. With
     /// [`wrap_control`](Self::wrap_control) this lets the runtime wake the actor for retries
-    /// and lets [`crate::resume`] reach it from outside.
+    /// and lets [`crate::SpawnPersistent::resume`] reach it from outside.
     ///
     /// ```ignore
     /// enum AccountMsg { Deposit(u64, RpcReplyPort<u64>), Persist(Control<Effect>) }
@@ -73,7 +73,7 @@ pub trait PersistentActor: Sized + Send + Sync + 'static {
 
     /// Wraps a runtime [`Control`] message in the actor's message type; `None` (the default)
     /// when the type has no variant for it. Then retries wait for the next message, and
-    /// [`crate::resume`] is refused.
+    /// [`crate::SpawnPersistent::resume`] is refused.
     fn wrap_control(control: Control<Self::Op>) -> Option<Self::Msg> {
         let _ = control;
         None
