@@ -296,7 +296,7 @@ fn key_string(path: &Path) -> String {
 mod tests {
     use syn::parse_quote;
 
-    use crate::expand::error_messages;
+    use crate::expand::{attr_messages as messages, error_messages};
 
     const EXPECTED_NAME: &str =
         "expected a string literal for `name`, e.g. #[persistent(name = \"account\")]";
@@ -307,12 +307,6 @@ mod tests {
     const EXPECTED_VERSION: &str =
         "expected an integer literal for `version`, e.g. #[persistent(version = 2)]";
     const EXPECTED_STEP: &str = "expected `VERSION = Type`";
-
-    fn messages(attr: &str) -> Vec<String> {
-        let input =
-            syn::parse_str(&format!("#[persistent({attr})] struct A;")).expect("test input parses");
-        error_messages(&input)
-    }
 
     #[test]
     fn no_attribute_is_no_error() {

@@ -120,6 +120,14 @@ pub(crate) fn error_messages(input: &DeriveInput) -> Vec<String> {
     }
 }
 
+/// Every error message for a unit struct carrying `#[persistent(<attr>)]`.
+#[cfg(test)]
+pub(crate) fn attr_messages(attr: &str) -> Vec<String> {
+    let input =
+        syn::parse_str(&format!("#[persistent({attr})] struct A;")).expect("test input parses");
+    error_messages(&input)
+}
+
 #[cfg(test)]
 mod tests {
     use quote::quote;

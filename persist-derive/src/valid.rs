@@ -169,16 +169,10 @@ fn check_chain(cx: &Ctxt, actor: &Actor, chain: &Chain, what: &str) {
 mod tests {
     use syn::parse_quote;
 
-    use crate::expand::error_messages;
+    use crate::expand::{attr_messages as messages, error_messages};
 
     const GENERIC: &str = "#[derive(Persistent)] does not support generic actors: \
                            the storage namespace must name one concrete type";
-
-    fn messages(attr: &str) -> Vec<String> {
-        let input =
-            syn::parse_str(&format!("#[persistent({attr})] struct A;")).expect("test input parses");
-        error_messages(&input)
-    }
 
     #[test]
     fn every_struct_form_is_an_actor() {
