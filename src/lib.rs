@@ -62,8 +62,9 @@ pub use persist_core::{
     ActorCommit, ActorKey, BoxError, CommitError, CommitStats, Control, DEFAULT_MAX_PENDING,
     DecodeError, DecodeReason, Delivery, Error, Fence, LoadError, Loaded, NotDeadLetter, OpId,
     Outcome, OverCapacity, Pending, Persistent, PersistentActor, Quarantined, RecordRef,
-    ResumeError, RetryPolicy, Runtime, Seen, SpawnPersistent, Start, Storage, StorageConfig, Store,
-    StoreError, Tx, assert_shape, check_epochs, shape_fingerprint,
+    RequeueError, ResumeError, RetryPolicy, RetryPolicyError, Runtime, Seen, SpawnPersistent,
+    Start, Storage, StorageConfig, Store, StoreError, Stored, Tx, assert_shape, check_epochs,
+    shape_fingerprint,
 };
 
 #[cfg(feature = "memory")]
@@ -76,7 +77,7 @@ pub use persist_derive::Persistent;
 
 #[cfg(feature = "redb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
-pub use persist_redb::RedbStore;
+pub use persist_redb::{FormatError, RedbStore};
 
 /// What the derive's output names. Not public API.
 #[doc(hidden)]

@@ -211,7 +211,8 @@ async fn confirm_by_id_and_by_predicate_remove_exactly_the_matching_ops_with_the
     let storage = Storage::new(store.clone());
     let again = Courier::with_mode(KEEP);
     let a = spawn(&storage, "c1", again.clone(), |s| s).await;
-    assert_eq!(call!(a, Msg::Pending).unwrap(), vec![(3, 1)]);
+    // A replay is not a failed attempt.
+    assert_eq!(call!(a, Msg::Pending).unwrap(), vec![(3, 0)]);
     assert_eq!(again.seqs(), vec![3], "only the unconfirmed op is replayed");
     a.stop_and_wait(None, None).await.unwrap();
 }
@@ -237,8 +238,10 @@ async fn resume_from_outside_performs_the_matching_pending_ops_in_order() {
 
 #[test]
 fn retry_delays_grow_are_capped_and_jittered_within_bounds() {
-    let p =
-        RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1), 5).with_jitter(0.5);
+    let p = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1), 5)
+        .unwrap()
+        .with_jitter(0.5)
+        .unwrap();
     assert_eq!(p.delay(1, 0.0), Duration::from_millis(100));
     assert_eq!(p.delay(2, 0.0), Duration::from_millis(200));
     assert_eq!(p.delay(3, 0.0), Duration::from_millis(400));
@@ -255,7 +258,7 @@ fn retry_delays_grow_are_capped_and_jittered_within_bounds() {
 async fn a_retry_waits_for_its_backoff_without_blocking_the_mailbox() {
     let storage = Storage::new(MemoryStore::new());
     let c = Courier::with_mode(RETRY);
-    let policy = RetryPolicy::new(Duration::from_secs(3600), Duration::from_secs(3600), 5);
+    let policy = RetryPolicy::new(Duration::from_secs(3600), Duration::from_secs(3600), 5).unwrap();
     let a = spawn(&storage, "c3", c.clone(), |s| s.retry_policy(policy)).await;
     call!(a, Msg::Send, 1).unwrap().unwrap();
     // The actor answers while the op waits an hour for its retry.
@@ -273,12 +276,13 @@ async fn retries_back_off_then_the_op_becomes_a_dead_letter_that_can_be_requeued
     let storage = Storage::new(store.clone());
     let c = Courier::with_mode(RETRY);
     let mut seen = c.watch();
-    let policy = RetryPolicy::new(Duration::ZERO, Duration::ZERO, 3);
+    let policy = RetryPolicy::new(Duration::ZERO, Duration::ZERO, 3).unwrap();
     let a = spawn(&storage, "c4", c.clone(), |s| s.retry_policy(policy)).await;
     call!(a, Msg::Send, 7).unwrap().unwrap();
-    // The runtime's timer wakes the actor for each retry: attempts 1, 2, 3, then it stops.
-    for attempt in 1..=3 {
-        assert_eq!(seen.recv().await, Some((0, attempt)));
+    // The runtime's timer wakes the actor for each retry: three performs (with 0, 1 and 2
+    // failed attempts behind them), then it stops.
+    for failed in 0..3 {
+        assert_eq!(seen.recv().await, Some((0, failed)));
     }
     let dead = |ids: Vec<OpId>| ids.iter().map(OpId::seq).collect::<Vec<_>>();
     assert_eq!(dead(call!(a, Msg::DeadLetters).unwrap()), vec![0]);
@@ -288,8 +292,8 @@ async fn retries_back_off_then_the_op_becomes_a_dead_letter_that_can_be_requeued
     let live = call!(a, Msg::Send, 8).unwrap().unwrap();
     let err = call!(a, Msg::Requeue, live).unwrap().unwrap_err();
     assert!(err.contains("not a dead letter"), "{err}");
-    for attempt in 1..=3 {
-        assert_eq!(seen.recv().await, Some((1, attempt)));
+    for failed in 0..3 {
+        assert_eq!(seen.recv().await, Some((1, failed)));
     }
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();

@@ -446,10 +446,12 @@ async fn an_unbumped_shape_change_fails_the_spawn_naming_both_fingerprints() {
     match snapshot_decode_reason(err) {
         DecodeReason::ShapeChanged {
             type_name,
+            stored_version,
             stored,
-            expected,
             version,
+            expected,
         } => {
+            assert_eq!(stored_version, 1);
             assert!(type_name.ends_with("AccountWide"), "{type_name}");
             assert_eq!(
                 Some(stored),

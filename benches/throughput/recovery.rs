@@ -144,6 +144,7 @@ async fn build(path: &Path, actors: usize) {
                 snapshot: record.snapshot.clone(),
                 put_ops: record.ops.clone(),
                 remove_ops: Vec::new(),
+                floor: None,
             })
             .collect();
         store.commit(&batch).expect("commit");

@@ -4,7 +4,7 @@
 //! offset size field
 //!      0    2 magic "RP"
 //!      2    1 format version (1)
-//!      3    1 kind (1 = snapshot, 2 = operation)
+//!      3    1 kind (1 snapshot, 2 operation, 3 dead letter, 4 operation with failed attempts)
 //!      4    4 schema version, little endian
 //!      8    8 epoch of the writer, little endian
 //!     16    8 sequence number, little endian
@@ -34,6 +34,9 @@ pub(crate) enum Kind {
     Op = 2,
     /// An operation moved to the dead letters after too many attempts: kept, not performed.
     DeadOp = 3,
+    /// A pending operation whose performs failed before: the payload is the failed-attempt
+    /// count (a postcard varint) followed by the operation's postcard bytes.
+    RetriedOp = 4,
 }
 
 impl Kind {
@@ -42,6 +45,7 @@ impl Kind {
             Kind::Snapshot => "snapshot",
             Kind::Op => "operation",
             Kind::DeadOp => "dead-letter operation",
+            Kind::RetriedOp => "retried operation",
         }
     }
 }
@@ -143,6 +147,7 @@ pub(crate) fn open_any(bytes: &[u8], schema: u32) -> Result<(Kind, Header, &[u8]
         1 => Kind::Snapshot,
         2 => Kind::Op,
         3 => Kind::DeadOp,
+        4 => Kind::RetriedOp,
         found => {
             return Err(DecodeReason::WrongKind {
                 expected: "known",
@@ -194,6 +199,22 @@ fn open_v1(bytes: &[u8]) -> Result<(u8, Header, &[u8]), DecodeReason> {
         fingerprint: u64_at(24),
     };
     Ok((bytes[3], header, payload))
+}
+
+/// Splits the payload of a [`Kind::RetriedOp`] record into its failed-attempt count and the
+/// operation's bytes.
+pub(crate) fn split_attempts(payload: &[u8]) -> Result<(u32, &[u8]), DecodeReason> {
+    postcard::take_from_bytes::<u32>(payload).map_err(|source| DecodeReason::Payload {
+        type_name: "attempt count",
+        source,
+    })
+}
+
+/// The payload of a [`Kind::RetriedOp`] record: `attempts`, then the operation's bytes.
+pub(crate) fn join_attempts(attempts: u32, op: &[u8]) -> Vec<u8> {
+    let mut out = postcard::to_stdvec(&attempts).expect("a u32 always encodes");
+    out.extend_from_slice(op);
+    out
 }
 
 /// Decodes a payload as exactly one `T`, refusing leftover bytes.

@@ -142,19 +142,22 @@ pub enum DecodeReason {
         /// Version of the running code.
         expected: u32,
     },
-    /// The type's shape changed but the schema version did not.
+    /// The record was written with another shape than the type it would be decoded as: the
+    /// type changed without a version bump, or a version bump without a declared migration.
     #[error(
-        "the shape of `{type_name}` changed without a version bump: stored fingerprint {stored:#018x}, this build's {expected:#018x} (schema version {version}); bump #[persistent(version = ..)] and add a migration"
+        "the record (schema version {stored_version}, shape fingerprint {stored:#018x}) does not have the shape of `{type_name}` (fingerprint {expected:#018x}), which this code (schema version {version}) would read it as; bump #[persistent(version = ..)] and declare the migration (migrate(...) or migrate_ops(...))"
     )]
     ShapeChanged {
-        /// The type whose shape changed.
+        /// The type the record would have been decoded as.
         type_name: &'static str,
-        /// Fingerprint stored with the record.
+        /// The schema version stored with the record.
+        stored_version: u32,
+        /// The fingerprint stored with the record (0: unknown).
         stored: u64,
-        /// Fingerprint of the type in this build.
-        expected: u64,
-        /// The schema version both claim.
+        /// The schema version of the running code.
         version: u32,
+        /// The fingerprint of `type_name` in this build (0: unknown).
+        expected: u64,
     },
     /// The declared length is over the cap.
     #[error("declared payload length {len} is over the cap of {max} bytes")]
@@ -197,6 +200,24 @@ pub enum DecodeReason {
         /// Bytes left.
         count: usize,
     },
+}
+
+impl DecodeReason {
+    /// Whether the bytes themselves are damaged: too short, not an envelope, a length that
+    /// does not add up, or a checksum that does not match. Only damage may be quarantined
+    /// (see [`crate::Start::quarantine_undecodable`]); an intact record this code cannot read
+    /// (a newer format, schema or kind, a changed shape, a missing migration, a payload that
+    /// does not decode as the type) is never moved aside: it fails the spawn.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            DecodeReason::TooShort { .. }
+                | DecodeReason::BadMagic { .. }
+                | DecodeReason::TooLarge { .. }
+                | DecodeReason::LengthMismatch { .. }
+                | DecodeReason::Checksum { .. }
+        )
+    }
 }
 
 /// A stored record that could not be decoded. Nothing was overwritten.
@@ -312,6 +333,31 @@ pub struct OverCapacity {
     pub pending: usize,
     /// The configured maximum.
     pub max: usize,
+}
+
+/// A [`crate::RetryPolicy`] that makes no sense was refused.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RetryPolicyError {
+    /// The jitter is NaN or outside 0.0..=1.0.
+    #[error("retry jitter must be a number from 0.0 to 1.0, got {0}")]
+    Jitter(f64),
+    /// `max_attempts` is 0: an operation would be a dead letter before its first retry.
+    #[error("max_attempts must be at least 1")]
+    NoAttempts,
+}
+
+/// `Tx::requeue` refused to put a dead letter back among the pending operations; nothing
+/// changed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum RequeueError {
+    /// The id is not one of the actor's dead letters.
+    #[error(transparent)]
+    NotDeadLetter(#[from] NotDeadLetter),
+    /// The actor already holds its maximum of pending operations.
+    #[error(transparent)]
+    OverCapacity(#[from] OverCapacity),
 }
 
 /// `Tx::requeue` was given an id that is not one of the actor's dead letters.

@@ -21,12 +21,12 @@ mod tx;
 
 pub use error::{
     BoxError, CommitError, DecodeError, DecodeReason, Error, LoadError, NotDeadLetter,
-    OverCapacity, RecordRef, ResumeError, StoreError,
+    OverCapacity, RecordRef, RequeueError, ResumeError, RetryPolicyError, StoreError,
 };
 pub use key::ActorKey;
 pub use memory::MemoryStore;
 pub use model::{
-    Control, OpId, Outcome, Pending, Persistent, PersistentActor, ResumeFilter, RetryPolicy,
+    Control, OpId, Outcome, Pending, Persistent, PersistentActor, ResumeFilter, RetryPolicy, Stored,
 };
 pub use runtime::{DEFAULT_MAX_PENDING, Runtime, Start};
 pub use seen::{Delivery, Seen};
@@ -42,12 +42,7 @@ pub mod __private {
     pub use crate::__impl_actor as impl_actor;
     pub use crate::error::DecodeReason;
 
-    /// Decodes a payload as exactly one `T` (for generated migrations).
-    pub fn decode_payload<T: serde::de::DeserializeOwned>(
-        payload: &[u8],
-    ) -> Result<T, DecodeReason> {
-        crate::envelope::payload(payload)
-    }
+    pub use crate::model::Stored;
 
     /// The error of a generated migration for a version it does not know.
     pub fn no_migration(what: &'static str, found: u32, expected: u32) -> DecodeReason {
@@ -58,7 +53,9 @@ pub mod __private {
         }
     }
     pub use crate::model::{Persistent, PersistentActor};
-    pub use crate::runtime::{Runtime, Start, handle, post_start, pre_start};
+    pub use crate::runtime::{
+        Runtime, Start, handle, handle_supervisor_evt, post_start, post_stop, pre_start,
+    };
     #[cfg(feature = "async-trait")]
     pub use async_trait::async_trait;
     pub use ractor;
@@ -126,6 +123,26 @@ macro_rules! __impl_actor_as {
             ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
                 ::std::boxed::Box::pin($crate::__private::handle(self, myself, message, state))
                     .await
+            }
+
+            async fn handle_supervisor_evt(
+                &self,
+                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
+                event: $crate::__private::ractor::SupervisionEvent,
+                state: &mut Self::State,
+            ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
+                ::std::boxed::Box::pin($crate::__private::handle_supervisor_evt(
+                    self, myself, event, state,
+                ))
+                .await
+            }
+
+            async fn post_stop(
+                &self,
+                myself: $crate::__private::ractor::ActorRef<Self::Msg>,
+                state: &mut Self::State,
+            ) -> ::core::result::Result<(), $crate::__private::ractor::ActorProcessingErr> {
+                ::std::boxed::Box::pin($crate::__private::post_stop(self, myself, state)).await
             }
         }
     };

@@ -13,6 +13,15 @@ struct Tables {
     snapshots: BTreeMap<ActorKey, Vec<u8>>,
     ops: BTreeMap<ActorKey, BTreeMap<u64, Vec<u8>>>,
     epochs: BTreeMap<ActorKey, u64>,
+    /// Sequence floors; like epochs, never removed.
+    floors: BTreeMap<ActorKey, u64>,
+}
+
+impl Tables {
+    fn raise_floor(&mut self, key: &ActorKey, floor: u64) {
+        let f = self.floors.entry(key.clone()).or_default();
+        *f = (*f).max(floor);
+    }
 }
 
 /// A store in memory. Clones share the same data, so a test can keep one clone to look at
@@ -80,6 +89,7 @@ impl Store for MemoryStore {
         t.epochs.insert(key.clone(), epoch);
         Ok(Loaded {
             epoch,
+            floor: t.floors.get(key).copied().unwrap_or(0),
             snapshot: t.snapshots.get(key).cloned(),
             ops: t
                 .ops
@@ -111,14 +121,18 @@ impl Store for MemoryStore {
             if ops.is_empty() {
                 next.ops.remove(&*c.key);
             }
+            if let Some(floor) = c.floor {
+                next.raise_floor(&c.key, floor);
+            }
         }
         Ok(())
     }
 
-    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
+    fn delete_actor(&self, key: &ActorKey, floor: u64) -> Result<(), StoreError> {
         let mut t = self.tables();
         t.snapshots.remove(key);
         t.ops.remove(key);
+        t.raise_floor(key, floor);
         *t.epochs.entry(key.clone()).or_default() += 1;
         Ok(())
     }
@@ -133,7 +147,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
+    fn quarantine(
+        &self,
+        key: &ActorKey,
+        epoch: u64,
+        blob: &[u8],
+        floor: u64,
+    ) -> Result<(), StoreError> {
         let mut t = self.tables();
         let current = t.epochs.get(key).copied().unwrap_or(0);
         if current != epoch {
@@ -147,6 +167,7 @@ impl Store for MemoryStore {
         t.quarantine.insert((key.clone(), epoch), blob.to_vec());
         t.snapshots.remove(key);
         t.ops.remove(key);
+        t.raise_floor(key, floor);
         Ok(())
     }
 

@@ -5,11 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{ActorProcessingErr, Message};
+use ractor::{ActorProcessingErr, ActorRef, Message, SupervisionEvent};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::DecodeReason;
+use crate::error::{DecodeReason, RetryPolicyError};
 use crate::key::ActorKey;
 use crate::tx::Tx;
 
@@ -36,7 +36,15 @@ pub trait PersistentActor: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::State, ActorProcessingErr>> + Send;
 
     /// Handles one message: changes `state`, and asks for effects through `tx`. Performs no
-    /// side effects itself. An `Err` rolls the state back and stops the actor.
+    /// side effects itself.
+    ///
+    /// An `Err` rolls the state back to the last commit, drops what `tx` collected, and stops
+    /// the actor, as an error from a ractor handler does. A caller waiting in `call!` then
+    /// gets ractor's error for a dropped reply port (`RactorErr::Messaging`, "channel
+    /// closed"), not the handler's error: a reply port carries only its own type. To tell a
+    /// caller why a request was refused, make the reply type a `Result`, reply `Err(..)` and
+    /// return `Ok(())` with the state unchanged; the actor keeps running and nothing is
+    /// written.
     fn handle(
         &self,
         tx: &mut Tx<'_, Self>,
@@ -53,6 +61,51 @@ pub trait PersistentActor: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Outcome, ActorProcessingErr>> + Send {
         let _ = (op, state);
         async { Ok(Outcome::Done) }
+    }
+
+    /// Runs once the actor has started, after its record was loaded (or `init` built the
+    /// first state), before the first message: the place to start timers, subscribe to output
+    /// ports or join process groups with `tx.myself()`. It is handled like a message: a
+    /// changed state, pushed operations and confirmations are committed before anything is
+    /// performed, and the operations left pending by the previous incarnation are performed
+    /// again after that commit, before this hook's own. An `Err` fails the start. The default
+    /// does nothing (ractor's `post_start`).
+    fn post_start(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        state: &mut Self::State,
+    ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send {
+        let _ = (tx, state);
+        async { Ok(()) }
+    }
+
+    /// Handles a supervision event from a linked child, like a message: a changed state and
+    /// the operations pushed are committed before anything is performed.
+    ///
+    /// The default is ractor's: the actor stops when a child terminates or fails. Override it
+    /// to keep a persistent supervisor running (restart the child, record the event).
+    fn handle_supervisor_evt(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send {
+        let _ = state;
+        if let SupervisionEvent::ActorTerminated(..) | SupervisionEvent::ActorFailed(..) = event {
+            tx.myself().stop(None);
+        }
+        async { Ok(()) }
+    }
+
+    /// Runs after the actor stopped (not after a failure or a kill, as in ractor), with the
+    /// state as last committed. Nothing it does is committed. The default does nothing.
+    fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &Self::State,
+    ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send {
+        let _ = (myself, state);
+        async { Ok(()) }
     }
 
     /// Takes a runtime [`Control`] message out of the actor's message type, if the type has a
@@ -102,22 +155,23 @@ impl<Op> fmt::Debug for Control<Op> {
     }
 }
 
-/// When to perform an operation again after [`Outcome::Retry`], and when to give up.
+/// When to perform an operation again after [`Outcome::Retry`] (or a failed `perform`), and
+/// when to give up.
 ///
 /// The n-th retry waits `initial * 2^(n-1)`, capped at `max`, minus up to `jitter` of it
-/// (chosen at random), so peers that failed together do not retry together.
+/// (chosen at random), so peers that failed together do not retry together. After
+/// `max_attempts` failed attempts the operation becomes a dead letter.
+///
+/// The default: `initial` 100 ms, `max` 30 s, `jitter` 0.2, `max_attempts` 10. A policy is
+/// valid by construction: [`RetryPolicy::new`] and [`RetryPolicy::with_jitter`] refuse what
+/// would make no sense (no attempt at all, a jitter outside 0.0..=1.0 or NaN) with a
+/// [`RetryPolicyError`], and [`RetryPolicy::delay`] never panics.
 #[derive(Clone, Copy, Debug, PartialEq)]
-#[non_exhaustive]
 pub struct RetryPolicy {
-    /// The first delay.
-    pub initial: Duration,
-    /// The longest delay.
-    pub max: Duration,
-    /// The fraction of each delay taken off at random, from 0.0 to 1.0.
-    pub jitter: f64,
-    /// After this many attempts in one incarnation of the actor the operation becomes a dead
-    /// letter: kept in the store, no longer performed, listable and re-queueable.
-    pub max_attempts: u32,
+    initial: Duration,
+    max: Duration,
+    jitter: f64,
+    max_attempts: u32,
 }
 
 impl Default for RetryPolicy {
@@ -132,28 +186,72 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// A policy with these delays and attempts, and the default jitter.
-    pub fn new(initial: Duration, max: Duration, max_attempts: u32) -> Self {
-        RetryPolicy {
+    /// A policy with these delays and attempts, and the default jitter (0.2).
+    ///
+    /// `max_attempts` is how many failed attempts (a `perform` that returned
+    /// [`Outcome::Retry`] or `Err`) an operation gets before it becomes a dead letter; 0 is
+    /// refused. An `initial` above `max` is allowed: every delay is then `max`.
+    pub fn new(
+        initial: Duration,
+        max: Duration,
+        max_attempts: u32,
+    ) -> Result<Self, RetryPolicyError> {
+        if max_attempts == 0 {
+            return Err(RetryPolicyError::NoAttempts);
+        }
+        Ok(RetryPolicy {
             initial,
             max,
             max_attempts,
             ..Self::default()
+        })
+    }
+
+    /// The same policy with `jitter`, the fraction of each delay taken off at random: a
+    /// number from 0.0 to 1.0. NaN or a value outside that range is refused.
+    pub fn with_jitter(mut self, jitter: f64) -> Result<Self, RetryPolicyError> {
+        if !(0.0..=1.0).contains(&jitter) {
+            return Err(RetryPolicyError::Jitter(jitter));
         }
+        self.jitter = jitter;
+        Ok(self)
     }
 
-    /// The same policy with `jitter` (clamped to 0.0..=1.0).
-    pub fn with_jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter.clamp(0.0, 1.0);
-        self
+    /// The first delay.
+    pub fn initial(&self) -> Duration {
+        self.initial
     }
 
-    /// The delay before retry number `attempt` (1-based), given a random `unit` in 0..1.
+    /// The longest delay.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// The fraction of each delay taken off at random, from 0.0 to 1.0.
+    pub fn jitter(&self) -> f64 {
+        self.jitter
+    }
+
+    /// Failed attempts before an operation becomes a dead letter (at least 1).
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The delay before retry number `attempt` (1-based), given a random `unit` in 0..1
+    /// (clamped; NaN counts as 0). Never more than `max`, never a panic.
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
         let doubling = 2f64.powi(attempt.saturating_sub(1).min(62) as i32);
         let full = self.initial.as_secs_f64() * doubling;
         let capped = full.min(self.max.as_secs_f64());
-        Duration::from_secs_f64(capped * (1.0 - self.jitter * unit.clamp(0.0, 1.0)))
+        let unit = if unit.is_nan() {
+            0.0
+        } else {
+            unit.clamp(0.0, 1.0)
+        };
+        let secs = capped * (1.0 - self.jitter * unit);
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(self.max)
+            .min(self.max)
     }
 }
 
@@ -165,23 +263,103 @@ pub trait Persistent: PersistentActor {
     /// The schema version written into every record (`#[persistent(version = N)]`, default 1).
     const VERSION: u32 = 1;
 
-    /// Decodes a snapshot written by the older schema `version` into the current state
-    /// (`#[persistent(migrate(1 = StateV1, 2 = StateV2))]` generates the chain of `From`s).
-    fn migrate_state(version: u32, payload: &[u8]) -> Result<Self::State, DecodeReason> {
-        let _ = payload;
-        Err(DecodeReason::NoMigration {
-            what: "state",
-            found: version,
-            expected: Self::VERSION,
-        })
+    /// Decodes a snapshot written by an older schema version (`stored.schema()`) into the
+    /// current state. `#[persistent(migrate(1 = StateV1, 2 = StateV2))]` generates the chain
+    /// of `From`s.
+    ///
+    /// The default reads the record as the current state type only if the state's shape did
+    /// not change ([`Stored::decode_unchanged`]): a version bump for the operations alone needs
+    /// no state migration, and a changed state without one is a typed error, never a guess.
+    fn migrate_state(stored: Stored<'_>) -> Result<Self::State, DecodeReason> {
+        stored.decode_unchanged("state")
     }
 
-    /// Decodes an operation written by the older schema `version`. By default operations
-    /// are taken to be unchanged across versions (`#[persistent(migrate_ops(...))]` changes
-    /// that).
-    fn migrate_op(version: u32, payload: &[u8]) -> Result<Self::Op, DecodeReason> {
-        let _ = version;
-        crate::envelope::payload(payload)
+    /// Decodes an operation written by an older schema version. `#[persistent(migrate_ops(...))]`
+    /// generates the chain.
+    ///
+    /// The default reads it as the current operation type only if that type's shape did not
+    /// change ([`Stored::decode_unchanged`]): an operation type changed without a declared
+    /// migration is a typed error naming both versions and both fingerprints, never a guess.
+    fn migrate_op(stored: Stored<'_>) -> Result<Self::Op, DecodeReason> {
+        stored.decode_unchanged("operation")
+    }
+}
+
+/// A stored record's payload as a migration sees it: the schema version and the shape
+/// fingerprint it was written with, and its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Stored<'a> {
+    schema: u32,
+    fingerprint: u64,
+    current: u32,
+    payload: &'a [u8],
+}
+
+impl<'a> Stored<'a> {
+    pub(crate) fn new(schema: u32, fingerprint: u64, current: u32, payload: &'a [u8]) -> Self {
+        Stored {
+            schema,
+            fingerprint,
+            current,
+            payload,
+        }
+    }
+
+    /// The schema version the record was written with.
+    pub fn schema(&self) -> u32 {
+        self.schema
+    }
+
+    /// The shape fingerprint the record was written with (0: unknown).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// The schema version of the running code.
+    pub fn current_schema(&self) -> u32 {
+        self.current
+    }
+
+    /// The postcard payload.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// Decodes the payload as exactly one `T`, only if `T` has the shape the record was
+    /// written with: equal fingerprints, or unknown (0) on both sides. Otherwise
+    /// [`DecodeReason::ShapeChanged`] names both versions and both fingerprints.
+    pub fn decode<T: DeserializeOwned + 'static>(&self) -> Result<T, DecodeReason> {
+        let expected = crate::shape::shape_fingerprint::<T>().unwrap_or(0);
+        if expected != self.fingerprint {
+            return Err(DecodeReason::ShapeChanged {
+                type_name: std::any::type_name::<T>(),
+                stored_version: self.schema,
+                stored: self.fingerprint,
+                version: self.current,
+                expected,
+            });
+        }
+        crate::envelope::payload(self.payload)
+    }
+
+    /// Reads a record of an older schema version as the current type `T`, taken to be
+    /// unchanged: allowed when the fingerprints match. When both are unknown (0, a type
+    /// serde-reflection cannot trace) nothing proves the type unchanged, so this is
+    /// [`DecodeReason::NoMigration`] for `what` ("state" or "operation"): declare the
+    /// migration, even if it names the current type.
+    pub fn decode_unchanged<T: DeserializeOwned + 'static>(
+        &self,
+        what: &'static str,
+    ) -> Result<T, DecodeReason> {
+        let expected = crate::shape::shape_fingerprint::<T>().unwrap_or(0);
+        if expected == 0 && self.fingerprint == 0 && self.schema != self.current {
+            return Err(DecodeReason::NoMigration {
+                what,
+                found: self.schema,
+                expected: self.current,
+            });
+        }
+        self.decode()
     }
 }
 
@@ -193,8 +371,9 @@ pub enum Outcome {
     /// Keep it pending until a later message confirms it with [`Tx::confirm`]; it is
     /// performed again on every restart and [`Tx::resume`].
     KeepUntilConfirmed,
-    /// Failed for now: keep it pending and perform it again later (on the next message,
-    /// `resume` or restart).
+    /// Failed for now: keep it pending and perform it again after the policy's backoff
+    /// (see [`RetryPolicy`]). Counts as a failed attempt; after `max_attempts` of them the
+    /// operation becomes a dead letter.
     Retry,
 }
 
@@ -209,7 +388,17 @@ pub struct OpId {
 }
 
 impl OpId {
-    pub(crate) fn new(actor: Arc<ActorKey>, seq: u64) -> Self {
+    /// The id of operation `seq` of `actor`. The runtime hands out ids itself (see
+    /// [`crate::Tx::push`]); this is for unit tests of `perform` and of receivers, and for
+    /// ids rebuilt from elsewhere (an `OpId` is also `Deserialize`).
+    pub fn new(actor: ActorKey, seq: u64) -> Self {
+        OpId {
+            actor: Arc::new(actor),
+            seq,
+        }
+    }
+
+    pub(crate) fn shared(actor: Arc<ActorKey>, seq: u64) -> Self {
         OpId { actor, seq }
     }
 
@@ -239,6 +428,21 @@ pub struct Pending<Op> {
 }
 
 impl<Op> Pending<Op> {
+    /// A pending operation with no failed attempts, for unit tests of `perform`.
+    pub fn new(id: OpId, op: Op) -> Self {
+        Pending {
+            id,
+            op,
+            attempts: 0,
+        }
+    }
+
+    /// The same operation with `attempts` failed attempts behind it, for unit tests.
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts;
+        self
+    }
+
     /// The operation's stable id.
     pub fn id(&self) -> &OpId {
         &self.id
@@ -249,8 +453,9 @@ impl<Op> Pending<Op> {
         &self.op
     }
 
-    /// How many times `perform` was called for it in this incarnation of the actor, this
-    /// call included.
+    /// How many earlier performs of it failed: returned [`Outcome::Retry`] or `Err` (0 on a
+    /// first try). Replays after a restart, resumes and `KeepUntilConfirmed` do not count.
+    /// Kept across restarts: the count is written with the actor's next commit.
     pub fn attempts(&self) -> u32 {
         self.attempts
     }

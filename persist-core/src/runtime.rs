@@ -4,21 +4,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{ActorProcessingErr, ActorRef};
+use ractor::{ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::envelope::{self, Header, Kind};
 use crate::error::{CommitError, DecodeError, DecodeReason, LoadError, RecordRef, StoreError};
 use crate::key::ActorKey;
-use crate::model::{Control, OpId, Outcome, Pending, Persistent, PersistentActor, RetryPolicy};
+use crate::model::{
+    Control, OpId, Outcome, Pending, Persistent, PersistentActor, RetryPolicy, Stored,
+};
 use crate::shape::shape_fingerprint;
-use crate::storage::Storage;
+use crate::storage::{Storage, sequence_floor};
 use crate::store::ActorCommit;
 use crate::tx::Tx;
 
 /// The start arguments of a persistent actor: where it lives and what `init` gets.
 ///
-/// Pass it to ractor's `Actor::spawn` / `spawn_linked` when you need a name, a supervisor
-/// or a handler value that is not `Default`.
+/// Pass it to ractor's `Actor::spawn` / `spawn_linked` when you need a supervisor, a handler
+/// value that is not `Default`, or one of the options below; for a name alone,
+/// [`crate::SpawnPersistent::spawn_persistent_named`] does it.
 pub struct Start<A: PersistentActor> {
     storage: Storage,
     key: String,
@@ -44,24 +47,30 @@ impl<A: PersistentActor> Start<A> {
         }
     }
 
-    /// When operations that ask for [`Outcome::Retry`] are performed again, and after how
-    /// many attempts they become dead letters.
+    /// When operations that ask for [`Outcome::Retry`] (or whose `perform` failed) are
+    /// performed again, and after how many failed attempts they become dead letters.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
     }
 
     /// The most operations the actor may hold pending (default [`DEFAULT_MAX_PENDING`]);
-    /// past it, [`Tx::push`] returns [`crate::OverCapacity`].
+    /// past it, [`Tx::push`] returns [`crate::OverCapacity`] and [`Tx::requeue`] refuses.
     pub fn max_pending(mut self, max: usize) -> Self {
         self.max_pending = max;
         self
     }
 
-    /// Opts in to starting fresh when the stored record cannot be decoded: the record is
-    /// moved, with its original bytes and the reason, into the store's quarantine (see
-    /// [`Storage::quarantined`]) and `init` builds a new state. Without it (the default) the
-    /// spawn fails with the [`LoadError::Decode`] and nothing is touched.
+    /// Opts in to starting fresh when the stored record's bytes are damaged (see
+    /// [`DecodeReason::is_damage`]): the record is moved, with its original bytes and the
+    /// reason, into the store's quarantine (see [`Storage::quarantined`]) and `init` builds a
+    /// new state. Operation ids go on above every id the moved record used, even across a
+    /// restart before the first write.
+    ///
+    /// Only damage is moved aside. An intact record this code cannot read (written by a newer
+    /// schema or format, a changed shape, a missing migration) always fails the spawn with
+    /// the [`LoadError::Decode`], as it does without the opt-in (the default), and nothing is
+    /// touched: a rolled-back deploy must not reset its actors.
     pub fn quarantine_undecodable(mut self) -> Self {
         self.quarantine = true;
         self
@@ -125,6 +134,17 @@ impl<A: PersistentActor> Runtime<A> {
         envelope::wrap(kind, head, self.epoch, payload)
     }
 
+    /// The record of a pending operation: plain while it never failed, with its failed
+    /// attempts once it did.
+    fn pending_envelope(&self, seq: u64, attempts: u32, op: &[u8]) -> Vec<u8> {
+        if attempts == 0 {
+            self.op_envelope(Kind::Op, seq, op)
+        } else {
+            let payload = envelope::join_attempts(attempts, op);
+            self.op_envelope(Kind::RetriedOp, seq, &payload)
+        }
+    }
+
     fn encode_error(&self, what: &'static str, source: postcard::Error) -> CommitError {
         CommitError::Encode {
             key: (*self.key).clone(),
@@ -176,29 +196,26 @@ pub async fn pre_start<A: Persistent>(
         .map_err(store_err)?;
     let state_shape = shape_fingerprint::<A::State>().unwrap_or(0);
     let op_shape = shape_fingerprint::<A::Op>().unwrap_or(0);
-    let (snapshot, pending, dead) = match decode_record::<A>(&key, &loaded, state_shape, op_shape) {
+    // Ids go on above every one the key ever used, whatever happened to its record.
+    let floor = sequence_floor(&loaded);
+    let (snapshot, pending, dead) = match decode_record::<A>(&key, &loaded) {
         Ok(decoded) => decoded,
-        Err(e) if start.quarantine => {
-            // Opted in: keep the original bytes aside and start fresh. Sequence numbers go
-            // on after every one the quarantined record used, so no op id is reused.
+        Err(LoadError::Decode(e)) if start.quarantine && e.reason.is_damage() => {
+            // Opted in, and the bytes are damaged: keep them aside and start fresh. The
+            // floor is written in the same transaction, so no id is reused even if this
+            // instance stops before its first write.
             start
                 .storage
-                .quarantine(&key, loaded.epoch, e.to_string(), &loaded)
+                .quarantine(&key, loaded.epoch, e.to_string(), &loaded, floor)
                 .await
                 .map_err(store_err)?;
-            let floor = loaded.ops.iter().map(|(s, _)| s + 1).max().unwrap_or(0);
-            let header_seq = loaded
-                .snapshot
-                .as_deref()
-                .and_then(|b| envelope::open(b, Kind::Snapshot, u32::MAX).ok())
-                .map_or(0, |(h, _)| h.sequence);
-            (Err(floor.max(header_seq)), BTreeMap::new(), BTreeMap::new())
+            (None, BTreeMap::new(), BTreeMap::new())
         }
         Err(e) => return Err(e.into()),
     };
-    let (state, committed, mut next_seq) = match snapshot {
-        Ok(loaded) => loaded,
-        Err(next_seq) => {
+    let (state, committed) = match snapshot {
+        Some(loaded) => loaded,
+        None => {
             let state = actor.init(start.args).await?;
             let mut committed =
                 envelope::to_payload(&state).map_err(|source| LoadError::Encode {
@@ -206,12 +223,9 @@ pub async fn pre_start<A: Persistent>(
                     source,
                 })?;
             committed.shrink_to_fit();
-            (state, committed, next_seq)
+            (state, committed)
         }
     };
-    if let Some(last) = pending.keys().chain(dead.keys()).max() {
-        next_seq = next_seq.max(last + 1);
-    }
     let seed = key
         .to_string()
         .bytes()
@@ -229,7 +243,7 @@ pub async fn pre_start<A: Persistent>(
         committed,
         pending,
         dead,
-        next_seq,
+        next_seq: floor,
         retry: BTreeMap::new(),
         policy: start.retry,
         max_pending: start.max_pending,
@@ -237,110 +251,159 @@ pub async fn pre_start<A: Persistent>(
     })
 }
 
-/// The decoded snapshot (state, its current-version encoding, next sequence number), or the
-/// first sequence number to use when there is none; the pending operations; the dead letters.
+/// The decoded snapshot (state and its current-version encoding) if there is one; the
+/// pending operations; the dead letters.
 type Decoded<A> = (
-    Result<(<A as PersistentActor>::State, Vec<u8>, u64), u64>,
+    Option<(<A as PersistentActor>::State, Vec<u8>)>,
     BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
     BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
 );
 
 /// Decodes (and migrates) a loaded record without touching the store.
+///
+/// Every record is tried. If any cannot be read for a reason other than damage, that error
+/// is returned, so that an intact record of a newer schema is never quarantined because
+/// another record of the actor happened to be damaged.
 fn decode_record<A: Persistent>(
     key: &Arc<ActorKey>,
     loaded: &crate::store::Loaded,
-    state_shape: u64,
-    op_shape: u64,
 ) -> Result<Decoded<A>, LoadError> {
-    let bad = |record, reason| {
-        LoadError::Decode(DecodeError {
-            key: (**key).clone(),
-            actor_type: std::any::type_name::<A>(),
-            record,
-            reason,
-        })
+    let mut errors: Vec<DecodeError> = Vec::new();
+    let bad = |record, reason| DecodeError {
+        key: (**key).clone(),
+        actor_type: std::any::type_name::<A>(),
+        record,
+        reason,
     };
-    let snapshot = match &loaded.snapshot {
-        Some(bytes) => {
-            let (header, body) = envelope::open(bytes, Kind::Snapshot, A::VERSION)
-                .map_err(|r| bad(RecordRef::Snapshot, r))?;
-            let state = decode_versioned(A::VERSION, header, body, state_shape, A::migrate_state)
-                .map_err(|r| bad(RecordRef::Snapshot, r))?;
-            // After a migration the bytes differ from the stored ones: the next change
-            // rewrites the snapshot in the current version.
-            let committed = if header.schema == A::VERSION {
-                body.to_vec()
-            } else {
-                envelope::to_payload(&state).map_err(|source| LoadError::Encode {
-                    key: (**key).clone(),
-                    source,
-                })?
-            };
-            Ok((state, committed, header.sequence))
+    let mut snapshot = None;
+    if let Some(bytes) = &loaded.snapshot {
+        let decoded =
+            envelope::open(bytes, Kind::Snapshot, A::VERSION).and_then(|(header, body)| {
+                let state = decode_versioned(A::VERSION, header, body, A::migrate_state)?;
+                Ok((header, body, state))
+            });
+        match decoded {
+            Ok((header, body, state)) => {
+                // After a migration the bytes differ from the stored ones: the next change
+                // rewrites the snapshot in the current version.
+                let committed = if header.schema == A::VERSION {
+                    body.to_vec()
+                } else {
+                    envelope::to_payload(&state).map_err(|source| LoadError::Encode {
+                        key: (**key).clone(),
+                        source,
+                    })?
+                };
+                snapshot = Some((state, committed));
+            }
+            Err(reason) => errors.push(bad(RecordRef::Snapshot, reason)),
         }
-        None => Err(0),
-    };
+    }
     let mut pending = BTreeMap::new();
     let mut dead = BTreeMap::new();
     for (seq, bytes) in &loaded.ops {
-        let (kind, op) = envelope::open_any(bytes, A::VERSION)
-            .and_then(|(kind, header, body)| match kind {
-                Kind::Op | Kind::DeadOp => {
-                    decode_versioned(A::VERSION, header, body, op_shape, A::migrate_op)
-                        .map(|op| (kind, op))
-                }
-                Kind::Snapshot => Err(DecodeReason::WrongKind {
-                    expected: "operation",
-                    found: Kind::Snapshot as u8,
-                }),
-            })
-            .map_err(|r| bad(RecordRef::Op(*seq), r))?;
-        let entry = Pending {
-            id: OpId::new(key.clone(), *seq),
-            op,
-            attempts: 0,
-        };
-        match kind {
-            Kind::DeadOp => dead.insert(*seq, entry),
-            _ => pending.insert(*seq, entry),
-        };
+        match decode_op::<A>(bytes) {
+            Ok((kind, attempts, op)) => {
+                let entry = Pending {
+                    id: OpId::shared(key.clone(), *seq),
+                    op,
+                    attempts,
+                };
+                match kind {
+                    Kind::DeadOp => dead.insert(*seq, entry),
+                    _ => pending.insert(*seq, entry),
+                };
+            }
+            Err(reason) => errors.push(bad(RecordRef::Op(*seq), reason)),
+        }
     }
-    Ok((snapshot, pending, dead))
+    let worst = errors
+        .iter()
+        .position(|e| !e.reason.is_damage())
+        .unwrap_or(0);
+    if errors.is_empty() {
+        Ok((snapshot, pending, dead))
+    } else {
+        Err(LoadError::Decode(errors.swap_remove(worst)))
+    }
 }
 
-/// Decodes a payload of the current schema `version` (checking its shape) or migrates one of
-/// an older schema.
-fn decode_versioned<T: serde::de::DeserializeOwned>(
+/// Decodes one operation record: its kind (pending or dead), failed attempts, and the op.
+fn decode_op<A: Persistent>(bytes: &[u8]) -> Result<(Kind, u32, A::Op), DecodeReason> {
+    let (kind, header, body) = envelope::open_any(bytes, A::VERSION)?;
+    let (attempts, body) = match kind {
+        Kind::Op | Kind::DeadOp => (0, body),
+        Kind::RetriedOp => envelope::split_attempts(body)?,
+        Kind::Snapshot => {
+            return Err(DecodeReason::WrongKind {
+                expected: "operation",
+                found: Kind::Snapshot as u8,
+            });
+        }
+    };
+    let op = decode_versioned(A::VERSION, header, body, A::migrate_op)?;
+    Ok((kind, attempts, op))
+}
+
+/// Decodes a payload of the current schema `version` (only if its shape is the type's) or
+/// migrates one of an older schema (a newer one was refused when the envelope was opened).
+fn decode_versioned<T: serde::de::DeserializeOwned + 'static>(
     version: u32,
     header: Header,
     body: &[u8],
-    shape: u64,
-    migrate: fn(u32, &[u8]) -> Result<T, DecodeReason>,
+    migrate: fn(Stored<'_>) -> Result<T, DecodeReason>,
 ) -> Result<T, DecodeReason> {
-    if header.schema < version {
-        return migrate(header.schema, body);
+    let stored = Stored::new(header.schema, header.fingerprint, version, body);
+    if header.schema == version {
+        stored.decode()
+    } else {
+        migrate(stored)
     }
-    // 0 is "unknown" (a type serde-reflection cannot trace): nothing to compare.
-    if shape != 0 && header.fingerprint != 0 && header.fingerprint != shape {
-        return Err(DecodeReason::ShapeChanged {
-            type_name: std::any::type_name::<T>(),
-            stored: header.fingerprint,
-            expected: shape,
-            version,
-        });
-    }
-    envelope::payload(body)
 }
 
-/// Performs every operation left pending by the previous incarnation, in sequence order,
-/// before the first new message.
+/// What a message cycle handles: a message, the start hook, or a supervision event.
+enum Input<A: PersistentActor> {
+    Message(A::Msg),
+    Started,
+    Supervision(SupervisionEvent),
+}
+
+/// Runs the user's start hook as a message cycle; the operations left pending by the previous
+/// incarnation are performed after its commit, in sequence order, before its own and before
+/// the first message.
 pub async fn post_start<A: Persistent>(
     actor: &A,
     myself: ActorRef<A::Msg>,
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
-    let all: Vec<u64> = rt.pending.keys().copied().collect();
-    perform(actor, &myself, rt, all).await
+    let replay: BTreeSet<u64> = rt.pending.keys().copied().collect();
+    cycle(actor, &myself, rt, Input::Started, replay).await
+}
+
+/// A supervision event from a linked child, handled as a message cycle.
+pub async fn handle_supervisor_evt<A: Persistent>(
+    actor: &A,
+    myself: ActorRef<A::Msg>,
+    event: SupervisionEvent,
+    rt: &mut Runtime<A>,
+) -> Result<(), ActorProcessingErr> {
+    cycle(
+        actor,
+        &myself,
+        rt,
+        Input::Supervision(event),
+        BTreeSet::new(),
+    )
+    .await
+}
+
+/// The user's stop hook, with the state as last committed.
+pub async fn post_stop<A: Persistent>(
+    actor: &A,
+    myself: ActorRef<A::Msg>,
+    rt: &mut Runtime<A>,
+) -> Result<(), ActorProcessingErr> {
+    PersistentActor::post_stop(actor, myself, &rt.state).await
 }
 
 /// Handles a runtime [`Control`] message: no handler runs and nothing is committed.
@@ -384,19 +447,36 @@ pub async fn handle<A: Persistent>(
     msg: A::Msg,
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
-    let msg = match A::control(msg) {
-        Ok(c) => return control(actor, &myself, c, rt).await,
-        Err(msg) => msg,
-    };
+    match A::control(msg) {
+        Ok(c) => control(actor, &myself, c, rt).await,
+        Err(msg) => cycle(actor, &myself, rt, Input::Message(msg), BTreeSet::new()).await,
+    }
+}
+
+/// The message cycle for any input: run the user's code with a [`Tx`], commit if anything
+/// changed, reply, then perform `again` (older operations, in sequence order) and the new ones.
+async fn cycle<A: Persistent>(
+    actor: &A,
+    myself: &ActorRef<A::Msg>,
+    rt: &mut Runtime<A>,
+    input: Input<A>,
+    mut again: BTreeSet<u64>,
+) -> Result<(), ActorProcessingErr> {
     let mut tx = Tx::new(
         &rt.key,
-        &myself,
+        myself,
         &rt.pending,
         &rt.dead,
         rt.max_pending,
         rt.next_seq,
     );
-    let handled = actor.handle(&mut tx, msg, &mut rt.state).await;
+    let handled = match input {
+        Input::Message(msg) => actor.handle(&mut tx, msg, &mut rt.state).await,
+        Input::Started => PersistentActor::post_start(actor, &mut tx, &mut rt.state).await,
+        Input::Supervision(event) => {
+            PersistentActor::handle_supervisor_evt(actor, &mut tx, event, &mut rt.state).await
+        }
+    };
     let parts = tx.into_parts();
     if let Err(e) = handled {
         rt.rollback()?;
@@ -420,7 +500,8 @@ pub async fn handle<A: Persistent>(
     if changed || ops_changed {
         let next_seq = rt.next_seq + parts.pushed.len() as u64;
         let mut put_ops = Vec::with_capacity(parts.pushed.len() + parts.requeued.len());
-        // A re-queued dead letter is rewritten as a pending operation under its own number.
+        // A re-queued dead letter is rewritten as a pending operation under its own number,
+        // with no failed attempts.
         let requeued = parts
             .requeued
             .iter()
@@ -434,8 +515,7 @@ pub async fn handle<A: Persistent>(
                 }
             }
         }
-        // The snapshot carries the next sequence number, so ids are never reused even after
-        // every operation was removed.
+        // The snapshot carries the next sequence number too (older stores have no floor).
         let head = Header {
             schema: rt.schema,
             sequence: next_seq,
@@ -449,6 +529,9 @@ pub async fn handle<A: Persistent>(
             snapshot,
             put_ops,
             remove_ops: parts.confirmed.iter().copied().collect(),
+            // The store's floor moves with every id handed out, so no delete, quarantine or
+            // damaged snapshot can make an id come back.
+            floor: (!parts.pushed.is_empty()).then_some(next_seq),
         };
         if let Err(source) = rt.storage.commit(commit).await {
             // Replies and operations are dropped with `parts`: callers see an error.
@@ -478,23 +561,25 @@ pub async fn handle<A: Persistent>(
         rt.pending.insert(
             seq,
             Pending {
-                id: OpId::new(rt.key.clone(), seq),
+                id: OpId::shared(rt.key.clone(), seq),
                 op,
                 attempts: 0,
             },
         );
         order.push(seq);
     }
-    // Resumed, re-queued and due operations were committed before this message's: they go
-    // first, in sequence order.
-    let mut again: BTreeSet<u64> = parts.resumed;
+    // Replayed, resumed, re-queued and due operations were committed before this message's:
+    // they go first, in sequence order.
+    again.extend(parts.resumed);
     again.extend(parts.requeued);
     again.extend(due_retries(rt));
     let order: Vec<u64> = again.into_iter().chain(order).collect();
-    perform(actor, &myself, rt, order).await
+    perform(actor, myself, rt, order).await
 }
 
-/// Performs the operations `seqs`, in that order, and queues the removal of those done.
+/// Performs the operations `seqs`, in that order. Queues, to ride on the next commit, the
+/// removal of those done, the new attempt count of those that failed, and the move of those
+/// that failed too often to the dead letters.
 async fn perform<A: Persistent>(
     actor: &A,
     myself: &ActorRef<A::Msg>,
@@ -502,59 +587,71 @@ async fn perform<A: Persistent>(
     seqs: Vec<u64>,
 ) -> Result<(), ActorProcessingErr> {
     let mut done = Vec::new();
-    let mut buried = Vec::new();
+    let mut rewrites = Vec::new();
     let mut wake = None;
     let mut result = Ok(());
     for seq in seqs {
-        let Some(p) = rt.pending.get_mut(&seq) else {
+        let Some(p) = rt.pending.get(&seq) else {
             continue;
         };
-        p.attempts += 1;
-        let attempts = p.attempts;
-        match actor.perform(p, &rt.state).await {
+        let outcome = actor.perform(p, &rt.state).await;
+        let failed = match outcome {
             Ok(Outcome::Done) => {
                 rt.pending.remove(&seq);
                 rt.retry.remove(&seq);
                 done.push(seq);
+                continue;
             }
             Ok(Outcome::KeepUntilConfirmed) => {
                 rt.retry.remove(&seq);
+                continue;
             }
-            Ok(Outcome::Retry) if attempts >= rt.policy.max_attempts => {
-                // Given up: set aside as a dead letter, kept in the store, not lost.
-                rt.retry.remove(&seq);
-                if let Some(p) = rt.pending.remove(&seq) {
-                    match envelope::to_payload(&p.op) {
-                        Ok(bytes) => buried.push((seq, rt.op_envelope(Kind::DeadOp, seq, &bytes))),
-                        Err(source) => {
-                            rt.pending.insert(seq, p);
-                            result = Err(rt.encode_error("operation", source).into());
-                            break;
-                        }
-                    }
-                    rt.dead.insert(seq, p);
-                }
+            Ok(Outcome::Retry) => Ok(()),
+            Err(e) => Err(e),
+        };
+        // Only a failed attempt counts: a replay, a resume or a kept operation does not.
+        rt.retry.remove(&seq);
+        let Some(p) = rt.pending.get_mut(&seq) else {
+            continue;
+        };
+        p.attempts = p.attempts.saturating_add(1);
+        let attempts = p.attempts;
+        let bytes = match envelope::to_payload(&p.op) {
+            Ok(bytes) => bytes,
+            Err(source) => {
+                result = Err(rt.encode_error("operation", source).into());
+                break;
             }
-            Ok(Outcome::Retry) => {
+        };
+        if attempts >= rt.policy.max_attempts() {
+            // Given up: set aside as a dead letter, kept in the store, not lost.
+            rewrites.push((seq, rt.op_envelope(Kind::DeadOp, seq, &bytes)));
+            if let Some(p) = rt.pending.remove(&seq) {
+                rt.dead.insert(seq, p);
+            }
+        } else {
+            rewrites.push((seq, rt.pending_envelope(seq, attempts, &bytes)));
+            if failed.is_ok() {
                 let unit = rt.unit();
                 let delay = rt.policy.delay(attempts, unit);
                 rt.retry.insert(seq, Instant::now() + delay);
                 wake = Some(wake.map_or(delay, |d: std::time::Duration| d.min(delay)));
             }
-            Err(e) => {
-                // The operation stays pending and is performed again after a restart.
-                result = Err(e);
-                break;
-            }
+        }
+        if let Err(e) = failed {
+            // The actor stops; the operation is performed again after a restart.
+            result = Err(e);
+            break;
         }
     }
-    if !done.is_empty() || !buried.is_empty() {
+    if !done.is_empty() || !rewrites.is_empty() {
         rt.storage.ride(ActorCommit {
             key: rt.key.clone(),
             epoch: rt.epoch,
             snapshot: None,
-            put_ops: buried,
+            put_ops: rewrites,
             remove_ops: done,
+            floor: None,
         });
     }
     if let Some(delay) = wake {

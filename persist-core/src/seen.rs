@@ -107,12 +107,11 @@ impl Seen {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
 
     fn id(actor: &str, seq: u64) -> OpId {
-        OpId::new(Arc::new(ActorKey::new("peer", actor)), seq)
+        OpId::new(ActorKey::new("peer", actor), seq)
     }
 
     #[test]

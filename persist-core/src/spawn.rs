@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorCell, ActorRef, ActorRuntime, SpawnErr};
+use ractor::{Actor, ActorCell, ActorName, ActorRef, ActorRuntime, SpawnErr};
 
 use crate::error::{ResumeError, StoreError};
 use crate::key::ActorKey;
@@ -31,6 +31,28 @@ pub trait SpawnPersistent:
         Self: Default,
     {
         ActorRuntime::<Self>::spawn(None, Self::default(), Start::new(storage, key, args))
+    }
+
+    /// Spawns the actor `key` on `storage` under the registered ractor name `name`
+    /// (`ractor::registry::where_is(name)` finds it), unsupervised. For a name together with a
+    /// supervisor or the options of [`Start`], pass a `Start` to ractor's `Actor::spawn`
+    /// or `spawn_linked` with `Some(name)`.
+    fn spawn_persistent_named(
+        name: impl Into<ActorName>,
+        storage: &Storage,
+        key: impl Into<String>,
+        args: <Self as PersistentActor>::Arguments,
+    ) -> impl Future<
+        Output = Result<(ActorRef<<Self as PersistentActor>::Msg>, JoinHandle<()>), SpawnErr>,
+    > + Send
+    where
+        Self: Default,
+    {
+        ActorRuntime::<Self>::spawn(
+            Some(name.into()),
+            Self::default(),
+            Start::new(storage, key, args),
+        )
     }
 
     /// Spawns the actor `key` on `storage`, linked to `supervisor`.

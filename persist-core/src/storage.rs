@@ -227,9 +227,17 @@ impl Storage {
     /// transaction. Stop the actor first: a running instance is fenced (its next write fails
     /// with [`crate::CommitError::Fenced`] and it stops), but it answers from memory until
     /// then.
+    ///
+    /// The key's sequence floor stays (raised past every id the record used), so an actor
+    /// spawned again under the key never reuses an operation id of the deleted one.
     pub async fn delete(&self, key: &ActorKey) -> Result<(), StoreError> {
         let key = key.clone();
-        self.call(move |s| s.delete_actor(&key)).await
+        self.call(move |s| {
+            // Reading the record also takes a new epoch, fencing a running instance at once.
+            let loaded = s.open_actor(&key)?;
+            s.delete_actor(&key, sequence_floor(&loaded))
+        })
+        .await
     }
 
     /// The keys of `namespace` that hold a state, in order.
@@ -262,13 +270,15 @@ impl Storage {
             .collect()
     }
 
-    /// Moves the record of `key` aside, if `epoch` is still its epoch.
+    /// Moves the record of `key` aside, if `epoch` is still its epoch, and raises the key's
+    /// sequence floor to `floor` in the same transaction.
     pub(crate) async fn quarantine(
         &self,
         key: &ActorKey,
         epoch: u64,
         reason: String,
         loaded: &Loaded,
+        floor: u64,
     ) -> Result<(), StoreError> {
         let body = QuarantineBody {
             reason,
@@ -277,7 +287,8 @@ impl Storage {
         };
         let blob = postcard::to_stdvec(&body).map_err(|e| StoreError::backend(self.name(), e))?;
         let key = key.clone();
-        self.call(move |s| s.quarantine(&key, epoch, &blob)).await
+        self.call(move |s| s.quarantine(&key, epoch, &blob, floor))
+            .await
     }
 
     fn send(&self, request: Request) -> Result<(), StoreError> {
@@ -329,8 +340,13 @@ impl Committer {
                     }
                     Request::Ride(c) => self.riders.push(c),
                     Request::Call(job) => {
-                        // A call (a load among them) must see every commit sent before it.
-                        self.flush(&mut batch);
+                        // A call (a load among them) must see every change sent before it:
+                        // the commits, and the riders too (a dead-letter move or an attempt
+                        // count that a respawn's load must not miss). Only then a rider
+                        // costs a write of its own.
+                        if !batch.is_empty() || !self.riders.is_empty() {
+                            self.write(&mut batch);
+                        }
                         bytes = 0;
                         match self.refuse() {
                             Some(e) => job(Err(e)),
@@ -460,6 +476,19 @@ impl Committer {
     }
 }
 
+/// The lowest sequence number `loaded`'s key may use next: above the stored floor, every
+/// stored operation, and the next number the snapshot's header names (when it can be read;
+/// a damaged header is covered by the stored floor, which every commit that pushes raises).
+pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
+    let ops = loaded.ops.iter().map(|(s, _)| s.saturating_add(1)).max();
+    let header = loaded
+        .snapshot
+        .as_deref()
+        .and_then(|b| crate::envelope::open_any(b, u32::MAX).ok())
+        .map(|(_, h, _)| h.sequence);
+    loaded.floor.max(ops.unwrap_or(0)).max(header.unwrap_or(0))
+}
+
 /// Store errors hold boxed sources, so a batch failure is told to each waiter as text.
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
@@ -573,6 +602,7 @@ mod tests {
             snapshot: Some(vec![n]),
             put_ops: vec![(u64::from(n), vec![n])],
             remove_ops: Vec::new(),
+            floor: None,
         }
     }
 
@@ -702,6 +732,7 @@ mod tests {
                         snapshot: None,
                         put_ops: Vec::new(),
                         remove_ops: vec![u64::from(n)],
+                        floor: None,
                     });
                     s.commit(commit_of(&key, e, n)).await.unwrap();
                 }

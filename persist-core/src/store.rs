@@ -13,6 +13,9 @@ use crate::key::ActorKey;
 pub struct Loaded {
     /// The writer epoch taken by this load; every later commit of this instance carries it.
     pub epoch: u64,
+    /// The key's sequence floor: no operation of the key may take a number below it (0 when
+    /// none was stored). It outlives the record: delete and quarantine keep it.
+    pub floor: u64,
     /// The snapshot envelope, if the actor was ever committed.
     pub snapshot: Option<Vec<u8>>,
     /// The pending operation envelopes, by ascending sequence number.
@@ -32,6 +35,10 @@ pub struct ActorCommit {
     pub put_ops: Vec<(u64, Vec<u8>)>,
     /// Sequence numbers of operations to delete (absent ones are ignored).
     pub remove_ops: Vec<u64>,
+    /// When `Some`, raises the key's sequence floor to this value (the next sequence number
+    /// the actor will use) in the same transaction. A store keeps the highest floor it was
+    /// given, through delete and quarantine, so that no operation id of a key ever repeats.
+    pub floor: Option<u64>,
 }
 
 impl ActorCommit {
@@ -40,6 +47,7 @@ impl ActorCommit {
         self.snapshot.as_ref().map_or(0, Vec::len)
             + self.put_ops.iter().map(|(_, b)| b.len() + 8).sum::<usize>()
             + self.remove_ops.len() * 8
+            + self.floor.map_or(0, |_| 8)
     }
 }
 
@@ -61,6 +69,11 @@ pub struct Fence {
 /// Methods are synchronous and called from one dedicated thread per [`crate::Storage`], never
 /// from a tokio worker. Implementations must be atomic: `commit` writes all of `batch` or none
 /// of it, and is durable when it returns `Ok`.
+///
+/// Per key a store keeps, besides the record (snapshot and pending operations), a writer
+/// epoch and a sequence floor. Neither is removed by [`Store::delete_actor`] or
+/// [`Store::quarantine`]: a key's epochs and its operation ids never repeat, whatever
+/// happened to its record.
 pub trait Store: Send + Sync + 'static {
     /// A short name for errors, such as the file path.
     fn name(&self) -> &str;
@@ -75,9 +88,10 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError>;
 
     /// Deletes the snapshot and pending operations of `key` in one durable transaction and
-    /// takes a new epoch for it, so that a running instance can no longer write.
-    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
-        let _ = key;
+    /// takes a new epoch for it, so that a running instance can no longer write. The key's
+    /// sequence floor stays, raised to at least `floor` in the same transaction.
+    fn delete_actor(&self, key: &ActorKey, floor: u64) -> Result<(), StoreError> {
+        let _ = (key, floor);
         Err(self.unsupported("delete_actor"))
     }
 
@@ -89,10 +103,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves the record of `key` aside in one durable transaction: stores `blob` (the
     /// original bytes and the reason, encoded by the runtime) in a quarantine table under
-    /// (`key`, `epoch`) and deletes the snapshot and pending operations. Refused with
-    /// [`StoreError::Fenced`] unless `epoch` is the key's current epoch.
-    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
-        let _ = (key, epoch, blob);
+    /// (`key`, `epoch`), deletes the snapshot and pending operations, and raises the key's
+    /// sequence floor to at least `floor`. Refused with [`StoreError::Fenced`] unless `epoch`
+    /// is the key's current epoch.
+    fn quarantine(
+        &self,
+        key: &ActorKey,
+        epoch: u64,
+        blob: &[u8],
+        floor: u64,
+    ) -> Result<(), StoreError> {
+        let _ = (key, epoch, blob, floor);
         Err(self.unsupported("quarantine"))
     }
 
@@ -121,14 +142,20 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
         (**self).commit(batch)
     }
-    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
-        (**self).delete_actor(key)
+    fn delete_actor(&self, key: &ActorKey, floor: u64) -> Result<(), StoreError> {
+        (**self).delete_actor(key, floor)
     }
     fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
         (**self).list_keys(namespace)
     }
-    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
-        (**self).quarantine(key, epoch, blob)
+    fn quarantine(
+        &self,
+        key: &ActorKey,
+        epoch: u64,
+        blob: &[u8],
+        floor: u64,
+    ) -> Result<(), StoreError> {
+        (**self).quarantine(key, epoch, blob, floor)
     }
     fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
         (**self).list_quarantined(namespace)

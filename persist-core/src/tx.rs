@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ractor::{ActorRef, RpcReplyPort};
 
-use crate::error::{NotDeadLetter, OverCapacity};
+use crate::error::{NotDeadLetter, OverCapacity, RequeueError};
 use crate::key::ActorKey;
 use crate::model::{OpId, Pending, PersistentActor};
 
@@ -82,6 +82,16 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
     /// or [`OverCapacity`] (adding nothing) when the actor already holds its maximum of
     /// pending operations (see [`crate::Start::max_pending`]).
     pub fn push(&mut self, op: A::Op) -> Result<OpId, OverCapacity> {
+        self.room()?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.parts.pushed.push((seq, op));
+        Ok(OpId::shared(self.key.clone(), seq))
+    }
+
+    /// Refuses one more pending operation when the actor holds its maximum, counting what
+    /// this message pushed, re-queued and confirmed.
+    fn room(&self) -> Result<(), OverCapacity> {
         let pending = self.pending.len() + self.parts.pushed.len() + self.parts.requeued.len()
             - self.parts.confirmed.len();
         if pending >= self.max_pending {
@@ -91,10 +101,7 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
                 max: self.max_pending,
             });
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.parts.pushed.push((seq, op));
-        Ok(OpId::new(self.key.clone(), seq))
+        Ok(())
     }
 
     /// The operations that failed too often and were set aside (dead letters), by sequence
@@ -105,13 +112,23 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
 
     /// Puts a dead letter back among the pending operations, in this message's commit; it is
     /// performed again after the commit with a fresh attempt count.
-    pub fn requeue(&mut self, id: &OpId) -> Result<(), NotDeadLetter> {
+    ///
+    /// Refused, changing nothing, when `id` is not a dead letter of this actor, or when the
+    /// actor already holds its maximum of pending operations ([`crate::Start::max_pending`]):
+    /// a re-queued operation counts like a pushed one. Re-queueing the same id twice in one
+    /// message is one re-queue.
+    pub fn requeue(&mut self, id: &OpId) -> Result<(), RequeueError> {
         if id.actor() != &**self.key || !self.dead.contains_key(&id.seq()) {
             return Err(NotDeadLetter {
                 key: (**self.key).clone(),
                 id: id.clone(),
-            });
+            }
+            .into());
         }
+        if self.parts.requeued.contains(&id.seq()) {
+            return Ok(());
+        }
+        self.room()?;
         self.parts.requeued.insert(id.seq());
         Ok(())
     }
@@ -153,7 +170,9 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
 
     /// Sends `value` to the caller once this message's commit has returned.
     ///
-    /// If the commit fails the port is dropped, so the caller gets an error, never a success.
+    /// If the handler returns `Err` or the commit fails, the port is dropped, so the caller
+    /// gets ractor's error for a closed reply channel, never a success (see
+    /// [`PersistentActor::handle`] for telling a caller why).
     pub fn reply<V: Send + 'static>(&mut self, port: RpcReplyPort<V>, value: V) {
         self.parts.replies.push(Box::new(move || {
             // The caller may have timed out and gone; that is the caller's business.

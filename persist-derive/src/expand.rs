@@ -73,7 +73,7 @@ fn migration(
         let version = Literal::u32_unsuffixed(step.value);
         let ty = &step.ty;
         let mut body = quote_spanned! {at(ty)=>
-            let v: #ty = #krate::__private::decode_payload(payload)?;
+            let v: #ty = stored.decode()?;
         };
         for pair in steps[i..].windows(2) {
             let (from, to) = (&pair[0].ty, &pair[1].ty);
@@ -89,13 +89,13 @@ fn migration(
     });
     let current = Literal::u32_unsuffixed(current);
     quote! {
-        fn #name(version: u32, payload: &[u8]) -> ::core::result::Result<
+        fn #name(stored: #krate::__private::Stored<'_>) -> ::core::result::Result<
             <Self as #krate::__private::PersistentActor>::#assoc,
             #krate::__private::DecodeReason
         > {
-            match version {
+            match stored.schema() {
                 #(#arms)*
-                _ => ::core::result::Result::Err(
+                version => ::core::result::Result::Err(
                     #krate::__private::no_migration(#what, version, #current)
                 ),
             }
@@ -303,21 +303,21 @@ mod tests {
                 impl ::ractor_persist::__private::Persistent for AccountActor {
                     const NAME: &'static str = "AccountActor";
                     const VERSION: u32 = 3;
-                    fn migrate_state(version: u32, payload: &[u8]) -> ::core::result::Result<
+                    fn migrate_state(stored: ::ractor_persist::__private::Stored<'_>) -> ::core::result::Result<
                         <Self as ::ractor_persist::__private::PersistentActor>::State,
                         ::ractor_persist::__private::DecodeReason
                     > {
-                        match version {
+                        match stored.schema() {
                             1 => {
-                                let v: v1::Account = ::ractor_persist::__private::decode_payload(payload)?;
+                                let v: v1::Account = stored.decode()?;
                                 let v: AccountV2 = ::core::convert::From::from(v);
                                 ::core::result::Result::Ok(::core::convert::From::from(v))
                             }
                             2 => {
-                                let v: AccountV2 = ::ractor_persist::__private::decode_payload(payload)?;
+                                let v: AccountV2 = stored.decode()?;
                                 ::core::result::Result::Ok(::core::convert::From::from(v))
                             }
-                            _ => ::core::result::Result::Err(
+                            version => ::core::result::Result::Err(
                                 ::ractor_persist::__private::no_migration("state", version, 3)
                             ),
                         }
@@ -336,11 +336,11 @@ mod tests {
         ))
         .to_string();
         assert!(out.contains(
-            "fn migrate_op (version : u32 , payload : & [u8]) -> :: core :: result :: Result < \
+            "fn migrate_op (stored : persist_core :: __private :: Stored < '_ >) -> :: core :: result :: Result < \
              < Self as persist_core :: __private :: PersistentActor > :: Op"
         ));
         assert!(out.contains(
-            "1 => { let v : OpV1 = persist_core :: __private :: decode_payload (payload) ? ; \
+            "1 => { let v : OpV1 = stored . decode () ? ; \
              :: core :: result :: Result :: Ok (:: core :: convert :: From :: from (v)) }"
         ));
         assert!(out.contains(r#"no_migration ("operation" , version , 2)"#));

@@ -4,7 +4,7 @@ use persist_core::{ActorKey, Fence, StoreError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::Failure;
-use crate::format::{EPOCHS, OPS, SNAPSHOTS};
+use crate::format::{EPOCHS, FLOORS, OPS, SNAPSHOTS, raise_floor};
 
 /// Records moved aside because they could not be decoded, by (namespace, key, epoch); the
 /// value is the runtime's encoding of the original bytes and the reason.
@@ -20,11 +20,13 @@ fn remove_record(txn: &redb::WriteTransaction, key: &ActorKey) -> Result<(), Fai
     Ok(())
 }
 
-/// Deletes `key`'s record and takes a new epoch, durably.
-pub(crate) fn delete(db: &Database, key: &ActorKey) -> Result<(), Failure> {
+/// Deletes `key`'s record, keeps its sequence floor (raised to `floor`) and takes a new
+/// epoch, durably.
+pub(crate) fn delete(db: &Database, key: &ActorKey, floor: u64) -> Result<(), Failure> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     remove_record(&txn, key)?;
+    raise_floor(&mut txn.open_table(FLOORS)?, key, floor)?;
     {
         let mut epochs = txn.open_table(EPOCHS)?;
         let id = (key.namespace(), key.key());
@@ -51,12 +53,14 @@ pub(crate) fn list(db: &Database, namespace: &str) -> Result<Vec<String>, Failur
     Ok(keys)
 }
 
-/// Moves `key`'s record aside under `epoch`, if that is still its epoch.
+/// Moves `key`'s record aside under `epoch`, if that is still its epoch, and raises its
+/// sequence floor to `floor` in the same transaction.
 pub(crate) fn quarantine(
     db: &Database,
     key: &ActorKey,
     epoch: u64,
     blob: &[u8],
+    floor: u64,
 ) -> Result<(), Failure> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
@@ -74,6 +78,7 @@ pub(crate) fn quarantine(
     txn.open_table(QUARANTINE)?
         .insert((id.0, id.1, epoch), blob)?;
     remove_record(&txn, key)?;
+    raise_floor(&mut txn.open_table(FLOORS)?, key, floor)?;
     txn.commit()?;
     Ok(())
 }

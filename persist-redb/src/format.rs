@@ -5,7 +5,7 @@ use std::path::Path;
 
 use redb::{
     Builder, Database, DatabaseError, MultimapTableHandle, ReadTransaction, ReadableDatabase,
-    StorageError, TableDefinition, TableError, TableHandle,
+    ReadableTable, StorageError, TableDefinition, TableError, TableHandle,
 };
 
 use crate::error::Failure;
@@ -21,6 +21,12 @@ pub(crate) const OPS: TableDefinition<(&str, &str, u64), &[u8]> =
 /// The last writer epoch handed out for each actor, by (namespace, key).
 pub(crate) const EPOCHS: TableDefinition<(&str, &str), u64> =
     TableDefinition::new("ractor_persist.epochs");
+
+/// The sequence floor of each actor, by (namespace, key): no operation of the key takes a
+/// number below it. Like the epoch, it outlives the record (delete and quarantine keep it).
+/// Stores written before it existed get the table on their first write.
+pub(crate) const FLOORS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("ractor_persist.floors");
 
 /// The key of the format marker in [`META`].
 const FORMAT_KEY: &str = "format";
@@ -125,7 +131,22 @@ pub(crate) fn initialize(db: &Database) -> Result<(), Failure> {
     txn.open_table(SNAPSHOTS)?;
     txn.open_table(OPS)?;
     txn.open_table(EPOCHS)?;
+    txn.open_table(FLOORS)?;
     txn.commit()?;
+    Ok(())
+}
+
+/// Raises the sequence floor of `key` to at least `floor` in `txn`'s floor table.
+pub(crate) fn raise_floor(
+    floors: &mut redb::Table<'_, (&str, &str), u64>,
+    key: &persist_core::ActorKey,
+    floor: u64,
+) -> Result<(), redb::StorageError> {
+    let id = (key.namespace(), key.key());
+    let current = floors.get(id)?.map_or(0, |f| f.value());
+    if floor > current {
+        floors.insert(id, floor)?;
+    }
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! [redb](https://docs.rs/redb).
 //!
 //! One file holds every actor of a store: a snapshot table, a pending-operation table keyed by
-//! actor and sequence number, a writer-epoch table for fencing, and a `meta` table whose format
+//! actor and sequence number, a writer-epoch table for fencing, a sequence-floor table (so
+//! operation ids never repeat after a delete or quarantine), and a `meta` table whose format
 //! marker keeps us from ever mistaking another program's file for an empty store. Each
 //! [`persist_core::Store::commit`] is one redb write transaction with one fsync.
 #![deny(missing_docs, unreachable_pub, unused_crate_dependencies)]

@@ -10,7 +10,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend
 use crate::admin;
 use crate::create;
 use crate::error::{Failure, guarded};
-use crate::format::{self, EPOCHS, Layout, OPS, SNAPSHOTS};
+use crate::format::{self, EPOCHS, FLOORS, Layout, OPS, SNAPSHOTS, raise_floor};
 
 /// A store in one redb database, normally one file.
 ///
@@ -134,6 +134,7 @@ impl RedbStore {
                 .into());
             };
             epochs.insert(id, epoch)?;
+            let floor = txn.open_table(FLOORS)?.get(id)?.map_or(0, |f| f.value());
             let snapshot = txn
                 .open_table(SNAPSHOTS)?
                 .get(id)?
@@ -148,6 +149,7 @@ impl RedbStore {
                 .collect::<Result<Vec<_>, redb::StorageError>>()?;
             Loaded {
                 epoch,
+                floor,
                 snapshot,
                 ops,
             }
@@ -175,6 +177,7 @@ impl RedbStore {
         {
             let mut snapshots = txn.open_table(SNAPSHOTS)?;
             let mut ops = txn.open_table(OPS)?;
+            let mut floors = txn.open_table(FLOORS)?;
             for commit in batch {
                 let (ns, key) = (commit.key.namespace(), commit.key.key());
                 if let Some(snapshot) = &commit.snapshot {
@@ -185,6 +188,9 @@ impl RedbStore {
                 }
                 for seq in &commit.remove_ops {
                     ops.remove((ns, key, *seq))?;
+                }
+                if let Some(floor) = commit.floor {
+                    raise_floor(&mut floors, &commit.key, floor)?;
                 }
             }
         }
@@ -220,16 +226,24 @@ impl Store for RedbStore {
         guarded(&self.name, || self.write(batch))
     }
 
-    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
-        guarded(&self.name, || admin::delete(&self.db, key))
+    fn delete_actor(&self, key: &ActorKey, floor: u64) -> Result<(), StoreError> {
+        guarded(&self.name, || admin::delete(&self.db, key, floor))
     }
 
     fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
         guarded(&self.name, || admin::list(&self.db, namespace))
     }
 
-    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
-        guarded(&self.name, || admin::quarantine(&self.db, key, epoch, blob))
+    fn quarantine(
+        &self,
+        key: &ActorKey,
+        epoch: u64,
+        blob: &[u8],
+        floor: u64,
+    ) -> Result<(), StoreError> {
+        guarded(&self.name, || {
+            admin::quarantine(&self.db, key, epoch, blob, floor)
+        })
     }
 
     fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {

@@ -139,6 +139,7 @@ fn a_flipped_bit_in_a_key_is_refused_at_open_not_a_missing_record() {
                 snapshot: Some(b"alice's state".to_vec()),
                 put_ops: vec![],
                 remove_ops: vec![],
+                floor: None,
             }])
             .unwrap();
         store.close().unwrap();

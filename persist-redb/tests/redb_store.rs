@@ -25,6 +25,7 @@ fn commit(
         snapshot: snapshot.map(<[u8]>::to_vec),
         put_ops: put_ops.iter().map(|(s, b)| (*s, b.to_vec())).collect(),
         remove_ops: remove_ops.to_vec(),
+        floor: None,
     }
 }
 

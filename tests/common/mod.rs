@@ -241,6 +241,7 @@ impl Backend {
                 snapshot: Some(bytes),
                 put_ops: Vec::new(),
                 remove_ops: Vec::new(),
+                floor: None,
             }])
             .unwrap()
         })
@@ -307,16 +308,22 @@ impl<S: Store> Store for Faulty<S> {
         self.inner.commit(batch)
     }
 
-    fn delete_actor(&self, key: &ActorKey) -> Result<(), StoreError> {
-        self.inner.delete_actor(key)
+    fn delete_actor(&self, key: &ActorKey, floor: u64) -> Result<(), StoreError> {
+        self.inner.delete_actor(key, floor)
     }
 
     fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
         self.inner.list_keys(namespace)
     }
 
-    fn quarantine(&self, key: &ActorKey, epoch: u64, blob: &[u8]) -> Result<(), StoreError> {
-        self.inner.quarantine(key, epoch, blob)
+    fn quarantine(
+        &self,
+        key: &ActorKey,
+        epoch: u64,
+        blob: &[u8],
+        floor: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.quarantine(key, epoch, blob, floor)
     }
 
     fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
