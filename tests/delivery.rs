@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call};
 use ractor_persist::{
     ActorKey, Control, Delivery, MemoryStore, OpId, Outcome, Pending, Persistent, PersistentActor,
-    RetryPolicy, Seen, SpawnPersistent, Start, Storage, Tx,
+    RetryPolicy, RetryPolicyError, Seen, SpawnPersistent, Start, Storage, Tx,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -43,6 +44,7 @@ type Watcher = mpsc::UnboundedSender<(u64, u32)>;
 const DONE: u8 = 0;
 const KEEP: u8 = 1;
 const RETRY: u8 = 2;
+const FAIL: u8 = 3;
 
 #[derive(Clone, Default, Persistent)]
 #[persistent(name = "courier")]
@@ -154,6 +156,7 @@ impl PersistentActor for Courier {
         Ok(match self.mode.load(Ordering::SeqCst) {
             DONE => Outcome::Done,
             KEEP => Outcome::KeepUntilConfirmed,
+            FAIL => return Err("perform failed on purpose".into()),
             _ => Outcome::Retry,
         })
     }
@@ -372,4 +375,231 @@ async fn at_the_capacity_limit_push_is_a_typed_error_and_nothing_is_lost() {
     call!(a, Msg::Send, 3).unwrap().unwrap();
     assert_eq!(ops_in_store(&store, "c5"), vec![1, 2]);
     a.stop_and_wait(None, None).await.unwrap();
+}
+
+/// Spawns like [`spawn`] and also returns the actor's join handle.
+async fn spawn_joined(
+    storage: &Storage,
+    key: &str,
+    c: Courier,
+    start: impl FnOnce(Start<Courier>) -> Start<Courier>,
+) -> (ActorRef<Msg>, JoinHandle<()>) {
+    Actor::spawn(None, c, start(Start::new(storage, key, ())))
+        .await
+        .unwrap()
+}
+
+/// Retries at once, and gives up after `attempts` failed attempts.
+fn eager(attempts: u32) -> RetryPolicy {
+    RetryPolicy::new(Duration::ZERO, Duration::ZERO, attempts).unwrap()
+}
+
+/// Never retries on a timer (an hour), and gives up after `attempts` failed attempts.
+fn patient(attempts: u32) -> RetryPolicy {
+    RetryPolicy::new(
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        attempts,
+    )
+    .unwrap()
+}
+
+/// The kind byte of each stored operation record of `key`: 2 pending, 3 dead letter, 4
+/// pending with failed attempts.
+fn kinds_in_store(store: &MemoryStore, key: &str) -> Vec<(u64, u8)> {
+    store
+        .ops(&ActorKey::new("courier", key))
+        .into_iter()
+        .map(|(s, b)| (s, b[3]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_stays_dead_after_a_respawn_in_the_same_process() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let c = Courier::with_mode(RETRY);
+    let mut seen = c.watch();
+    let a = spawn(&storage, "d1", c.clone(), |s| s.retry_policy(eager(1))).await;
+    call!(a, Msg::Send, 1).unwrap().unwrap();
+    assert_eq!(seen.recv().await, Some((0, 0)));
+    let dead = call!(a, Msg::DeadLetters).unwrap();
+    assert_eq!(dead.len(), 1, "buried after its one failed attempt");
+    a.stop_and_wait(None, None).await.unwrap();
+
+    // No commit was written since the burial: it is still queued to ride on the next one.
+    // The respawn's load must see it.
+    let again = Courier::with_mode(DONE);
+    let a = spawn(&storage, "d1", again.clone(), |s| s.retry_policy(eager(1))).await;
+    assert_eq!(
+        call!(a, Msg::DeadLetters).unwrap(),
+        dead,
+        "still a dead letter"
+    );
+    assert!(call!(a, Msg::Pending).unwrap().is_empty());
+    assert!(again.seqs().is_empty(), "a dead letter is not performed");
+    a.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+    assert_eq!(kinds_in_store(&store, "d1"), vec![(0, 3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_and_replays_do_not_count_as_failed_attempts() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let c = Courier::with_mode(KEEP);
+    let a = spawn(&storage, "r1", c.clone(), |s| s.retry_policy(patient(5))).await;
+    call!(a, Msg::Send, 1).unwrap().unwrap();
+    for _ in 0..5 {
+        Courier::resume(&a, |_| true).unwrap();
+    }
+    assert_eq!(call!(a, Msg::Pending).unwrap(), vec![(0, 0)]);
+    a.stop_and_wait(None, None).await.unwrap();
+    // A replay after a restart does not count either.
+    let a = spawn(&storage, "r1", c.clone(), |s| s.retry_policy(patient(5))).await;
+    assert_eq!(call!(a, Msg::Pending).unwrap(), vec![(0, 0)]);
+    assert_eq!(
+        c.seqs().len(),
+        7,
+        "performed once, resumed five times, replayed once"
+    );
+    // The first retry is the first failed attempt: it waits for its backoff, no dead letter.
+    c.mode.store(RETRY, Ordering::SeqCst);
+    Courier::resume(&a, |_| true).unwrap();
+    assert_eq!(call!(a, Msg::Pending).unwrap(), vec![(0, 1)]);
+    assert!(call!(a, Msg::DeadLetters).unwrap().is_empty());
+    a.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_survive_restarts_so_a_crash_loop_ends_in_a_dead_letter() {
+    let store = MemoryStore::new();
+    let mut storage = Storage::new(store.clone());
+    let c = Courier::with_mode(FAIL);
+    let mut seen = c.watch();
+    // The first incarnation commits the op, performs it, fails and stops.
+    let (a, handle) =
+        spawn_joined(&storage, "loop", c.clone(), |s| s.retry_policy(patient(3))).await;
+    call!(a, Msg::Send, 1).unwrap().unwrap();
+    handle.await.unwrap();
+    // Each restart replays it, fails again and stops: a crash loop. Half-way the process
+    // restarts too (the store is closed and reopened).
+    for restart in 1..=2 {
+        if restart == 2 {
+            storage.close().await.unwrap();
+            storage = Storage::new(store.clone());
+        }
+        let (_, handle) =
+            spawn_joined(&storage, "loop", c.clone(), |s| s.retry_policy(patient(3))).await;
+        handle.await.unwrap();
+    }
+    let attempts: Vec<(u64, u32)> = std::iter::from_fn(|| seen.try_recv().ok()).collect();
+    assert_eq!(
+        attempts,
+        vec![(0, 0), (0, 1), (0, 2)],
+        "the count went on across restarts"
+    );
+    // After three failed attempts the op is a dead letter: the loop is over.
+    let a = spawn(&storage, "loop", c.clone(), |s| s.retry_policy(patient(3))).await;
+    assert_eq!(call!(a, Msg::DeadLetters).unwrap().len(), 1);
+    assert!(call!(a, Msg::Pending).unwrap().is_empty());
+    assert!(seen.try_recv().is_err(), "not performed a fourth time");
+    a.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+    assert_eq!(kinds_in_store(&store, "loop"), vec![(0, 3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_past_max_pending_is_a_typed_error_and_changes_nothing() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let c = Courier::with_mode(RETRY);
+    let a = spawn(&storage, "cap", c.clone(), |s| {
+        s.retry_policy(eager(1)).max_pending(1)
+    })
+    .await;
+    for n in 0..3 {
+        call!(a, Msg::Send, n).unwrap().unwrap();
+    }
+    let dead = call!(a, Msg::DeadLetters).unwrap();
+    assert_eq!(dead.len(), 3);
+    c.mode.store(KEEP, Ordering::SeqCst);
+    call!(a, Msg::Requeue, dead[0].clone()).unwrap().unwrap();
+    for id in &dead[1..] {
+        let err = call!(a, Msg::Requeue, id.clone()).unwrap().unwrap_err();
+        assert!(err.contains("maximum of 1"), "{err}");
+    }
+    assert_eq!(call!(a, Msg::Pending).unwrap(), vec![(0, 0)]);
+    assert_eq!(call!(a, Msg::DeadLetters).unwrap(), dead[1..].to_vec());
+    a.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+    assert_eq!(kinds_in_store(&store, "cap"), vec![(0, 2), (1, 3), (2, 3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeue_committed_with_its_dead_letter_rider_ends_pending_in_the_store() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let c = Courier::with_mode(RETRY);
+    let a = spawn(&storage, "rider", c.clone(), |s| s.retry_policy(eager(1))).await;
+    call!(a, Msg::Send, 1).unwrap().unwrap();
+    let dead = call!(a, Msg::DeadLetters).unwrap();
+    assert_eq!(dead.len(), 1);
+    let batches = storage.stats().batches;
+    // The burial is still queued; the requeue's commit carries it in the same transaction,
+    // and the requeue, sent later, must win.
+    c.mode.store(KEEP, Ordering::SeqCst);
+    call!(a, Msg::Requeue, dead[0].clone()).unwrap().unwrap();
+    assert_eq!(
+        storage.stats().batches,
+        batches + 1,
+        "one transaction for both"
+    );
+    assert_eq!(
+        kinds_in_store(&store, "rider"),
+        vec![(0, 2)],
+        "pending, not dead"
+    );
+    a.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+    let again = Courier::with_mode(KEEP);
+    let a = spawn(&storage_of(&store), "rider", again.clone(), |s| s).await;
+    assert_eq!(call!(a, Msg::Pending).unwrap(), vec![(0, 0)]);
+    assert_eq!(again.seqs(), vec![0], "performed again after the restart");
+    a.stop_and_wait(None, None).await.unwrap();
+}
+
+fn storage_of(store: &MemoryStore) -> Storage {
+    Storage::new(store.clone())
+}
+
+#[test]
+fn retry_policy_refuses_nan_or_out_of_range_jitter_and_its_delay_never_panics() {
+    let p = RetryPolicy::default();
+    assert_eq!(p.initial(), Duration::from_millis(100));
+    assert_eq!(p.max(), Duration::from_secs(30));
+    assert_eq!(p.jitter(), 0.2);
+    assert_eq!(p.max_attempts(), 10);
+    for bad in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
+        let err = p.with_jitter(bad).unwrap_err();
+        assert!(matches!(err, RetryPolicyError::Jitter(_)), "{bad}: {err}");
+        assert!(err.to_string().contains("0.0 to 1.0"), "{err}");
+    }
+    assert_eq!(
+        RetryPolicy::new(Duration::ZERO, Duration::ZERO, 0).unwrap_err(),
+        RetryPolicyError::NoAttempts
+    );
+    // The extremes a valid policy allows, with any random unit, give a delay within bounds.
+    let huge = RetryPolicy::new(Duration::MAX, Duration::MAX, u32::MAX)
+        .unwrap()
+        .with_jitter(1.0)
+        .unwrap();
+    for policy in [huge, p, eager(1), huge.with_jitter(0.0).unwrap()] {
+        for attempt in [0, 1, 2, 63, 64, u32::MAX] {
+            for unit in [0.0, 0.5, 1.0, -1.0, 2.0, f64::NAN] {
+                assert!(policy.delay(attempt, unit) <= policy.max());
+            }
+        }
+    }
 }

@@ -248,6 +248,24 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// Stores `bytes` as pending operation `seq` of `key`, bypassing the runtime.
+    pub fn plant_op(&self, key: &ActorKey, seq: u64, bytes: Vec<u8>) {
+        self.with_store(|s| {
+            let epoch = s.open_actor(key).unwrap().epoch;
+            s.commit(&[ActorCommit {
+                key: Arc::new(key.clone()),
+                epoch,
+                snapshot: None,
+                put_ops: vec![(seq, bytes)],
+                remove_ops: Vec::new(),
+                floor: None,
+            }])
+            .unwrap()
+        })
+    }
+}
+
 /// Counts commits and fails them on request.
 #[derive(Clone, Default)]
 pub struct Faults {
