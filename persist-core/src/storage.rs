@@ -619,15 +619,20 @@ mod tests {
             epochs.push(epoch(&storage, &format!("a{i}")).await);
         }
         let (entered, release) = store.hold_next();
-        let first = tokio::spawn({
-            let s = storage.clone();
-            let e = epochs[0];
-            async move { s.commit(commit_of("a0", e, 1)).await }
-        });
+        let (done, mut first) = oneshot::channel();
+        storage
+            .send(Request::Commit(commit_of("a0", epochs[0], 1), done))
+            .unwrap();
         tokio::task::spawn_blocking(move || entered.recv().unwrap())
             .await
             .unwrap();
-        // The committer is inside the store with a0's commit; eight more queue behind it.
+        // The committer is inside the store with a0's commit, which is not written yet.
+        assert!(
+            first.try_recv().is_err(),
+            "the first waiter was acknowledged before its commit was written"
+        );
+        assert!(store.batches.lock().unwrap().is_empty());
+        // Eight more queue behind it.
         let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
         for (i, e) in epochs.iter().enumerate().skip(1) {
             let s = storage.clone();
@@ -757,6 +762,62 @@ mod tests {
         let stats = storage.stats();
         assert!(stats.batches <= 16 * 50, "{stats:?}");
         assert_eq!(stats.batches as usize, batches.len());
+        storage.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_commit_batched_with_a_fenced_one_is_written_before_it_is_acknowledged() {
+        let store = Scripted::new(usize::MAX);
+        let storage = Storage::new(store.clone());
+        let stale = epoch(&storage, "old").await;
+        // A newer instance of "old" takes over: the first instance's epoch is now stale.
+        let _newer = epoch(&storage, "old").await;
+        let live = epoch(&storage, "live").await;
+        let other = epoch(&storage, "other").await;
+        let (entered, release) = store.hold_next();
+        let (done, held) = oneshot::channel();
+        storage
+            .send(Request::Commit(commit_of("other", other, 1), done))
+            .unwrap();
+        tokio::task::spawn_blocking(move || entered.recv().unwrap())
+            .await
+            .unwrap();
+        // Behind the held write, a stale and a live commit share the next batch.
+        let (stale_done, stale_rx) = oneshot::channel();
+        storage
+            .send(Request::Commit(commit_of("old", stale, 7), stale_done))
+            .unwrap();
+        let (live_done, live_rx) = oneshot::channel();
+        storage
+            .send(Request::Commit(commit_of("live", live, 9), live_done))
+            .unwrap();
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        let refused = stale_rx
+            .await
+            .unwrap()
+            .expect_err("the stale commit is fenced");
+        assert!(
+            matches!(refused, StoreError::Fenced(ref f) if f.len() == 1),
+            "{refused}"
+        );
+        live_rx
+            .await
+            .unwrap()
+            .expect("the live commit is acknowledged");
+        // Acknowledged means written: the live commit is in the store, the stale one is not.
+        let live_key = ActorKey::new("t", "live");
+        assert_eq!(store.inner.snapshot(&live_key), Some(vec![9]));
+        assert_eq!(store.inner.ops(&live_key), vec![(9, vec![9])]);
+        assert_eq!(store.inner.snapshot(&ActorKey::new("t", "old")), None);
+        let batches = store.batches.lock().unwrap().clone();
+        assert_eq!(
+            batches.len(),
+            3,
+            "held write, refused batch, batch without the stale one"
+        );
+        assert_eq!(batches[1].len(), 2);
+        assert_eq!(batches[2], vec![("live".to_owned(), Some(vec![9]))]);
         storage.close().await.unwrap();
     }
 }
