@@ -18,7 +18,7 @@ async fn a_named_spawn_registers_the_actor_under_its_name() {
     let (a, _) = Ledger::spawn_persistent_named("ledger-of-alice", &storage, "alice", ())
         .await
         .unwrap();
-    let found = ractor::registry::where_is("ledger-of-alice".to_owned()).expect("registered");
+    let found = ractor::registry::where_is("ledger-of-alice").expect("registered");
     assert_eq!(found.get_id(), a.get_id());
     assert_eq!(call!(a, LedgerMsg::Add, 2).unwrap(), 2);
     a.stop_and_wait(None, None).await.unwrap();

@@ -198,7 +198,7 @@ pub async fn pre_start<A: Persistent>(
     let op_shape = shape_fingerprint::<A::Op>().unwrap_or(0);
     // Ids go on above every one the key ever used, whatever happened to its record.
     let floor = sequence_floor(&loaded);
-    let (snapshot, pending, dead) = match decode_record::<A>(&key, &loaded) {
+    let (snapshot, pending, dead) = match decode_record::<A>(&key, &loaded).map_err(|e| *e) {
         Ok(decoded) => decoded,
         Err(LoadError::Decode(e)) if start.quarantine && e.reason.is_damage() => {
             // Opted in, and the bytes are damaged: keep them aside and start fresh. The
@@ -267,7 +267,7 @@ type Decoded<A> = (
 fn decode_record<A: Persistent>(
     key: &Arc<ActorKey>,
     loaded: &crate::store::Loaded,
-) -> Result<Decoded<A>, LoadError> {
+) -> Result<Decoded<A>, Box<LoadError>> {
     let mut errors: Vec<DecodeError> = Vec::new();
     let bad = |record, reason| DecodeError {
         key: (**key).clone(),
@@ -289,9 +289,11 @@ fn decode_record<A: Persistent>(
                 let committed = if header.schema == A::VERSION {
                     body.to_vec()
                 } else {
-                    envelope::to_payload(&state).map_err(|source| LoadError::Encode {
-                        key: (**key).clone(),
-                        source,
+                    envelope::to_payload(&state).map_err(|source| {
+                        Box::new(LoadError::Encode {
+                            key: (**key).clone(),
+                            source,
+                        })
                     })?
                 };
                 snapshot = Some((state, committed));
@@ -324,7 +326,7 @@ fn decode_record<A: Persistent>(
     if errors.is_empty() {
         Ok((snapshot, pending, dead))
     } else {
-        Err(LoadError::Decode(errors.swap_remove(worst)))
+        Err(Box::new(LoadError::Decode(errors.swap_remove(worst))))
     }
 }
 
