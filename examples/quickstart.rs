@@ -6,8 +6,12 @@ use ractor_persist::prelude::*;
 #[persistent(name = "counter")]
 struct Counter;
 
+enum CounterMsg {
+    Next(RpcReplyPort<u64>), // adds one and replies with the new count
+}
+
 impl PersistentActor for Counter {
-    type Msg = RpcReplyPort<u64>; // each message adds one and replies with the new count
+    type Msg = CounterMsg;
     type State = u64;
     type Op = ();
     type Arguments = ();
@@ -19,7 +23,7 @@ impl PersistentActor for Counter {
     async fn handle(
         &self,
         tx: &mut Tx<'_, Self>,
-        reply: RpcReplyPort<u64>,
+        CounterMsg::Next(reply): CounterMsg,
         count: &mut u64,
     ) -> Result<(), ActorProcessingErr> {
         *count += 1;
@@ -33,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).unwrap_or("quickstart.redb".into());
     let storage = Storage::new(RedbStore::open(&path)?);
     let (counter, _) = Counter::spawn_persistent(&storage, "main", ()).await?;
-    let count = ractor::call!(counter, |port| port)?;
+    let count = ractor::call!(counter, CounterMsg::Next)?;
     println!("count = {count} (stored in {path})");
     counter.stop_and_wait(None, None).await?;
     Ok(storage.close().await?)

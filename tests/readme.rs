@@ -16,3 +16,21 @@ fn readme_shows_the_quickstart_example_verbatim() {
         ".ci/run runs the README's test command"
     );
 }
+
+#[test]
+fn readme_tells_how_to_fix_the_async_trait_and_cluster_errors() {
+    let readme = include_str!("../README.md");
+    let derive_docs = include_str!("../persist-derive/src/lib.rs");
+    for (doc, needle) in [
+        (
+            readme,
+            "error[E0195]: lifetime parameters or bounds on method `pre_start`",
+        ),
+        (readme, r#"features = ["async-trait"]"#),
+        (readme, "impl ractor::Message for CounterMsg {}"),
+        (derive_docs, "E0195"),
+        (derive_docs, "`async-trait` feature"),
+    ] {
+        assert!(doc.contains(needle), "missing: {needle}");
+    }
+}

@@ -39,8 +39,18 @@ use syn::{DeriveInput, parse_macro_input};
 ///   from 1 to `version - 1` exactly once; a record of version `k` is decoded as its type and
 ///   converted up the chain on load, and rewritten in the current version by the next change.
 ///   A missing `From` impl is reported at the type in the attribute.
-/// - `migrate_ops(1 = OpV1, ...)`: the same for the operation type. Without it, operations of
-///   older versions are decoded as the current `Op`.
+/// - `migrate_ops(1 = OpV1, ...)`: the same for the operation type. Without it, an operation
+///   of an older version is decoded as the current `Op` only if `Op`'s shape fingerprint is
+///   the one stored with it; otherwise loading fails with a typed error naming both versions
+///   and both fingerprints. The same holds for the state without `migrate`.
+///
+/// # ractor's `async-trait` feature
+///
+/// The emitted `Actor` impl takes the form ractor's `async-trait` feature selects, and Cargo
+/// gives a derive no way to see that feature. If ractor's `async-trait` is on anywhere in the
+/// build, turn on ractor-persist's `async-trait` feature too; without it the derive reports
+/// `E0195` ("lifetime parameters or bounds on method `pre_start` do not match the trait
+/// declaration") for each of the impl's methods.
 ///
 /// # Example
 ///

@@ -4,6 +4,11 @@
 //! impl must be the `#[async_trait]` form, which the facade's `async-trait` feature selects.
 //! [`Echo`] is a hand-written ractor actor in the `#[ractor::async_trait]` form; it compiles
 //! only because ractor's `async-trait` feature really is on here.
+//!
+//! ractor's `cluster` feature is on as well: then ractor implements `Message` only for types
+//! it can serialize, and each message type needs `impl ractor::Message for T {}` (the README's
+//! troubleshooting section). Without `cluster` that impl would conflict with ractor's blanket
+//! one, which is why the README's quickstart does not carry it.
 
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +44,9 @@ pub enum TallyMsg {
     /// Replies with the state; changes nothing.
     Get(RpcReplyPort<Totals>),
 }
+
+// ractor's `cluster` feature is on in this build: message types say they are messages.
+impl ractor::Message for TallyMsg {}
 
 impl PersistentActor for Tally {
     type Msg = TallyMsg;
@@ -89,6 +97,8 @@ pub enum EchoMsg {
     /// Replies with the prefix followed by the text.
     Echo(String, RpcReplyPort<String>),
 }
+
+impl ractor::Message for EchoMsg {}
 
 #[ractor::async_trait]
 impl Actor for Echo {
