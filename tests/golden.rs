@@ -8,9 +8,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Ledger, LedgerMsg, spawn_ledger};
-use ractor::call;
-use ractor_persist::{RedbStore, Storage};
+use std::sync::Arc;
+
+use common::{Ledger, LedgerMsg, ledger_key, spawn_ledger};
+use ractor::{Actor, call};
+use ractor_persist::{ActorCommit, RedbStore, SpawnPersistent, Start, Storage, Store};
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -68,5 +70,69 @@ async fn every_golden_store_loads_with_its_state_and_pending_ops() {
     assert_eq!(call!(alice, LedgerMsg::Pending).unwrap(), vec![0, 2, 3]);
     alice.stop_and_wait(None, None).await.unwrap();
     bob.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+}
+
+/// A copy of the format-1 store, written before stores kept a sequence floor.
+fn legacy_copy(dir: &tempfile::TempDir) -> PathBuf {
+    let copy = dir.path().join("format1.redb");
+    std::fs::copy(golden("format1.redb"), &copy).expect("tests/golden/format1.redb");
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_floors_keeps_ids_unique_across_a_delete() {
+    // bob used op #0 (done and removed): only his snapshot's header knows it.
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::new(RedbStore::open(legacy_copy(&dir)).unwrap());
+    Ledger::delete_persistent(&storage, "bob").await.unwrap();
+    let ledger = Ledger::default();
+    let bob = spawn_ledger(&storage, "bob", ledger.clone()).await;
+    assert_eq!(
+        call!(bob, LedgerMsg::Add, 1).unwrap(),
+        1,
+        "starts from init"
+    );
+    call!(bob, LedgerMsg::Peek).unwrap();
+    let seqs: Vec<u64> = ledger.performed().iter().map(|(id, _)| id.seq()).collect();
+    assert_eq!(seqs, vec![1], "op #0 of the deleted bob is not reused");
+    bob.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_floors_keeps_ids_unique_across_a_quarantine_and_a_restart() {
+    // alice holds ops #0 and #2 and her header names #3 next; damage op #2.
+    let dir = tempfile::tempdir().unwrap();
+    let path = legacy_copy(&dir);
+    {
+        let store = RedbStore::open(&path).unwrap();
+        let key = ledger_key("alice");
+        let epoch = store.open_actor(&key).unwrap().epoch;
+        store
+            .commit(&[ActorCommit {
+                key: Arc::new(key),
+                epoch,
+                snapshot: None,
+                put_ops: vec![(2, b"damaged".to_vec())],
+                remove_ops: Vec::new(),
+                floor: None,
+            }])
+            .unwrap();
+        store.close().unwrap();
+    }
+    let storage = Storage::new(RedbStore::open(&path).unwrap());
+    let start = Start::new(&storage, "alice", ()).quarantine_undecodable();
+    let (alice, _) = Actor::spawn(None, Ledger::default(), start).await.unwrap();
+    assert_eq!(call!(alice, LedgerMsg::Peek).unwrap(), 0, "started fresh");
+    alice.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+
+    // Restarted before the fresh alice wrote anything: the quarantine wrote the floor.
+    let storage = Storage::new(RedbStore::open(&path).unwrap());
+    let alice = spawn_ledger(&storage, "alice", Ledger::default()).await;
+    call!(alice, LedgerMsg::AddKept, 1).unwrap();
+    assert_eq!(call!(alice, LedgerMsg::Pending).unwrap(), vec![3]);
+    alice.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
 }

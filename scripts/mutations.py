@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Breaks the code on purpose, one promise at a time, and checks that a test goes red.
+
+Each mutation replaces one piece of source text, runs the tests named for it, and restores
+the file. A mutation whose tests still pass is a promise no test checks. Run from the
+repository root: `python3 scripts/mutations.py [NAME...]` (all when no name is given). It
+takes a few minutes (one incremental build per mutation) and is not part of CI; the table in
+docs/durability.md lists the results.
+"""
+
+import subprocess
+import sys
+
+CORE = "persist-core/src/"
+
+# name: (file, original text, broken text, cargo test arguments)
+MUTATIONS = {
+    "ack-live-commit-beside-a-fenced-one-without-writing": (
+        CORE + "storage.rs",
+        """                            let _ = done.send(Err(StoreError::Fenced(vec![one])));
+                        }
+                    }
+""",
+        """                            let _ = done.send(Err(StoreError::Fenced(vec![one])));
+                        }
+                    }
+                    for done in waiters.into_iter().flatten() {
+                        let _ = done.send(Ok(()));
+                    }
+                    return;
+""",
+        ["-p", "persist-core", "--lib", "storage::tests::a_live_commit_batched_with_a_fenced_one"],
+    ),
+    "riders-written-after-the-batch": (
+        CORE + "storage.rs",
+        """        let n_riders = riders.len();
+        let mut commits: Vec<ActorCommit> = riders;
+        let mut waiters: Vec<Option<Done<()>>> = (0..n_riders).map(|_| None).collect();
+        for (c, done) in batch.drain(..) {
+            commits.push(c);
+            waiters.push(Some(done));
+        }
+""",
+        """        let mut commits: Vec<ActorCommit> = Vec::new();
+        let mut waiters: Vec<Option<Done<()>>> = Vec::new();
+        for (c, done) in batch.drain(..) {
+            commits.push(c);
+            waiters.push(Some(done));
+        }
+        for r in riders {
+            commits.push(r);
+            waiters.push(None);
+        }
+""",
+        ["--test", "delivery", "a_requeue_committed_with_its_dead_letter_rider_ends_pending"],
+    ),
+    "ack-before-write": (
+        CORE + "storage.rs",
+        """        loop {
+            if commits.is_empty() {
+                return;
+            }""",
+        """        for w in waiters.iter_mut() {
+            if let Some(done) = w.take() {
+                let _ = done.send(Ok(()));
+            }
+        }
+        loop {
+            if commits.is_empty() {
+                return;
+            }""",
+        ["-p", "persist-core", "--lib", "storage::tests::waiting_commits_share_one_batch"],
+    ),
+    "no-rollback-after-a-handler-error": (
+        CORE + "runtime.rs",
+        """    if let Err(e) = handled {
+        rt.rollback()?;
+        return Err(e);
+    }""",
+        """    if let Err(e) = handled {
+        return Err(e);
+    }""",
+        ["--test", "rollback", "failed_handler"],
+    ),
+    "no-rollback-after-a-failed-commit": (
+        CORE + "runtime.rs",
+        """            // Replies and operations are dropped with `parts`: callers see an error.
+            rt.rollback()?;""",
+        """            // Replies and operations are dropped with `parts`: callers see an error.""",
+        ["--test", "rollback", "failed_commit"],
+    ),
+    "load-ignores-the-stored-floor": (
+        CORE + "storage.rs",
+        """    loaded.floor.max(ops.unwrap_or(0)).max(header.unwrap_or(0))""",
+        """    ops.unwrap_or(0).max(header.unwrap_or(0))""",
+        ["--test", "op_ids", "header_is_damaged"],
+    ),
+    "commit-does-not-raise-the-floor": (
+        CORE + "runtime.rs",
+        """            floor: (!parts.pushed.is_empty()).then_some(next_seq),""",
+        """            floor: None,""",
+        ["--test", "op_ids", "header_is_damaged"],
+    ),
+    "memory-store-delete-drops-the-floor": (
+        CORE + "memory.rs",
+        """        t.ops.remove(key);
+        t.raise_floor(key, floor);
+        *t.epochs""",
+        """        t.ops.remove(key);
+        t.floors.remove(key);
+        let _ = floor;
+        *t.epochs""",
+        ["--test", "op_ids", "memory::op_ids_never_repeat_after_a_delete"],
+    ),
+    "redb-quarantine-does-not-write-the-floor": (
+        "persist-redb/src/admin.rs",
+        """    remove_record(&txn, key)?;
+    raise_floor(&mut txn.open_table(FLOORS)?, key, floor)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// The quarantined records""",
+        """    remove_record(&txn, key)?;
+    let _ = floor;
+    txn.commit()?;
+    Ok(())
+}
+
+/// The quarantined records""",
+        ["--test", "golden", "a_store_without_floors_keeps_ids_unique_across_a_quarantine"],
+    ),
+    "delete-keeps-only-the-stored-floor": (
+        CORE + "storage.rs",
+        """            s.delete_actor(&key, sequence_floor(&loaded))""",
+        """            s.delete_actor(&key, loaded.floor)""",
+        ["--test", "golden", "a_store_without_floors_keeps_ids_unique_across_a_delete"],
+    ),
+    "old-ops-decoded-as-the-new-type-without-a-shape-check": (
+        CORE + "model.rs",
+        """    fn migrate_op(stored: Stored<'_>) -> Result<Self::Op, DecodeReason> {
+        stored.decode_unchanged("operation")
+    }""",
+        """    fn migrate_op(stored: Stored<'_>) -> Result<Self::Op, DecodeReason> {
+        crate::envelope::payload(stored.payload())
+    }""",
+        ["--test", "shape_rules", "an_old_op_of_another_shape"],
+    ),
+    "quarantine-on-any-decode-error": (
+        CORE + "runtime.rs",
+        """if start.quarantine && e.reason.is_damage() => {""",
+        """if start.quarantine => {""",
+        ["--test", "shape_rules", "quarantine_never"],
+    ),
+    "a-load-does-not-see-queued-riders": (
+        CORE + "storage.rs",
+        """                        if !batch.is_empty() || !self.riders.is_empty() {""",
+        """                        if !batch.is_empty() {""",
+        ["--test", "delivery", "a_dead_letter_stays_dead_after_a_respawn"],
+    ),
+    "every-perform-counts-as-an-attempt": (
+        CORE + "runtime.rs",
+        """        let outcome = actor.perform(p, &rt.state).await;""",
+        """        if let Some(p) = rt.pending.get_mut(&seq) {
+            p.attempts += 1;
+        }
+        let Some(p) = rt.pending.get(&seq) else {
+            continue;
+        };
+        let outcome = actor.perform(p, &rt.state).await;""",
+        ["--test", "delivery", "resumes_and_replays_do_not_count"],
+    ),
+    "attempt-counts-are-not-written": (
+        CORE + "runtime.rs",
+        """            rewrites.push((seq, rt.pending_envelope(seq, attempts, &bytes)));""",
+        """            let _ = rt.pending_envelope(seq, attempts, &bytes);""",
+        ["--test", "delivery", "failed_attempts_survive_restarts"],
+    ),
+    "requeue-ignores-max-pending": (
+        CORE + "tx.rs",
+        """        self.room()?;
+        self.parts.requeued.insert(id.seq());""",
+        """        self.parts.requeued.insert(id.seq());""",
+        ["--test", "delivery", "requeue_past_max_pending"],
+    ),
+    "jitter-clamped-instead-of-refused": (
+        CORE + "model.rs",
+        """        if !(0.0..=1.0).contains(&jitter) {
+            return Err(RetryPolicyError::Jitter(jitter));
+        }
+        self.jitter = jitter;""",
+        """        self.jitter = jitter.clamp(0.0, 1.0);""",
+        ["--test", "delivery", "retry_policy_refuses"],
+    ),
+    "supervision-events-not-handed-to-the-actor": (
+        CORE + "lib.rs",
+        """                ::std::boxed::Box::pin($crate::__private::handle_supervisor_evt(
+                    self, myself, event, state,
+                ))
+                .await""",
+        """                let _ = state;
+                if let $crate::__private::ractor::SupervisionEvent::ActorTerminated(..) = event {
+                    myself.stop(None);
+                }
+                Ok(())""",
+        ["--test", "lifecycle", "a_persistent_supervisor_commits"],
+    ),
+}
+
+
+def run(name):
+    path, old, new, args = MUTATIONS[name]
+    with open(path) as f:
+        original = f.read()
+    if original.count(old) != 1:
+        return "STALE (the original text is not in the file once)"
+    try:
+        with open(path, "w") as f:
+            f.write(original.replace(old, new))
+        try:
+            out = subprocess.run(
+                ["cargo", "test", "--quiet", *args],
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+        except subprocess.TimeoutExpired:
+            return "HUNG (a test waited forever instead of failing)"
+    finally:
+        with open(path, "w") as f:
+            f.write(original)
+    if "error[" in out.stderr or "could not compile" in out.stderr:
+        return "DID NOT BUILD"
+    return "caught" if out.returncode != 0 else "MISSED"
+
+
+def main():
+    names = sys.argv[1:] or list(MUTATIONS)
+    missed = 0
+    for name in names:
+        result = run(name)
+        missed += result != "caught"
+        print(f"{name}: {result}", flush=True)
+    sys.exit(1 if missed else 0)
+
+
+if __name__ == "__main__":
+    main()
