@@ -116,6 +116,21 @@ mod v2 {
 
     pub enum Msg {
         Get(RpcReplyPort<Wallet2>),
+        /// Changes the state, so that a version-2 snapshot is written.
+        Touch(RpcReplyPort<()>),
+    }
+
+    /// The handler of every version-2 release.
+    pub fn handle(msg: Msg, w: &mut Wallet2) {
+        match msg {
+            Msg::Get(reply) => {
+                let _ = reply.send(w.clone());
+            }
+            Msg::Touch(reply) => {
+                w.owner = "touched".into();
+                let _ = reply.send(());
+            }
+        }
     }
 
     #[derive(Clone, Default, Persistent)]
@@ -137,10 +152,10 @@ mod v2 {
         async fn handle(
             &self,
             _: &mut Tx<'_, Self>,
-            Msg::Get(reply): Msg,
+            msg: Msg,
             w: &mut Wallet2,
         ) -> Result<(), ActorProcessingErr> {
-            let _ = reply.send(w.clone());
+            handle(msg, w);
             Ok(())
         }
 
@@ -183,10 +198,10 @@ mod v2_ops_unchanged {
         async fn handle(
             &self,
             _: &mut Tx<'_, Self>,
-            crate::v2::Msg::Get(reply): crate::v2::Msg,
+            msg: crate::v2::Msg,
             w: &mut Wallet2,
         ) -> Result<(), ActorProcessingErr> {
-            let _ = reply.send(w.clone());
+            crate::v2::handle(msg, w);
             Ok(())
         }
 
@@ -404,49 +419,12 @@ async fn quarantine_never_moves_aside_a_record_of_a_newer_schema() {
 async fn write_v2_state(store: &MemoryStore) {
     write_v1(store).await;
     let storage = Storage::new(store.clone());
-    let (a, _) = spawn(&storage, v2_quarantine_probe::Wallet, false)
+    let (a, _) = spawn(&storage, v2_ops_unchanged::Wallet::default(), false)
         .await
-        .expect("spawn v2 probe");
-    call!(a, v2_quarantine_probe::Msg::Touch).unwrap();
+        .expect("spawn v2");
+    call!(a, v2::Msg::Touch).unwrap();
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
-}
-
-/// Version 2 with a message that changes the state, so a version-2 snapshot is written.
-mod v2_quarantine_probe {
-    use super::*;
-    use crate::v1::{OpV1, WalletV1};
-    use crate::v2::Wallet2;
-
-    pub enum Msg {
-        Touch(RpcReplyPort<()>),
-    }
-
-    #[derive(Clone, Default, Persistent)]
-    #[persistent(name = "wallet", version = 2, migrate(1 = WalletV1))]
-    pub struct Wallet;
-
-    impl PersistentActor for Wallet {
-        type Msg = Msg;
-        type State = Wallet2;
-        type Op = OpV1;
-        type Arguments = ();
-
-        async fn init(&self, _: ()) -> Result<Wallet2, ActorProcessingErr> {
-            Ok(WalletV1 { balance: 0 }.into())
-        }
-
-        async fn handle(
-            &self,
-            tx: &mut Tx<'_, Self>,
-            Msg::Touch(reply): Msg,
-            w: &mut Wallet2,
-        ) -> Result<(), ActorProcessingErr> {
-            w.owner = "touched".into();
-            tx.reply(reply, ());
-            Ok(())
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
