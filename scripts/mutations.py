@@ -205,6 +205,44 @@ MUTATIONS = {
                 Ok(())""",
         ["--test", "lifecycle", "a_persistent_supervisor_commits"],
     ),
+    "declared-migration-types-checked-against-the-fingerprint": (
+        CORE + "model.rs",
+        """    pub fn decode_declared<T: DeserializeOwned>(&self) -> Result<T, DecodeReason> {
+        crate::envelope::payload(self.payload)
+    }""",
+        """    pub fn decode_declared<T: DeserializeOwned + 'static>(&self) -> Result<T, DecodeReason> {
+        self.decode()
+    }""",
+        ["--test", "adversarial", "docs_worked_example"],
+    ),
+    "floor-ignores-an-unverified-header": (
+        CORE + "storage.rs",
+        """            Err(_) => crate::envelope::unverified_sequence(b),""",
+        """            Err(_) => None,""",
+        ["--test", "adversarial", "legacy_store_payload_damage"],
+    ),
+    "dead-letters-written-without-their-count": (
+        CORE + "runtime.rs",
+        """            rewrites.push((seq, rt.op_envelope(Kind::CountedDeadOp, seq, &payload)));""",
+        """            let _ = payload;
+            rewrites.push((seq, rt.op_envelope(Kind::DeadOp, seq, &bytes)));""",
+        ["--test", "adversarial", "a_dead_letters_attempt_count"],
+    ),
+    "perform-panics-not-caught": (
+        CORE + "runtime.rs",
+        """        let outcome = match AssertUnwindSafe(actor.perform(p, &rt.state))
+            .catch_unwind()
+            .await
+        {""",
+        """        let outcome = match Ok::<_, Box<dyn Any + Send>>(actor.perform(p, &rt.state).await) {""",
+        ["--test", "adversarial", "a_panicking_perform"],
+    ),
+    "op-sequence-not-checked-against-its-row": (
+        CORE + "runtime.rs",
+        """    if header.sequence != seq {""",
+        """    if header.sequence != seq && false {""",
+        ["--test", "adversarial", "an_op_record_filed"],
+    ),
 }
 
 

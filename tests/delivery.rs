@@ -404,8 +404,8 @@ fn patient(attempts: u32) -> RetryPolicy {
     .unwrap()
 }
 
-/// The kind byte of each stored operation record of `key`: 2 pending, 3 dead letter, 4
-/// pending with failed attempts.
+/// The kind byte of each stored operation record of `key`: 2 pending, 4 pending with failed
+/// attempts, 5 dead letter (with its failed attempts).
 fn kinds_in_store(store: &MemoryStore, key: &str) -> Vec<(u64, u8)> {
     store
         .ops(&ActorKey::new("courier", key))
@@ -440,7 +440,7 @@ async fn a_dead_letter_stays_dead_after_a_respawn_in_the_same_process() {
     assert!(again.seqs().is_empty(), "a dead letter is not performed");
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
-    assert_eq!(kinds_in_store(&store, "d1"), vec![(0, 3)]);
+    assert_eq!(kinds_in_store(&store, "d1"), vec![(0, 5)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,7 +507,7 @@ async fn failed_attempts_survive_restarts_so_a_crash_loop_ends_in_a_dead_letter(
     assert!(seen.try_recv().is_err(), "not performed a fourth time");
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
-    assert_eq!(kinds_in_store(&store, "loop"), vec![(0, 3)]);
+    assert_eq!(kinds_in_store(&store, "loop"), vec![(0, 5)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,7 +534,7 @@ async fn requeue_past_max_pending_is_a_typed_error_and_changes_nothing() {
     assert_eq!(call!(a, Msg::DeadLetters).unwrap(), dead[1..].to_vec());
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
-    assert_eq!(kinds_in_store(&store, "cap"), vec![(0, 2), (1, 3), (2, 3)]);
+    assert_eq!(kinds_in_store(&store, "cap"), vec![(0, 2), (1, 5), (2, 5)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

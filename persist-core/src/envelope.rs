@@ -4,7 +4,8 @@
 //! offset size field
 //!      0    2 magic "RP"
 //!      2    1 format version (1)
-//!      3    1 kind (1 snapshot, 2 operation, 3 dead letter, 4 operation with failed attempts)
+//!      3    1 kind (1 snapshot, 2 operation, 3 dead letter, 4 operation with failed attempts,
+//!                   5 dead letter with failed attempts)
 //!      4    4 schema version, little endian
 //!      8    8 epoch of the writer, little endian
 //!     16    8 sequence number, little endian
@@ -37,6 +38,8 @@ pub(crate) enum Kind {
     /// A pending operation whose performs failed before: the payload is the failed-attempt
     /// count (a postcard varint) followed by the operation's postcard bytes.
     RetriedOp = 4,
+    /// A dead letter with its failed-attempt count, laid out as [`Kind::RetriedOp`].
+    CountedDeadOp = 5,
 }
 
 impl Kind {
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Op => "operation",
             Kind::DeadOp => "dead-letter operation",
             Kind::RetriedOp => "retried operation",
+            Kind::CountedDeadOp => "dead-letter operation",
         }
     }
 }
@@ -148,6 +152,7 @@ pub(crate) fn open_any(bytes: &[u8], schema: u32) -> Result<(Kind, Header, &[u8]
         2 => Kind::Op,
         3 => Kind::DeadOp,
         4 => Kind::RetriedOp,
+        5 => Kind::CountedDeadOp,
         found => {
             return Err(DecodeReason::WrongKind {
                 expected: "known",
@@ -199,6 +204,15 @@ fn open_v1(bytes: &[u8]) -> Result<(u8, Header, &[u8]), DecodeReason> {
         fingerprint: u64_at(24),
     };
     Ok((bytes[3], header, payload))
+}
+
+/// The sequence field of an envelope whose checksum may not hold, for a caller that may only
+/// use it to raise a lower bound: damage can make it anything, so it is capped at 2^62,
+/// far above any real sequence and far below overflow.
+pub(crate) fn unverified_sequence(bytes: &[u8]) -> Option<u64> {
+    let field = bytes.get(16..24)?;
+    let seq = u64::from_le_bytes(field.try_into().ok()?);
+    Some(seq.min(1 << 62))
 }
 
 /// Splits the payload of a [`Kind::RetriedOp`] record into its failed-attempt count and the

@@ -159,6 +159,15 @@ pub enum DecodeReason {
         /// The fingerprint of `type_name` in this build (0: unknown).
         expected: u64,
     },
+    /// An operation record stored under another sequence number than the one in its envelope:
+    /// a misfiled or misrestored record. Performing it would give it a second id.
+    #[error("the record carries sequence {found}, but is stored as operation #{expected}")]
+    SequenceMismatch {
+        /// The row it is stored under.
+        expected: u64,
+        /// The sequence in its envelope.
+        found: u64,
+    },
     /// The declared length is over the cap.
     #[error("declared payload length {len} is over the cap of {max} bytes")]
     TooLarge {

@@ -342,6 +342,15 @@ impl<'a> Stored<'a> {
         crate::envelope::payload(self.payload)
     }
 
+    /// Decodes the payload as exactly one `T` without comparing shapes: for the type declared
+    /// for the record's schema version (what `#[persistent(migrate(..))]` generates). The
+    /// declaration is the user's word for what the version's records hold, so the old type may
+    /// be kept under another name (`AccountV1` for the old `Account`), which changes its
+    /// fingerprint; a wrong declaration is still refused if the bytes do not decode as it.
+    pub fn decode_declared<T: DeserializeOwned>(&self) -> Result<T, DecodeReason> {
+        crate::envelope::payload(self.payload)
+    }
+
     /// Reads a record of an older schema version as the current type `T`, taken to be
     /// unchanged: allowed when the fingerprints match. When both are unknown (0, a type
     /// serde-reflection cannot trace) nothing proves the type unchanged, so this is

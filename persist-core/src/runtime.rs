@@ -1,7 +1,11 @@
 //! The message cycle on ractor: load, handle, commit, reply, perform.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures::FutureExt;
 use std::time::Instant;
 
 use ractor::{ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -304,7 +308,7 @@ fn decode_record<A: Persistent>(
     let mut pending = BTreeMap::new();
     let mut dead = BTreeMap::new();
     for (seq, bytes) in &loaded.ops {
-        match decode_op::<A>(bytes) {
+        match decode_op::<A>(*seq, bytes) {
             Ok((kind, attempts, op)) => {
                 let entry = Pending {
                     id: OpId::shared(key.clone(), *seq),
@@ -312,7 +316,7 @@ fn decode_record<A: Persistent>(
                     attempts,
                 };
                 match kind {
-                    Kind::DeadOp => dead.insert(*seq, entry),
+                    Kind::DeadOp | Kind::CountedDeadOp => dead.insert(*seq, entry),
                     _ => pending.insert(*seq, entry),
                 };
             }
@@ -330,12 +334,12 @@ fn decode_record<A: Persistent>(
     }
 }
 
-/// Decodes one operation record: its kind (pending or dead), failed attempts, and the op.
-fn decode_op<A: Persistent>(bytes: &[u8]) -> Result<(Kind, u32, A::Op), DecodeReason> {
+/// Decodes operation record `seq`: its kind (pending or dead), failed attempts, and the op.
+fn decode_op<A: Persistent>(seq: u64, bytes: &[u8]) -> Result<(Kind, u32, A::Op), DecodeReason> {
     let (kind, header, body) = envelope::open_any(bytes, A::VERSION)?;
     let (attempts, body) = match kind {
         Kind::Op | Kind::DeadOp => (0, body),
-        Kind::RetriedOp => envelope::split_attempts(body)?,
+        Kind::RetriedOp | Kind::CountedDeadOp => envelope::split_attempts(body)?,
         Kind::Snapshot => {
             return Err(DecodeReason::WrongKind {
                 expected: "operation",
@@ -343,6 +347,12 @@ fn decode_op<A: Persistent>(bytes: &[u8]) -> Result<(Kind, u32, A::Op), DecodeRe
             });
         }
     };
+    if header.sequence != seq {
+        return Err(DecodeReason::SequenceMismatch {
+            expected: seq,
+            found: header.sequence,
+        });
+    }
     let op = decode_versioned(A::VERSION, header, body, A::migrate_op)?;
     Ok((kind, attempts, op))
 }
@@ -596,7 +606,17 @@ async fn perform<A: Persistent>(
         let Some(p) = rt.pending.get(&seq) else {
             continue;
         };
-        let outcome = actor.perform(p, &rt.state).await;
+        // A panic is a failed attempt too: ractor would fail the actor with it, and a
+        // perform that always panics must end in a dead letter, not in a crash loop.
+        let outcome = match AssertUnwindSafe(actor.perform(p, &rt.state))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                Err(format!("perform of {} panicked: {}", p.id, panic_text(&*panic)).into())
+            }
+        };
         let failed = match outcome {
             Ok(Outcome::Done) => {
                 rt.pending.remove(&seq);
@@ -626,8 +646,9 @@ async fn perform<A: Persistent>(
             }
         };
         if attempts >= rt.policy.max_attempts() {
-            // Given up: set aside as a dead letter, kept in the store, not lost.
-            rewrites.push((seq, rt.op_envelope(Kind::DeadOp, seq, &bytes)));
+            // Given up: set aside as a dead letter, kept in the store with its count.
+            let payload = envelope::join_attempts(attempts, &bytes);
+            rewrites.push((seq, rt.op_envelope(Kind::CountedDeadOp, seq, &payload)));
             if let Some(p) = rt.pending.remove(&seq) {
                 rt.dead.insert(seq, p);
             }
@@ -670,6 +691,17 @@ async fn perform<A: Persistent>(
         }
     }
     result
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
+    }
 }
 
 #[cfg(test)]

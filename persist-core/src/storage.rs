@@ -477,15 +477,20 @@ impl Committer {
 }
 
 /// The lowest sequence number `loaded`'s key may use next: above the stored floor, every
-/// stored operation, and the next number the snapshot's header names (when it can be read;
-/// a damaged header is covered by the stored floor, which every commit that pushes raises).
+/// stored operation, and the next number the snapshot's header names. A snapshot whose
+/// checksum fails still gives its sequence field, unverified (capped at 2^62): it can only
+/// raise the floor, and a store written before floors existed has no other record of the ids
+/// used by operations already removed.
 pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
     let ops = loaded.ops.iter().map(|(s, _)| s.saturating_add(1)).max();
-    let header = loaded
-        .snapshot
-        .as_deref()
-        .and_then(|b| crate::envelope::open_any(b, u32::MAX).ok())
-        .map(|(_, h, _)| h.sequence);
+    let header =
+        loaded
+            .snapshot
+            .as_deref()
+            .and_then(|b| match crate::envelope::open_any(b, u32::MAX) {
+                Ok((_, h, _)) => Some(h.sequence),
+                Err(_) => crate::envelope::unverified_sequence(b),
+            });
     loaded.floor.max(ops.unwrap_or(0)).max(header.unwrap_or(0))
 }
 

@@ -73,7 +73,7 @@ fn migration(
         let version = Literal::u32_unsuffixed(step.value);
         let ty = &step.ty;
         let mut body = quote_spanned! {at(ty)=>
-            let v: #ty = stored.decode()?;
+            let v: #ty = stored.decode_declared()?;
         };
         for pair in steps[i..].windows(2) {
             let (from, to) = (&pair[0].ty, &pair[1].ty);
@@ -309,12 +309,12 @@ mod tests {
                     > {
                         match stored.schema() {
                             1 => {
-                                let v: v1::Account = stored.decode()?;
+                                let v: v1::Account = stored.decode_declared()?;
                                 let v: AccountV2 = ::core::convert::From::from(v);
                                 ::core::result::Result::Ok(::core::convert::From::from(v))
                             }
                             2 => {
-                                let v: AccountV2 = stored.decode()?;
+                                let v: AccountV2 = stored.decode_declared()?;
                                 ::core::result::Result::Ok(::core::convert::From::from(v))
                             }
                             version => ::core::result::Result::Err(
@@ -340,7 +340,7 @@ mod tests {
              < Self as persist_core :: __private :: PersistentActor > :: Op"
         ));
         assert!(out.contains(
-            "1 => { let v : OpV1 = stored . decode () ? ; \
+            "1 => { let v : OpV1 = stored . decode_declared () ? ; \
              :: core :: result :: Result :: Ok (:: core :: convert :: From :: from (v)) }"
         ));
         assert!(out.contains(r#"no_migration ("operation" , version , 2)"#));
