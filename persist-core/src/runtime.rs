@@ -17,7 +17,7 @@ use crate::model::{
     Control, OpId, Outcome, Pending, Persistent, PersistentActor, RetryPolicy, Stored,
 };
 use crate::shape::shape_fingerprint;
-use crate::storage::{Storage, sequence_floor};
+use crate::storage::{Storage, next_sequence, sequence_floor};
 use crate::store::ActorCommit;
 use crate::tx::Tx;
 
@@ -34,6 +34,11 @@ pub struct Start<A: PersistentActor> {
     retry: RetryPolicy,
     max_pending: usize,
 }
+
+/// How far ahead of the ids handed out the stored sequence floor is raised. Ids are
+/// contiguous while the snapshot is intact; after a delete, a quarantine or a damaged snapshot
+/// header the next incarnation goes on from the floor, skipping at most this many.
+const FLOOR_BLOCK: u64 = 1024;
 
 /// The default most pending operations one actor may hold (see [`Start::max_pending`]).
 pub const DEFAULT_MAX_PENDING: usize = 65_536;
@@ -97,6 +102,9 @@ pub struct Runtime<A: PersistentActor> {
     /// Operations that failed too often: stored, not performed, until re-queued.
     dead: BTreeMap<u64, Pending<A::Op>>,
     next_seq: u64,
+    /// The key's sequence floor in the store: every id below it is reserved. A commit that
+    /// hands out an id at or above it raises it a block ahead ([`FLOOR_BLOCK`]).
+    reserved: u64,
     /// Operations whose last `perform` asked to be retried, and when they are due.
     retry: BTreeMap<u64, Instant>,
     policy: RetryPolicy,
@@ -201,18 +209,21 @@ pub async fn pre_start<A: Persistent>(
     let state_shape = shape_fingerprint::<A::State>().unwrap_or(0);
     let op_shape = shape_fingerprint::<A::Op>().unwrap_or(0);
     // Ids go on above every one the key ever used, whatever happened to its record.
-    let floor = sequence_floor(&loaded);
+    let mut next_seq = next_sequence(&loaded);
+    let mut reserved = loaded.floor;
     let (snapshot, pending, dead) = match decode_record::<A>(&key, &loaded).map_err(|e| *e) {
         Ok(decoded) => decoded,
         Err(LoadError::Decode(e)) if start.quarantine && e.reason.is_damage() => {
             // Opted in, and the bytes are damaged: keep them aside and start fresh. The
             // floor is written in the same transaction, so no id is reused even if this
             // instance stops before its first write.
+            let floor = sequence_floor(&loaded);
             start
                 .storage
                 .quarantine(&key, loaded.epoch, e.to_string(), &loaded, floor)
                 .await
                 .map_err(store_err)?;
+            (next_seq, reserved) = (floor, floor);
             (None, BTreeMap::new(), BTreeMap::new())
         }
         Err(e) => return Err(e.into()),
@@ -247,7 +258,8 @@ pub async fn pre_start<A: Persistent>(
         committed,
         pending,
         dead,
-        next_seq: floor,
+        next_seq,
+        reserved,
         retry: BTreeMap::new(),
         policy: start.retry,
         max_pending: start.max_pending,
@@ -527,7 +539,8 @@ async fn cycle<A: Persistent>(
                 }
             }
         }
-        // The snapshot carries the next sequence number too (older stores have no floor).
+        // The snapshot carries the next sequence number: an intact one is where the next
+        // incarnation goes on, with no gap.
         let head = Header {
             schema: rt.schema,
             sequence: next_seq,
@@ -541,10 +554,12 @@ async fn cycle<A: Persistent>(
             snapshot,
             put_ops,
             remove_ops: parts.confirmed.iter().copied().collect(),
-            // The store's floor moves with every id handed out, so no delete, quarantine or
-            // damaged snapshot can make an id come back.
-            floor: (!parts.pushed.is_empty()).then_some(next_seq),
+            // The store's floor stays ahead of every id handed out, so no delete, quarantine or
+            // damaged snapshot can make an id come back. It moves a block at a time, so only
+            // one commit in FLOOR_BLOCK ids writes it.
+            floor: (next_seq > rt.reserved).then(|| next_seq.saturating_add(FLOOR_BLOCK)),
         };
+        let commit_floor = commit.floor;
         if let Err(source) = rt.storage.commit(commit).await {
             // Replies and operations are dropped with `parts`: callers see an error.
             rt.rollback()?;
@@ -554,6 +569,9 @@ async fn cycle<A: Persistent>(
         // Kept for the actor's life: no spare capacity (postcard grows its buffer by doubling).
         rt.committed.shrink_to_fit();
         rt.next_seq = next_seq;
+        if let Some(floor) = commit_floor {
+            rt.reserved = floor;
+        }
         for seq in &parts.confirmed {
             rt.pending.remove(seq);
             rt.retry.remove(seq);

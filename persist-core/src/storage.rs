@@ -494,6 +494,23 @@ pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
     loaded.floor.max(ops.unwrap_or(0)).max(header.unwrap_or(0))
 }
 
+/// Where a loaded actor's ids go on: right after the snapshot's (if it is intact: the header
+/// is written with every id handed out, so it is exact) and every stored operation;
+/// otherwise from the [`sequence_floor`], which may skip ids but never reuses one.
+pub(crate) fn next_sequence(loaded: &Loaded) -> u64 {
+    let verified = loaded
+        .snapshot
+        .as_deref()
+        .map(|b| crate::envelope::open_any(b, u32::MAX));
+    match verified {
+        Some(Ok((_, header, _))) => {
+            let ops = loaded.ops.iter().map(|(s, _)| s.saturating_add(1)).max();
+            header.sequence.max(ops.unwrap_or(0))
+        }
+        _ => sequence_floor(loaded),
+    }
+}
+
 /// Store errors hold boxed sources, so a batch failure is told to each waiter as text.
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
