@@ -243,6 +243,18 @@ MUTATIONS = {
         """    if header.sequence != seq && false {""",
         ["--test", "adversarial", "an_op_record_filed"],
     ),
+    "only-the-first-retry-timer-is-ever-armed": (
+        CORE + "runtime.rs",
+        """    if rt.timer.is_some_and(|armed| armed > now && armed <= due) {""",
+        """    if rt.timer.is_some() {""",
+        ["--test", "adversarial_round_two", "every_waiting_retry_is_woken"],
+    ),
+    "a-provably-old-snapshot-header-is-trusted-over-the-floor": (
+        CORE + "storage.rs",
+        """        Some(Ok((_, header, _))) if header.sequence.saturating_add(block) >= loaded.floor => {""",
+        """        Some(Ok((_, header, _))) if block > 0 => {""",
+        ["--test", "adversarial_round_two", "snapshot_older_than_a_block"],
+    ),
 }
 
 

@@ -107,6 +107,8 @@ pub struct Runtime<A: PersistentActor> {
     reserved: u64,
     /// Operations whose last `perform` asked to be retried, and when they are due.
     retry: BTreeMap<u64, Instant>,
+    /// When the retry timer armed last fires.
+    timer: Option<Instant>,
     policy: RetryPolicy,
     max_pending: usize,
     /// xorshift state for retry jitter.
@@ -209,7 +211,7 @@ pub async fn pre_start<A: Persistent>(
     let state_shape = shape_fingerprint::<A::State>().unwrap_or(0);
     let op_shape = shape_fingerprint::<A::Op>().unwrap_or(0);
     // Ids go on above every one the key ever used, whatever happened to its record.
-    let mut next_seq = next_sequence(&loaded);
+    let mut next_seq = next_sequence(&loaded, FLOOR_BLOCK);
     let mut reserved = loaded.floor;
     let (snapshot, pending, dead) = match decode_record::<A>(&key, &loaded).map_err(|e| *e) {
         Ok(decoded) => decoded,
@@ -261,6 +263,7 @@ pub async fn pre_start<A: Persistent>(
         next_seq,
         reserved,
         retry: BTreeMap::new(),
+        timer: None,
         policy: start.retry,
         max_pending: start.max_pending,
         rng: seed | 1,
@@ -618,7 +621,6 @@ async fn perform<A: Persistent>(
 ) -> Result<(), ActorProcessingErr> {
     let mut done = Vec::new();
     let mut rewrites = Vec::new();
-    let mut wake = None;
     let mut result = Ok(());
     for seq in seqs {
         let Some(p) = rt.pending.get(&seq) else {
@@ -676,7 +678,6 @@ async fn perform<A: Persistent>(
                 let unit = rt.unit();
                 let delay = rt.policy.delay(attempts, unit);
                 rt.retry.insert(seq, Instant::now() + delay);
-                wake = Some(wake.map_or(delay, |d: std::time::Duration| d.min(delay)));
             }
         }
         if let Err(e) = failed {
@@ -695,20 +696,34 @@ async fn perform<A: Persistent>(
             floor: None,
         });
     }
-    if let Some(delay) = wake {
-        // Without a control variant in the message type, retries wait for the next message.
-        if A::wrap_control(Control::RetryDue).is_some() {
-            let myself = myself.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                if let Some(msg) = A::wrap_control(Control::RetryDue) {
-                    // The actor may have stopped meanwhile; then there is nothing to retry.
-                    let _ = myself.send_message(msg);
-                }
-            });
-        }
-    }
+    arm_retry_timer(myself, rt);
     result
+}
+
+/// Makes sure a timer wakes the actor when its earliest waiting retry is due: every waiting
+/// retry is performed in time, not only the earliest of the batch that scheduled it. One
+/// timer at a time: a new one only when none is armed or the earliest retry is due before it.
+fn arm_retry_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runtime<A>) {
+    let Some(due) = rt.retry.values().min().copied() else {
+        return;
+    };
+    let now = Instant::now();
+    if rt.timer.is_some_and(|armed| armed > now && armed <= due) {
+        return;
+    }
+    // Without a control variant in the message type, retries wait for the next message.
+    if A::wrap_control(Control::RetryDue).is_none() {
+        return;
+    }
+    rt.timer = Some(due);
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(due.saturating_duration_since(Instant::now())).await;
+        if let Some(msg) = A::wrap_control(Control::RetryDue) {
+            // The actor may have stopped meanwhile; then there is nothing to retry.
+            let _ = myself.send_message(msg);
+        }
+    });
 }
 
 /// The message of a caught panic.

@@ -421,6 +421,8 @@ impl Committer {
     /// Writes the riders and `batch` in one transaction and answers every waiter.
     fn write(&mut self, batch: &mut Vec<(ActorCommit, Done<()>)>) {
         if self.poisoned.is_some() {
+            // Nothing more is written until the store is reopened: drop the riders too.
+            self.riders.clear();
             for (_, done) in batch.drain(..) {
                 let _ = done.send(Err(self.refuse().expect("poisoned")));
             }
@@ -497,13 +499,17 @@ pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
 /// Where a loaded actor's ids go on: right after the snapshot's (if it is intact: the header
 /// is written with every id handed out, so it is exact) and every stored operation;
 /// otherwise from the [`sequence_floor`], which may skip ids but never reuses one.
-pub(crate) fn next_sequence(loaded: &Loaded) -> u64 {
+///
+/// The floor is kept at most `block` ahead of the ids handed out, so a header more than
+/// `block` below it is provably older than the record it was part of (a snapshot put back
+/// from a backup): then the floor wins too.
+pub(crate) fn next_sequence(loaded: &Loaded, block: u64) -> u64 {
     let verified = loaded
         .snapshot
         .as_deref()
         .map(|b| crate::envelope::open_any(b, u32::MAX));
     match verified {
-        Some(Ok((_, header, _))) => {
+        Some(Ok((_, header, _))) if header.sequence.saturating_add(block) >= loaded.floor => {
             let ops = loaded.ops.iter().map(|(s, _)| s.saturating_add(1)).max();
             header.sequence.max(ops.unwrap_or(0))
         }
