@@ -5,17 +5,18 @@
 #[macro_use]
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use common::{Backend, Faults, Ledger, LedgerMsg, ledger_key, spawn_ledger};
+use common::{
+    Backend, Faults, Ledger, LedgerMsg, decode_error, golden_copy, ledger_key, patient,
+    spawn_ledger,
+};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, call};
 use ractor_persist::{
-    ActorCommit, ActorKey, DecodeError, DecodeReason, LoadError, MemoryStore, Outcome, Pending,
-    Persistent, PersistentActor, RecordRef, RedbStore, RetryPolicy, Start, Storage, Store, Tx,
+    ActorCommit, ActorKey, DecodeReason, MemoryStore, Outcome, Pending, Persistent,
+    PersistentActor, RecordRef, RedbStore, Start, Storage, Store, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,27 +59,6 @@ fn envelope(kind: u8, schema: u32, epoch: u64, seq: u64, fp: u64, payload: &[u8]
 
 fn fingerprint_of(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(bytes[24..32].try_into().unwrap())
-}
-
-fn decode_error(err: SpawnErr) -> DecodeError {
-    let SpawnErr::StartupFailed(err) = err else {
-        panic!("expected a startup failure, got {err}");
-    };
-    match err.downcast::<LoadError>().map(|e| *e) {
-        Ok(LoadError::Decode(e)) => e,
-        Ok(other) => panic!("expected a decode error, got {other}"),
-        Err(other) => panic!("startup failed with another error: {other}"),
-    }
-}
-
-fn golden_copy(dir: &tempfile::TempDir) -> PathBuf {
-    let copy = dir.path().join("format1.redb");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/format1.redb"),
-        &copy,
-    )
-    .unwrap();
-    copy
 }
 
 // ---------------------------------------------------------------------------------------
@@ -363,15 +343,6 @@ impl PersistentActor for Flaky {
             _ => Ok(Outcome::Retry),
         }
     }
-}
-
-fn patient(attempts: u32) -> RetryPolicy {
-    RetryPolicy::new(
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-        attempts,
-    )
-    .unwrap()
 }
 
 async fn spawn_flaky(

@@ -1,10 +1,13 @@
 //! At-least-once delivery: confirmation, resume from outside, retry with backoff, dead
 //! letters, receiver-side deduplication, and the capacity limit.
 
+mod common;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{eager, patient};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call};
 use ractor_persist::{
@@ -387,21 +390,6 @@ async fn spawn_joined(
     Actor::spawn(None, c, start(Start::new(storage, key, ())))
         .await
         .unwrap()
-}
-
-/// Retries at once, and gives up after `attempts` failed attempts.
-fn eager(attempts: u32) -> RetryPolicy {
-    RetryPolicy::new(Duration::ZERO, Duration::ZERO, attempts).unwrap()
-}
-
-/// Never retries on a timer (an hour), and gives up after `attempts` failed attempts.
-fn patient(attempts: u32) -> RetryPolicy {
-    RetryPolicy::new(
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-        attempts,
-    )
-    .unwrap()
 }
 
 /// The kind byte of each stored operation record of `key`: 2 pending, 4 pending with failed

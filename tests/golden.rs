@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use common::{Ledger, LedgerMsg, ledger_key, spawn_ledger};
+use common::{Ledger, LedgerMsg, golden_copy, ledger_key, spawn_ledger};
 use ractor::{Actor, call};
 use ractor_persist::{ActorCommit, RedbStore, SpawnPersistent, Start, Storage, Store};
 
@@ -50,8 +50,7 @@ async fn write_golden_files() {
 async fn every_golden_store_loads_with_its_state_and_pending_ops() {
     // Opening writes to a redb file, so each test works on a copy.
     let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("format1.redb");
-    std::fs::copy(golden("format1.redb"), &copy).expect("tests/golden/format1.redb");
+    let copy = golden_copy(&dir);
     let storage = Storage::new(RedbStore::open(&copy).unwrap());
     let alice_actor = Ledger::default();
     let alice = spawn_ledger(&storage, "alice", alice_actor.clone()).await;
@@ -73,18 +72,11 @@ async fn every_golden_store_loads_with_its_state_and_pending_ops() {
     storage.close().await.unwrap();
 }
 
-/// A copy of the format-1 store, written before stores kept a sequence floor.
-fn legacy_copy(dir: &tempfile::TempDir) -> PathBuf {
-    let copy = dir.path().join("format1.redb");
-    std::fs::copy(golden("format1.redb"), &copy).expect("tests/golden/format1.redb");
-    copy
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_without_floors_keeps_ids_unique_across_a_delete() {
     // bob used op #0 (done and removed): only his snapshot's header knows it.
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::new(RedbStore::open(legacy_copy(&dir)).unwrap());
+    let storage = Storage::new(RedbStore::open(golden_copy(&dir)).unwrap());
     Ledger::delete_persistent(&storage, "bob").await.unwrap();
     let ledger = Ledger::default();
     let bob = spawn_ledger(&storage, "bob", ledger.clone()).await;
@@ -104,7 +96,7 @@ async fn a_store_without_floors_keeps_ids_unique_across_a_delete() {
 async fn a_store_without_floors_keeps_ids_unique_across_a_quarantine_and_a_restart() {
     // alice holds ops #0 and #2 and her header names #3 next; damage op #2.
     let dir = tempfile::tempdir().unwrap();
-    let path = legacy_copy(&dir);
+    let path = golden_copy(&dir);
     {
         let store = RedbStore::open(&path).unwrap();
         let key = ledger_key("alice");

@@ -8,13 +8,16 @@
 //! no operation migration), `v2_ops_unchanged` (a state migration, the operation type kept),
 //! and `v2_no_state_migration` (a changed state and no migration at all).
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
+use common::decode_error;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, call};
 use ractor_persist::{
-    ActorKey, DecodeError, DecodeReason, LoadError, MemoryStore, Outcome, Pending, Persistent,
-    PersistentActor, RecordRef, Start, Storage, Tx, shape_fingerprint,
+    ActorKey, DecodeReason, MemoryStore, Outcome, Pending, Persistent, PersistentActor, RecordRef,
+    Start, Storage, Tx, shape_fingerprint,
 };
 use serde::{Deserialize, Serialize};
 
@@ -279,17 +282,6 @@ async fn write_v1(store: &MemoryStore) {
     assert_eq!(call!(a, v1::Msg::Deposit, 5).unwrap(), 5);
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
-}
-
-fn decode_error(err: SpawnErr) -> DecodeError {
-    let SpawnErr::StartupFailed(err) = err else {
-        panic!("expected a startup failure, got {err}");
-    };
-    match err.downcast::<LoadError>().map(|e| *e) {
-        Ok(LoadError::Decode(e)) => e,
-        Ok(other) => panic!("expected a decode error, got {other}"),
-        Err(other) => panic!("startup failed with another error: {other}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,5 @@
 //! The message cycle on ractor: load, handle, commit, reply, perform.
 
-use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use crate::model::{
     Control, OpId, Outcome, Pending, Persistent, PersistentActor, RetryPolicy, Stored,
 };
 use crate::shape::shape_fingerprint;
-use crate::storage::{Storage, next_sequence, sequence_floor};
+use crate::storage::{Storage, next_sequence, panic_text, sequence_floor};
 use crate::store::ActorCommit;
 use crate::tx::Tx;
 
@@ -724,17 +723,6 @@ fn arm_retry_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runtime<A>
             let _ = myself.send_message(msg);
         }
     });
-}
-
-/// The message of a caught panic.
-fn panic_text(panic: &(dyn Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "(no message)"
-    }
 }
 
 #[cfg(test)]

@@ -484,7 +484,6 @@ impl Committer {
 /// raise the floor, and a store written before floors existed has no other record of the ids
 /// used by operations already removed.
 pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
-    let ops = loaded.ops.iter().map(|(s, _)| s.saturating_add(1)).max();
     let header =
         loaded
             .snapshot
@@ -493,7 +492,17 @@ pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
                 Ok((_, h, _)) => Some(h.sequence),
                 Err(_) => crate::envelope::unverified_sequence(b),
             });
-    loaded.floor.max(ops.unwrap_or(0)).max(header.unwrap_or(0))
+    loaded.floor.max(after_ops(loaded)).max(header.unwrap_or(0))
+}
+
+/// The sequence number after every stored operation of `loaded` (0 when there is none).
+fn after_ops(loaded: &Loaded) -> u64 {
+    loaded
+        .ops
+        .iter()
+        .map(|(s, _)| s.saturating_add(1))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Where a loaded actor's ids go on: right after the snapshot's (if it is intact: the header
@@ -510,8 +519,7 @@ pub(crate) fn next_sequence(loaded: &Loaded, block: u64) -> u64 {
         .map(|b| crate::envelope::open_any(b, u32::MAX));
     match verified {
         Some(Ok((_, header, _))) if header.sequence.saturating_add(block) >= loaded.floor => {
-            let ops = loaded.ops.iter().map(|(s, _)| s.saturating_add(1)).max();
-            header.sequence.max(ops.unwrap_or(0))
+            header.sequence.max(after_ops(loaded))
         }
         _ => sequence_floor(loaded),
     }
@@ -543,7 +551,8 @@ fn clone_err(e: &StoreError) -> StoreError {
     }
 }
 
-fn panic_text(panic: &(dyn Any + Send)) -> String {
+/// The message of a caught panic.
+pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

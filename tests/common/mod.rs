@@ -16,14 +16,15 @@ macro_rules! on_every_backend {
     };
 }
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use ractor::{Actor, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_persist::{
-    ActorCommit, ActorKey, Loaded, MemoryStore, OpId, Outcome, Pending, Persistent,
-    PersistentActor, RedbStore, Start, Storage, Store, StoreError, Tx,
+    ActorCommit, ActorKey, DecodeError, LoadError, Loaded, MemoryStore, OpId, Outcome, Pending,
+    Persistent, PersistentActor, RedbStore, RetryPolicy, Start, Storage, Store, StoreError, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -347,4 +348,40 @@ impl<S: Store> Store for Faulty<S> {
     fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
         self.inner.list_quarantined(namespace)
     }
+}
+
+/// The decode error a spawn failed with; any other failure fails the test.
+pub fn decode_error(err: SpawnErr) -> DecodeError {
+    let SpawnErr::StartupFailed(err) = err else {
+        panic!("expected a startup failure, got {err}");
+    };
+    match err.downcast::<LoadError>().map(|e| *e) {
+        Ok(LoadError::Decode(e)) => e,
+        Ok(other) => panic!("expected a decode error, got {other}"),
+        Err(other) => panic!("startup failed with another error: {other}"),
+    }
+}
+
+/// Retries at once, and gives up after `attempts` failed attempts.
+pub fn eager(attempts: u32) -> RetryPolicy {
+    RetryPolicy::new(Duration::ZERO, Duration::ZERO, attempts).unwrap()
+}
+
+/// Never retries on a timer (an hour), and gives up after `attempts` failed attempts.
+pub fn patient(attempts: u32) -> RetryPolicy {
+    RetryPolicy::new(
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        attempts,
+    )
+    .unwrap()
+}
+
+/// A copy, in `dir`, of the golden store of format 1, written before stores kept a sequence
+/// floor (opening writes to a redb file, so each test works on a copy).
+pub fn golden_copy(dir: &tempfile::TempDir) -> PathBuf {
+    let copy = dir.path().join("format1.redb");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/format1.redb");
+    std::fs::copy(golden, &copy).expect("tests/golden/format1.redb");
+    copy
 }
