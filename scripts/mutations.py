@@ -91,8 +91,8 @@ MUTATIONS = {
     ),
     "load-ignores-the-stored-floor": (
         CORE + "storage.rs",
-        """    loaded.floor.max(ops.unwrap_or(0)).max(header.unwrap_or(0))""",
-        """    ops.unwrap_or(0).max(header.unwrap_or(0))""",
+        """    loaded.floor.max(after_ops(loaded)).max(header.unwrap_or(0))""",
+        """    after_ops(loaded).max(header.unwrap_or(0))""",
         ["--test", "op_ids", "header_is_damaged"],
     ),
     "commit-does-not-raise-the-floor": (
@@ -254,6 +254,30 @@ MUTATIONS = {
         """        Some(Ok((_, header, _))) if header.sequence.saturating_add(block) >= loaded.floor => {""",
         """        Some(Ok((_, header, _))) if block > 0 => {""",
         ["--test", "adversarial_round_two", "snapshot_older_than_a_block"],
+    ),
+    "p3-no-replay-on-start": (
+        CORE + "runtime.rs",
+        """    let replay: BTreeSet<u64> = rt.pending.keys().copied().collect();""",
+        """    let replay: BTreeSet<u64> = BTreeSet::new();""",
+        ["--test", "behaviour", "restart_restores_last_state_and_replays_pending"],
+    ),
+    "p6-write-every-message": (
+        CORE + "runtime.rs",
+        """    if changed || ops_changed {""",
+        """    if changed || ops_changed || encoded == rt.committed {""",
+        ["--test", "behaviour", "unchanged_state_without_op_changes_writes_nothing"],
+    ),
+    "p7-memory-store-skips-the-fence": (
+        CORE + "memory.rs",
+        """        if !fences.is_empty() {""",
+        """        if fences.is_empty() && !fences.is_empty() {""",
+        ["--test", "behaviour", "memory::second_spawn_of_a_key_fences_the_first"],
+    ),
+    "p8-undecodable-record-starts-from-init": (
+        CORE + "runtime.rs",
+        """        Err(e) => return Err(e.into()),""",
+        """        Err(_) => (None, BTreeMap::new(), BTreeMap::new()),""",
+        ["--test", "behaviour", "undecodable_snapshot_fails_the_spawn"],
     ),
 }
 
