@@ -33,11 +33,11 @@ async fn delete_removes_state_and_pending_ops_at_once_and_fences_a_running_insta
     storage.close().await.unwrap();
 
     let raw = b.raw(&ledger_key("del"));
-    assert_eq!(raw.snapshot, None, "snapshot deleted");
-    assert!(raw.ops.is_empty(), "pending ops deleted");
+    assert_eq!(raw.snapshot(), None, "snapshot deleted");
+    assert!(raw.ops().is_empty(), "pending ops deleted");
     let other = b.raw(&ledger_key("keep"));
     assert!(
-        other.snapshot.is_some() && other.ops.len() == 1,
+        other.snapshot().is_some() && other.ops().len() == 1,
         "others untouched"
     );
 
@@ -86,7 +86,7 @@ async fn quarantine_on_request_keeps_the_original_bytes_and_starts_fresh(b: Back
     storage.close().await.unwrap();
     let damaged = b"not a ledger at all".to_vec();
     b.plant_snapshot(&ledger_key("q"), damaged.clone());
-    let op_bytes = b.raw(&ledger_key("q")).ops;
+    let op_bytes = b.raw(&ledger_key("q")).ops();
     assert_eq!(op_bytes.len(), 1);
 
     // The default: the spawn fails and nothing moves.

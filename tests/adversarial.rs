@@ -16,7 +16,7 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, call};
 use ractor_persist::{
     ActorCommit, ActorKey, DecodeReason, MemoryStore, Outcome, Pending, Persistent,
-    PersistentActor, RecordRef, RedbStore, Start, Storage, Store, Tx,
+    PersistentActor, RecordRef, RedbStore, Space, Start, Storage, Store, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -206,23 +206,16 @@ async fn legacy_store_payload_damage_quarantine_keeps_ids_unique() {
     let key = ledger_key("bob");
     {
         let store = RedbStore::open(&path).unwrap();
-        let loaded = store.open_actor(&key).unwrap();
+        let loaded = store.open_actor(&key, &Space::RECORD).unwrap();
         assert_eq!(loaded.floor, 0, "a legacy store has no floor");
-        assert!(loaded.ops.is_empty());
-        let mut snap = loaded.snapshot.unwrap();
+        assert!(loaded.ops().is_empty());
+        let mut snap = loaded.snapshot().unwrap().to_vec();
         assert_eq!(u64::from_le_bytes(snap[16..24].try_into().unwrap()), 1);
         // Damage the last payload byte only: the header (and its sequence) is intact.
         let last = snap.len() - 1;
         snap[last] ^= 0x40;
         store
-            .commit(&[ActorCommit {
-                key: Arc::new(key.clone()),
-                epoch: loaded.epoch,
-                snapshot: Some(snap),
-                put_ops: Vec::new(),
-                remove_ops: Vec::new(),
-                floor: None,
-            }])
+            .commit(&[ActorCommit::new(key.clone(), loaded.epoch).put(Space::SNAPSHOT, 0, snap)])
             .unwrap();
         store.close().unwrap();
     }
@@ -444,8 +437,8 @@ async fn an_op_record_filed_under_another_sequence_is_refused() {
     storage.close().await.unwrap();
     let key = ledger_key("mis");
     let raw = b.raw(&key);
-    assert_eq!(raw.ops.len(), 1);
-    b.plant_op(&key, 7, raw.ops[0].1.clone());
+    assert_eq!(raw.ops().len(), 1);
+    b.plant_op(&key, 7, raw.ops()[0].1.clone());
 
     let storage = b.open(&Faults::default());
     let ledger = Ledger::default();
@@ -532,8 +525,8 @@ async fn broken_retried_op_records_are_typed_errors_not_panics_nor_damage() {
             "{what}: intact bytes counted as damage: {e}"
         );
         let after = b.raw(&key);
-        assert_eq!(before.snapshot, after.snapshot, "{what}: moved");
-        assert_eq!(before.ops, after.ops, "{what}: moved");
+        assert_eq!(before.snapshot(), after.snapshot(), "{what}: moved");
+        assert_eq!(before.ops(), after.ops(), "{what}: moved");
     }
 }
 

@@ -261,7 +261,11 @@ async fn op_ids_never_repeat_after_a_snapshot_older_than_a_block_is_restored(b: 
     call!(a, LedgerMsg::Add, 1).unwrap();
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
-    let backup = b.raw(&key).snapshot.expect("a snapshot");
+    let backup = b
+        .raw(&key)
+        .snapshot()
+        .map(<[u8]>::to_vec)
+        .expect("a snapshot");
 
     let storage = b.open(&Faults::default());
     let a = spawn_ledger(&storage, "restore", ledger.clone()).await;
@@ -331,7 +335,7 @@ async fn ids_stay_unique_across_stale_instances_a_delete_under_a_live_instance_a
     }
     // Damage the snapshot, quarantine, and go on.
     let key = ledger_key("mix");
-    let mut snap = b.raw(&key).snapshot.unwrap();
+    let mut snap = b.raw(&key).snapshot().unwrap().to_vec();
     let last = snap.len() - 1;
     snap[last] ^= 0xff;
     b.plant_snapshot(&key, snap);
@@ -414,6 +418,8 @@ async fn a_failed_rider_write_before_a_load_is_a_typed_error() {
         .unwrap();
     call!(a, PMsg::Push, 1).unwrap(); // performed Done: a removal rider is queued
     assert!(wait_until(&probe, || probe.performs_of(1) == 1).await);
+    // The actor handles this after the perform's cycle ended: the rider is queued by then.
+    assert_eq!(call!(a, PMsg::Pending).unwrap(), vec![]);
     faults.fail_commits.store(true, Ordering::SeqCst);
     let err = tokio::time::timeout(
         Duration::from_secs(5),

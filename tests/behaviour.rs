@@ -131,7 +131,10 @@ async fn failed_commit_rolls_back_errors_the_caller_and_stores_nothing_partial(b
     );
 
     let raw = b.raw(&ledger_key("carol"));
-    assert_eq!(raw.ops.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(
+        raw.ops().iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![0]
+    );
     let storage = b.open(&faults);
     let second = Ledger::default();
     let acct = spawn_ledger(&storage, "carol", second.clone()).await;
@@ -242,7 +245,7 @@ async fn confirm_removes_exactly_the_confirmed_op_in_the_same_commit(b: Backend)
 
     let raw = b.raw(&ledger_key("hal"));
     assert_eq!(
-        raw.ops.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        raw.ops().iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         vec![0, 2]
     );
     let storage = b.open(&faults);
@@ -316,7 +319,7 @@ async fn undecodable_snapshot_fails_the_spawn_with_a_typed_error_and_keeps_the_b
     call!(acct, LedgerMsg::Add, 9).unwrap();
     stop(acct).await;
     storage.close().await.unwrap();
-    let good = b.raw(&ledger_key("kim")).snapshot.unwrap();
+    let good = b.raw(&ledger_key("kim")).snapshot().unwrap().to_vec();
 
     let mut damaged: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"definitely not a record".to_vec()),
@@ -354,7 +357,7 @@ async fn undecodable_snapshot_fails_the_spawn_with_a_typed_error_and_keeps_the_b
         }
         storage.close().await.unwrap();
         assert_eq!(
-            b.raw(&ledger_key("kim")).snapshot.unwrap(),
+            b.raw(&ledger_key("kim")).snapshot().unwrap().to_vec(),
             bytes,
             "{what}: bytes kept"
         );

@@ -8,11 +8,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-
 use common::{Ledger, LedgerMsg, golden_copy, ledger_key, spawn_ledger};
 use ractor::{Actor, call};
-use ractor_persist::{ActorCommit, RedbStore, SpawnPersistent, Start, Storage, Store};
+use ractor_persist::{ActorCommit, RedbStore, Space, SpawnPersistent, Start, Storage, Store};
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -100,16 +98,9 @@ async fn a_store_without_floors_keeps_ids_unique_across_a_quarantine_and_a_resta
     {
         let store = RedbStore::open(&path).unwrap();
         let key = ledger_key("alice");
-        let epoch = store.open_actor(&key).unwrap().epoch;
+        let epoch = store.open_actor(&key, &Space::RECORD).unwrap().epoch;
         store
-            .commit(&[ActorCommit {
-                key: Arc::new(key),
-                epoch,
-                snapshot: None,
-                put_ops: vec![(2, b"damaged".to_vec())],
-                remove_ops: Vec::new(),
-                floor: None,
-            }])
+            .commit(&[ActorCommit::new(key, epoch).put(Space::OPS, 2, b"damaged".to_vec())])
             .unwrap();
         store.close().unwrap();
     }

@@ -71,7 +71,7 @@ async fn op_ids_never_repeat_after_a_quarantine_and_a_restart_before_the_first_w
     // Op 0 stays pending; 1..=3 are done and removed. The snapshot stays intact.
     let used = use_ids(&b, "q1", 3).await;
     let key = ledger_key("q1");
-    let ops = b.raw(&key).ops;
+    let ops = b.raw(&key).ops();
     assert_eq!(ops.len(), 1, "only the kept op is stored");
     b.plant_op(&key, ops[0].0, b"a damaged operation".to_vec());
 
@@ -107,14 +107,14 @@ async fn op_ids_never_repeat_after_quarantining_a_snapshot_whose_header_is_damag
     // The kept op is confirmed away, so no stored op tells the used ids either.
     let storage = b.open(&Faults::default());
     let a = spawn_ledger(&storage, "q2", Ledger::default()).await;
-    assert!(call!(a, LedgerMsg::Confirm, raw.ops[0].0).unwrap());
+    assert!(call!(a, LedgerMsg::Confirm, raw.ops()[0].0).unwrap());
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
     raw = b.raw(&key);
-    assert!(raw.ops.is_empty());
+    assert!(raw.ops().is_empty());
     // Damage the header's sequence field (bytes 16..24) to 0: the checksum fails, and the
     // field, read unverified, no longer tells the ids used. Only the stored floor does.
-    let mut snapshot = raw.snapshot.expect("a snapshot");
+    let mut snapshot = raw.snapshot().expect("a snapshot").to_vec();
     snapshot[16..24].fill(0);
     b.plant_snapshot(&key, snapshot);
 

@@ -3,11 +3,12 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::Actor;
-use ractor_persist::{ActorCommit, ActorKey, RedbStore, SpawnPersistent, Storage, Store};
+use ractor_persist::{
+    ActorCommit, ActorKey, RedbStore, RowWrite, Space, SpawnPersistent, Storage, Store,
+};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
 use crate::actors::{Acct, Msg, Plain, ROW_PAD};
@@ -127,24 +128,29 @@ async fn build(path: &Path, actors: usize) {
 
     let store = RedbStore::open(path).expect("open the store");
     let record = store
-        .open_actor(&ActorKey::new("bench", "template"))
+        .open_actor(&ActorKey::new("bench", "template"), &Space::RECORD)
         .expect("load the template");
     assert!(
-        record.snapshot.is_some() && record.ops.len() == 1,
+        record.snapshot().is_some() && record.ops().len() == 1,
         "template record"
     );
     let keys: Vec<usize> = (0..actors).collect();
     for chunk in keys.chunks(10_000) {
         let batch: Vec<ActorCommit> = chunk
             .iter()
-            .map(|&i| ActorCommit {
-                key: Arc::new(ActorKey::new("bench", key(i))),
+            .map(|&i| {
                 // Never opened: the stored epoch is 0.
-                epoch: 0,
-                snapshot: record.snapshot.clone(),
-                put_ops: record.ops.clone(),
-                remove_ops: Vec::new(),
-                floor: None,
+                let mut c = ActorCommit::new(ActorKey::new("bench", key(i)), 0);
+                c.writes = record
+                    .rows
+                    .iter()
+                    .map(|r| RowWrite::Put {
+                        space: r.space,
+                        id: r.id,
+                        bytes: r.bytes.clone(),
+                    })
+                    .collect();
+                c
             })
             .collect();
         store.commit(&batch).expect("commit");

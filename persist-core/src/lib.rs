@@ -33,7 +33,9 @@ pub use seen::{Delivery, Seen};
 pub use shape::{assert_shape, shape_fingerprint};
 pub use spawn::SpawnPersistent;
 pub use storage::{CommitStats, Quarantined, Storage, StorageConfig};
-pub use store::{ActorCommit, Fence, Loaded, Store, check_epochs};
+pub use store::{
+    ActorCommit, Fence, Loaded, Marks, Row, RowWrite, Space, Store, check_epochs, next_epoch,
+};
 pub use tx::Tx;
 
 /// What the derive's output names. Not public API.

@@ -5,22 +5,52 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::StoreError;
 use crate::key::ActorKey;
-use crate::store::{ActorCommit, Fence, Loaded, Store, check_epochs};
+use std::ops::RangeInclusive;
+
+use crate::store::{
+    ActorCommit, Loaded, Marks, Row, RowWrite, Space, Store, check_epochs, next_epoch,
+};
 
 #[derive(Default)]
 struct Tables {
-    quarantine: BTreeMap<(ActorKey, u64), Vec<u8>>,
-    snapshots: BTreeMap<ActorKey, Vec<u8>>,
-    ops: BTreeMap<ActorKey, BTreeMap<u64, Vec<u8>>>,
-    epochs: BTreeMap<ActorKey, u64>,
-    /// Sequence floors; like epochs, never removed.
-    floors: BTreeMap<ActorKey, u64>,
+    /// Every row, by (key, space, id).
+    rows: BTreeMap<(ActorKey, Space, u64), Vec<u8>>,
+    /// Epochs and floors; never removed.
+    marks: BTreeMap<ActorKey, Marks>,
 }
 
 impl Tables {
-    fn raise_floor(&mut self, key: &ActorKey, floor: u64) {
-        let f = self.floors.entry(key.clone()).or_default();
-        *f = (*f).max(floor);
+    fn marks(&self, key: &ActorKey) -> Marks {
+        self.marks.get(key).copied().unwrap_or_default()
+    }
+
+    fn range(
+        &self,
+        key: &ActorKey,
+        space: Space,
+        ids: RangeInclusive<u64>,
+    ) -> impl Iterator<Item = (&(ActorKey, Space, u64), &Vec<u8>)> + '_ {
+        let lo = (key.clone(), space, *ids.start());
+        let hi = (key.clone(), space, *ids.end());
+        self.rows.range(lo..=hi)
+    }
+
+    fn read(&self, key: &ActorKey, spaces: &[Space], ids: RangeInclusive<u64>) -> Vec<Row> {
+        let mut spaces = spaces.to_vec();
+        spaces.sort();
+        spaces.dedup();
+        spaces
+            .into_iter()
+            .flat_map(|space| {
+                self.range(key, space, ids.clone())
+                    .map(|((_, space, id), b)| Row {
+                        space: *space,
+                        id: *id,
+                        bytes: b.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -51,30 +81,32 @@ impl MemoryStore {
 
     /// The stored snapshot envelope of `key`.
     pub fn snapshot(&self, key: &ActorKey) -> Option<Vec<u8>> {
-        self.tables().snapshots.get(key).cloned()
+        self.tables()
+            .rows
+            .get(&(key.clone(), Space::SNAPSHOT, 0))
+            .cloned()
     }
 
     /// The stored pending operation envelopes of `key`, by sequence number.
     pub fn ops(&self, key: &ActorKey) -> Vec<(u64, Vec<u8>)> {
         self.tables()
-            .ops
-            .get(key)
-            .map(|m| m.iter().map(|(s, b)| (*s, b.clone())).collect())
-            .unwrap_or_default()
+            .range(key, Space::OPS, 0..=u64::MAX)
+            .map(|((_, _, s), b)| (*s, b.clone()))
+            .collect()
     }
 
     /// Replaces the snapshot bytes of `key`, bypassing every check (to test damage).
     pub fn put_raw_snapshot(&self, key: &ActorKey, bytes: Vec<u8>) {
-        self.tables().snapshots.insert(key.clone(), bytes);
+        self.tables()
+            .rows
+            .insert((key.clone(), Space::SNAPSHOT, 0), bytes);
     }
 
     /// Replaces one pending operation's bytes, bypassing every check (to test damage).
     pub fn put_raw_op(&self, key: &ActorKey, seq: u64, bytes: Vec<u8>) {
         self.tables()
-            .ops
-            .entry(key.clone())
-            .or_default()
-            .insert(seq, bytes);
+            .rows
+            .insert((key.clone(), Space::OPS, seq), bytes);
     }
 }
 
@@ -83,101 +115,96 @@ impl Store for MemoryStore {
         "memory"
     }
 
-    fn open_actor(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
+    fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
         let mut t = self.tables();
-        let epoch = t.epochs.get(key).copied().unwrap_or(0) + 1;
-        t.epochs.insert(key.clone(), epoch);
+        let marks = t.marks(key);
+        let epoch = next_epoch(self.name(), key, marks.epoch)?;
+        t.marks.entry(key.clone()).or_default().epoch = epoch;
         Ok(Loaded {
             epoch,
-            floor: t.floors.get(key).copied().unwrap_or(0),
-            snapshot: t.snapshots.get(key).cloned(),
-            ops: t
-                .ops
-                .get(key)
-                .map(|m| m.iter().map(|(s, b)| (*s, b.clone())).collect())
-                .unwrap_or_default(),
+            floor: marks.floor,
+            rows: t.read(key, spaces, 0..=u64::MAX),
         })
     }
 
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
         let mut t = self.tables();
-        let fences = check_epochs(batch, |k| Ok(t.epochs.get(k).copied().unwrap_or(0)))?;
+        let fences = check_epochs(batch, |k| Ok(t.marks(k).epoch))?;
         if !fences.is_empty() {
             return Err(StoreError::Fenced(fences));
         }
         // Nothing below can fail, so the batch is applied whole.
-        let next = &mut *t;
         for c in batch {
-            if let Some(s) = &c.snapshot {
-                next.snapshots.insert((*c.key).clone(), s.clone());
+            for w in &c.writes {
+                match w {
+                    RowWrite::Put { space, id, bytes } => {
+                        t.rows
+                            .insert(((*c.key).clone(), *space, *id), bytes.clone());
+                    }
+                    RowWrite::Delete { space, first, last } => {
+                        let doomed: Vec<_> = t
+                            .range(&c.key, *space, *first..=*last)
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        for k in doomed {
+                            t.rows.remove(&k);
+                        }
+                    }
+                }
             }
-            let ops = next.ops.entry((*c.key).clone()).or_default();
-            for (seq, bytes) in &c.put_ops {
-                ops.insert(*seq, bytes.clone());
-            }
-            for seq in &c.remove_ops {
-                ops.remove(seq);
-            }
-            if ops.is_empty() {
-                next.ops.remove(&*c.key);
-            }
-            if let Some(floor) = c.floor {
-                next.raise_floor(&c.key, floor);
+            if c.raise != Marks::default() {
+                let m = t.marks.entry((*c.key).clone()).or_default();
+                m.epoch = m.epoch.max(c.raise.epoch);
+                m.floor = m.floor.max(c.raise.floor);
             }
         }
         Ok(())
     }
 
-    fn delete_actor(&self, key: &ActorKey, floor: u64) -> Result<(), StoreError> {
-        let mut t = self.tables();
-        t.snapshots.remove(key);
-        t.ops.remove(key);
-        t.raise_floor(key, floor);
-        *t.epochs.entry(key.clone()).or_default() += 1;
-        Ok(())
-    }
-
-    fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .tables()
-            .snapshots
-            .keys()
-            .filter(|k| k.namespace() == namespace)
-            .map(|k| k.key().to_owned())
-            .collect())
-    }
-
-    fn quarantine(
+    fn read(
         &self,
         key: &ActorKey,
-        epoch: u64,
-        blob: &[u8],
-        floor: u64,
-    ) -> Result<(), StoreError> {
-        let mut t = self.tables();
-        let current = t.epochs.get(key).copied().unwrap_or(0);
-        if current != epoch {
-            return Err(StoreError::Fenced(vec![Fence {
-                index: 0,
-                key: key.clone(),
-                epoch,
-                current,
-            }]));
-        }
-        t.quarantine.insert((key.clone(), epoch), blob.to_vec());
-        t.snapshots.remove(key);
-        t.ops.remove(key);
-        t.raise_floor(key, floor);
-        Ok(())
+        space: Option<Space>,
+        ids: RangeInclusive<u64>,
+    ) -> Result<Vec<Row>, StoreError> {
+        let t = self.tables();
+        Ok(match space {
+            Some(space) => t.read(key, &[space], ids),
+            None => {
+                let mut rows: Vec<Row> = t
+                    .rows
+                    .iter()
+                    .filter(|((k, _, id), _)| k == key && ids.contains(id))
+                    .map(|((_, space, id), b)| Row {
+                        space: *space,
+                        id: *id,
+                        bytes: b.clone(),
+                    })
+                    .collect();
+                rows.sort();
+                rows
+            }
+        })
     }
 
-    fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
-        Ok(self
-            .tables()
-            .quarantine
-            .iter()
-            .filter(|((k, _), _)| k.namespace() == namespace)
-            .map(|((k, e), b)| (k.key().to_owned(), *e, b.clone()))
-            .collect())
+    fn keys(&self, namespace: &str, space: Space) -> Result<Vec<String>, StoreError> {
+        let t = self.tables();
+        let mut keys: Vec<String> = t
+            .rows
+            .keys()
+            .filter(|(k, s, _)| *s == space && k.namespace() == namespace)
+            .map(|(k, _, _)| k.key().to_owned())
+            .collect();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    fn scan(&self) -> Result<Vec<(ActorKey, Marks)>, StoreError> {
+        let t = self.tables();
+        let mut all: BTreeMap<ActorKey, Marks> = t.marks.clone();
+        for (k, _, _) in t.rows.keys() {
+            all.entry(k.clone()).or_default();
+        }
+        Ok(all.into_iter().collect())
     }
 }

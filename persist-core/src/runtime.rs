@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::shape::shape_fingerprint;
 use crate::storage::{Storage, next_sequence, panic_text, sequence_floor};
-use crate::store::ActorCommit;
+use crate::store::{ActorCommit, Space};
 use crate::tx::Tx;
 
 /// The start arguments of a persistent actor: where it lives and what `init` gets.
@@ -294,7 +294,7 @@ fn decode_record<A: Persistent>(
         reason,
     };
     let mut snapshot = None;
-    if let Some(bytes) = &loaded.snapshot {
+    if let Some(bytes) = loaded.snapshot() {
         let decoded =
             envelope::open(bytes, Kind::Snapshot, A::VERSION).and_then(|(header, body)| {
                 let state = decode_versioned(A::VERSION, header, body, A::migrate_state)?;
@@ -321,20 +321,20 @@ fn decode_record<A: Persistent>(
     }
     let mut pending = BTreeMap::new();
     let mut dead = BTreeMap::new();
-    for (seq, bytes) in &loaded.ops {
-        match decode_op::<A>(*seq, bytes) {
+    for (seq, bytes) in loaded.space(Space::OPS) {
+        match decode_op::<A>(seq, bytes) {
             Ok((kind, attempts, op)) => {
                 let entry = Pending {
-                    id: OpId::shared(key.clone(), *seq),
+                    id: OpId::shared(key.clone(), seq),
                     op,
                     attempts,
                 };
                 match kind {
-                    Kind::DeadOp | Kind::CountedDeadOp => dead.insert(*seq, entry),
-                    _ => pending.insert(*seq, entry),
+                    Kind::DeadOp | Kind::CountedDeadOp => dead.insert(seq, entry),
+                    _ => pending.insert(seq, entry),
                 };
             }
-            Err(reason) => errors.push(bad(RecordRef::Op(*seq), reason)),
+            Err(reason) => errors.push(bad(RecordRef::Op(seq), reason)),
         }
     }
     let worst = errors
@@ -550,18 +550,26 @@ async fn cycle<A: Persistent>(
         };
         let snapshot = (changed || !parts.pushed.is_empty())
             .then(|| envelope::wrap(Kind::Snapshot, head, rt.epoch, &encoded));
-        let commit = ActorCommit {
-            key: rt.key.clone(),
-            epoch: rt.epoch,
-            snapshot,
-            put_ops,
-            remove_ops: parts.confirmed.iter().copied().collect(),
-            // The store's floor stays ahead of every id handed out, so no delete, quarantine or
-            // damaged snapshot can make an id come back. It moves a block at a time, so only
-            // one commit in FLOOR_BLOCK ids writes it.
-            floor: (next_seq > rt.reserved).then(|| next_seq.saturating_add(FLOOR_BLOCK)),
-        };
-        let commit_floor = commit.floor;
+        let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
+        commit
+            .writes
+            .reserve(1 + put_ops.len() + parts.confirmed.len());
+        if let Some(snapshot) = snapshot {
+            commit = commit.put(Space::SNAPSHOT, 0, snapshot);
+        }
+        for (seq, bytes) in put_ops {
+            commit = commit.put(Space::OPS, seq, bytes);
+        }
+        for seq in &parts.confirmed {
+            commit = commit.remove(Space::OPS, *seq);
+        }
+        // The store's floor stays ahead of every id handed out, so no delete, quarantine or
+        // damaged snapshot can make an id come back. It moves a block at a time, so only
+        // one commit in FLOOR_BLOCK ids writes it.
+        let commit_floor = (next_seq > rt.reserved).then(|| next_seq.saturating_add(FLOOR_BLOCK));
+        if let Some(floor) = commit_floor {
+            commit = commit.raise_floor(floor);
+        }
         if let Err(source) = rt.storage.commit(commit).await {
             // Replies and operations are dropped with `parts`: callers see an error.
             rt.rollback()?;
@@ -686,14 +694,14 @@ async fn perform<A: Persistent>(
         }
     }
     if !done.is_empty() || !rewrites.is_empty() {
-        rt.storage.ride(ActorCommit {
-            key: rt.key.clone(),
-            epoch: rt.epoch,
-            snapshot: None,
-            put_ops: rewrites,
-            remove_ops: done,
-            floor: None,
-        });
+        let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
+        for (seq, bytes) in rewrites {
+            commit = commit.put(Space::OPS, seq, bytes);
+        }
+        for seq in done {
+            commit = commit.remove(Space::OPS, seq);
+        }
+        rt.storage.ride(commit);
     }
     arm_retry_timer(myself, rt);
     result
@@ -736,7 +744,7 @@ mod tests {
 
     use super::*;
     use crate::memory::MemoryStore;
-    use crate::store::{Loaded, Store};
+    use crate::store::{Loaded, Space, Store};
 
     #[derive(Default)]
     struct Acc;
@@ -787,8 +795,8 @@ mod tests {
         fn name(&self) -> &str {
             "flaky"
         }
-        fn open_actor(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
-            self.inner.open_actor(key)
+        fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
+            self.inner.open_actor(key, spaces)
         }
         fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
             if self.fail.load(Ordering::SeqCst) {

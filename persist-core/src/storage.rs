@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::error::StoreError;
 use crate::key::ActorKey;
-use crate::store::{ActorCommit, Loaded, Store};
+use crate::store::{ActorCommit, Loaded, Space, Store};
 
 /// Limits of one group commit.
 #[derive(Clone, Copy, Debug)]
@@ -183,7 +183,7 @@ impl Storage {
         let counters = self.inner.counters.clone();
         self.call(move |s| {
             counters.loads.fetch_add(1, Ordering::Relaxed);
-            s.open_actor(&key)
+            s.open_actor(&key, &Space::RECORD)
         })
         .await
     }
@@ -234,8 +234,13 @@ impl Storage {
         let key = key.clone();
         self.call(move |s| {
             // Reading the record also takes a new epoch, fencing a running instance at once.
-            let loaded = s.open_actor(&key)?;
-            s.delete_actor(&key, sequence_floor(&loaded))
+            let loaded = s.open_actor(&key, &Space::RECORD)?;
+            let mut commit =
+                ActorCommit::new(key, loaded.epoch).raise_floor(sequence_floor(&loaded));
+            for space in Space::RECORD {
+                commit = commit.clear(space);
+            }
+            s.commit(&[commit])
         })
         .await
     }
@@ -243,7 +248,8 @@ impl Storage {
     /// The keys of `namespace` that hold a state, in order.
     pub async fn list(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
         let namespace = namespace.to_owned();
-        self.call(move |s| s.list_keys(&namespace)).await
+        self.call(move |s| s.keys(&namespace, Space::SNAPSHOT))
+            .await
     }
 
     /// The records of `namespace` moved aside because they could not be decoded (see
@@ -251,7 +257,18 @@ impl Storage {
     pub async fn quarantined(&self, namespace: &str) -> Result<Vec<Quarantined>, StoreError> {
         let ns = namespace.to_owned();
         let name = self.inner.name.clone();
-        let rows = self.call(move |s| s.list_quarantined(&ns)).await?;
+        let rows = self
+            .call(move |s| {
+                let mut rows = Vec::new();
+                for key in s.keys(&ns, Space::QUARANTINE)? {
+                    let actor = ActorKey::new(ns.clone(), key.clone());
+                    for row in s.read(&actor, Some(Space::QUARANTINE), 0..=u64::MAX)? {
+                        rows.push((key.clone(), row.id, row.bytes));
+                    }
+                }
+                Ok(rows)
+            })
+            .await?;
         rows.into_iter()
             .map(|(key, epoch, blob)| {
                 let body: QuarantineBody =
@@ -282,13 +299,17 @@ impl Storage {
     ) -> Result<(), StoreError> {
         let body = QuarantineBody {
             reason,
-            snapshot: loaded.snapshot.clone(),
-            ops: loaded.ops.clone(),
+            snapshot: loaded.snapshot().map(<[u8]>::to_vec),
+            ops: loaded.ops(),
         };
         let blob = postcard::to_stdvec(&body).map_err(|e| StoreError::backend(self.name(), e))?;
-        let key = key.clone();
-        self.call(move |s| s.quarantine(&key, epoch, &blob, floor))
-            .await
+        let mut commit = ActorCommit::new(key.clone(), epoch)
+            .put(Space::QUARANTINE, epoch, blob)
+            .raise_floor(floor);
+        for space in Space::RECORD {
+            commit = commit.clear(space);
+        }
+        self.call(move |s| s.commit(&[commit])).await
     }
 
     fn send(&self, request: Request) -> Result<(), StoreError> {
@@ -484,22 +505,19 @@ impl Committer {
 /// raise the floor, and a store written before floors existed has no other record of the ids
 /// used by operations already removed.
 pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
-    let header =
-        loaded
-            .snapshot
-            .as_deref()
-            .and_then(|b| match crate::envelope::open_any(b, u32::MAX) {
-                Ok((_, h, _)) => Some(h.sequence),
-                Err(_) => crate::envelope::unverified_sequence(b),
-            });
+    let header = loaded
+        .snapshot()
+        .and_then(|b| match crate::envelope::open_any(b, u32::MAX) {
+            Ok((_, h, _)) => Some(h.sequence),
+            Err(_) => crate::envelope::unverified_sequence(b),
+        });
     loaded.floor.max(after_ops(loaded)).max(header.unwrap_or(0))
 }
 
 /// The sequence number after every stored operation of `loaded` (0 when there is none).
 fn after_ops(loaded: &Loaded) -> u64 {
     loaded
-        .ops
-        .iter()
+        .space(Space::OPS)
         .map(|(s, _)| s.saturating_add(1))
         .max()
         .unwrap_or(0)
@@ -514,8 +532,7 @@ fn after_ops(loaded: &Loaded) -> u64 {
 /// from a backup): then the floor wins too.
 pub(crate) fn next_sequence(loaded: &Loaded, block: u64) -> u64 {
     let verified = loaded
-        .snapshot
-        .as_deref()
+        .snapshot()
         .map(|b| crate::envelope::open_any(b, u32::MAX));
     match verified {
         Some(Ok((_, header, _))) if header.sequence.saturating_add(block) >= loaded.floor => {
@@ -569,6 +586,7 @@ mod tests {
 
     use super::*;
     use crate::memory::MemoryStore;
+    use crate::store::RowWrite;
 
     /// One written batch: each commit's key and snapshot.
     type Batch = Vec<(String, Option<Vec<u8>>)>;
@@ -609,8 +627,8 @@ mod tests {
         fn name(&self) -> &str {
             "scripted"
         }
-        fn open_actor(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
-            self.inner.open_actor(key)
+        fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
+            self.inner.open_actor(key, spaces)
         }
         fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
             if let Some(entered) = self.entered.lock().unwrap().take() {
@@ -622,7 +640,17 @@ mod tests {
             batches.push(
                 batch
                     .iter()
-                    .map(|c| (c.key.key().to_owned(), c.snapshot.clone()))
+                    .map(|c| {
+                        let snapshot = c.writes.iter().find_map(|w| match w {
+                            RowWrite::Put {
+                                space: Space::SNAPSHOT,
+                                bytes,
+                                ..
+                            } => Some(bytes.clone()),
+                            _ => None,
+                        });
+                        (c.key.key().to_owned(), snapshot)
+                    })
                     .collect(),
             );
             if batches.len() >= self.fail_from {
@@ -633,14 +661,9 @@ mod tests {
     }
 
     fn commit_of(key: &str, epoch: u64, n: u8) -> ActorCommit {
-        ActorCommit {
-            key: Arc::new(ActorKey::new("t", key)),
-            epoch,
-            snapshot: Some(vec![n]),
-            put_ops: vec![(u64::from(n), vec![n])],
-            remove_ops: Vec::new(),
-            floor: None,
-        }
+        ActorCommit::new(ActorKey::new("t", key), epoch)
+            .put(Space::SNAPSHOT, 0, vec![n])
+            .put(Space::OPS, u64::from(n), vec![n])
     }
 
     async fn epoch(storage: &Storage, key: &str) -> u64 {
@@ -768,14 +791,10 @@ mod tests {
                 let e = epoch(&s, &key).await;
                 for n in 0..50u8 {
                     // Removal-only riders in between, as `perform` sends them.
-                    s.ride(ActorCommit {
-                        key: Arc::new(ActorKey::new("t", &key)),
-                        epoch: e,
-                        snapshot: None,
-                        put_ops: Vec::new(),
-                        remove_ops: vec![u64::from(n)],
-                        floor: None,
-                    });
+                    s.ride(
+                        ActorCommit::new(ActorKey::new("t", &key), e)
+                            .remove(Space::OPS, u64::from(n)),
+                    );
                     s.commit(commit_of(&key, e, n)).await.unwrap();
                 }
             }));

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use redb::{
     Builder, Database, DatabaseError, MultimapTableHandle, ReadTransaction, ReadableDatabase,
-    ReadableTable, StorageError, TableDefinition, TableError, TableHandle,
+    StorageError, TableDefinition, TableError, TableHandle,
 };
 
 use crate::error::Failure;
@@ -27,6 +27,16 @@ pub(crate) const EPOCHS: TableDefinition<(&str, &str), u64> =
 /// Stores written before it existed get the table on their first write.
 pub(crate) const FLOORS: TableDefinition<(&str, &str), u64> =
     TableDefinition::new("ractor_persist.floors");
+
+/// Records moved aside because they could not be decoded, by (namespace, key, epoch): the
+/// quarantine space. Created on the first quarantine.
+pub(crate) const QUARANTINE: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("ractor_persist.quarantine");
+
+/// Rows of every space without a table of its own, by (namespace, key, space, id). Created on
+/// the first write to such a space; format 1 stores without it read as having none.
+pub(crate) const ROWS: TableDefinition<(&str, &str, u8, u64), &[u8]> =
+    TableDefinition::new("ractor_persist.rows");
 
 /// The key of the format marker in [`META`].
 const FORMAT_KEY: &str = "format";
@@ -133,20 +143,6 @@ pub(crate) fn initialize(db: &Database) -> Result<(), Failure> {
     txn.open_table(EPOCHS)?;
     txn.open_table(FLOORS)?;
     txn.commit()?;
-    Ok(())
-}
-
-/// Raises the sequence floor of `key` to at least `floor` in `txn`'s floor table.
-pub(crate) fn raise_floor(
-    floors: &mut redb::Table<'_, (&str, &str), u64>,
-    key: &persist_core::ActorKey,
-    floor: u64,
-) -> Result<(), redb::StorageError> {
-    let id = (key.namespace(), key.key());
-    let current = floors.get(id)?.map_or(0, |f| f.value());
-    if floor > current {
-        floors.insert(id, floor)?;
-    }
     Ok(())
 }
 

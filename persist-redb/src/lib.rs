@@ -8,10 +8,10 @@
 //! [`persist_core::Store::commit`] is one redb write transaction with one fsync.
 #![deny(missing_docs, unreachable_pub, unused_crate_dependencies)]
 
-mod admin;
 mod create;
 mod error;
 mod format;
+mod rows;
 mod store;
 
 pub use format::FormatError;

@@ -3,14 +3,18 @@
 use std::fs::OpenOptions;
 use std::path::Path;
 
-use persist_core::{ActorCommit, ActorKey, Loaded, Store, StoreError, check_epochs};
-use redb::backends::{FileBackend, InMemoryBackend};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table};
+use std::ops::RangeInclusive;
 
-use crate::admin;
+use persist_core::{
+    ActorCommit, ActorKey, Loaded, Marks, Row, Space, Store, StoreError, check_epochs, next_epoch,
+};
+use redb::backends::{FileBackend, InMemoryBackend};
+use redb::{Database, Durability, ReadableDatabase, StorageBackend};
+
 use crate::create;
 use crate::error::{Failure, guarded};
-use crate::format::{self, EPOCHS, FLOORS, Layout, OPS, SNAPSHOTS, raise_floor};
+use crate::format::{self, Layout};
+use crate::rows::{self, Writer};
 
 /// A store in one redb database, normally one file.
 ///
@@ -114,84 +118,47 @@ impl RedbStore {
         Ok(RedbStore { name, db })
     }
 
-    /// The next writer epoch of `key`, and its record, in one write transaction.
-    fn load(&self, key: &ActorKey) -> Result<Loaded, Failure> {
-        let id = (key.namespace(), key.key());
+    /// The next writer epoch of `key`, its floor and the rows of `spaces`, in one write
+    /// transaction.
+    fn load(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, Failure> {
         let mut txn = self.db.begin_write()?;
         // The epoch claim alone is not synced. If the process dies before a durable commit, the
         // claim may be lost, but so is every instance that held an older epoch: no writer of
         // this file survives a crash. While the process lives, later transactions see the claim;
         // the next Immediate commit (of any actor) makes it durable with everything before it.
         txn.set_durability(Durability::None)?;
-        let loaded = {
-            let mut epochs = txn.open_table(EPOCHS)?;
-            let current = epochs.get(id)?.map_or(0, |e| e.value());
-            let Some(epoch) = current.checked_add(1) else {
-                return Err(StoreError::Corrupt {
-                    store: self.name.clone(),
-                    detail: format!("the writer epoch of `{key}` is exhausted ({current})"),
-                }
-                .into());
-            };
-            epochs.insert(id, epoch)?;
-            let floor = txn.open_table(FLOORS)?.get(id)?.map_or(0, |f| f.value());
-            let snapshot = txn
-                .open_table(SNAPSHOTS)?
-                .get(id)?
-                .map(|s| s.value().to_vec());
-            let ops = txn
-                .open_table(OPS)?
-                .range((id.0, id.1, 0)..=(id.0, id.1, u64::MAX))?
-                .map(|entry| {
-                    let (seq, op) = entry?;
-                    Ok((seq.value().2, op.value().to_vec()))
-                })
-                .collect::<Result<Vec<_>, redb::StorageError>>()?;
-            Loaded {
-                epoch,
-                floor,
-                snapshot,
-                ops,
-            }
+        let (epoch, floor) = {
+            let mut w = Writer::new(&txn);
+            let epoch = next_epoch(&self.name, key, w.epoch(key)?)?;
+            w.set_epoch(key, epoch)?;
+            (epoch, w.floor(key)?)
         };
+        let mut spaces = spaces.to_vec();
+        spaces.sort();
+        spaces.dedup();
+        let mut rows = Vec::new();
+        for space in spaces {
+            rows.extend(rows::read_space(&txn, key, space, 0..=u64::MAX)?);
+        }
         txn.commit()?;
-        Ok(loaded)
+        Ok(Loaded { epoch, floor, rows })
     }
 
     /// Writes `batch` in one durable transaction, or nothing if any commit is fenced.
     fn write(&self, batch: &[ActorCommit]) -> Result<(), Failure> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        let fences = {
-            let epochs = txn.open_table(EPOCHS)?;
-            check_epochs(batch, |key| {
-                stored_epoch(&epochs, key)
-                    .map_err(|e| Failure::from(e).into_store_error(&self.name))
-            })?
-        };
-        if !fences.is_empty() {
-            // Dropping an uncommitted transaction aborts it; nothing of it was ever visible.
-            drop(txn);
-            return Err(StoreError::Fenced(fences).into());
-        }
         {
-            let mut snapshots = txn.open_table(SNAPSHOTS)?;
-            let mut ops = txn.open_table(OPS)?;
-            let mut floors = txn.open_table(FLOORS)?;
+            let mut w = Writer::new(&txn);
+            let fences = check_epochs(batch, |key| {
+                w.epoch(key).map_err(|e| e.into_store_error(&self.name))
+            })?;
+            if !fences.is_empty() {
+                // Dropping an uncommitted transaction aborts it; nothing of it was ever visible.
+                return Err(StoreError::Fenced(fences).into());
+            }
             for commit in batch {
-                let (ns, key) = (commit.key.namespace(), commit.key.key());
-                if let Some(snapshot) = &commit.snapshot {
-                    snapshots.insert((ns, key), snapshot.as_slice())?;
-                }
-                for (seq, op) in &commit.put_ops {
-                    ops.insert((ns, key, *seq), op.as_slice())?;
-                }
-                for seq in &commit.remove_ops {
-                    ops.remove((ns, key, *seq))?;
-                }
-                if let Some(floor) = commit.floor {
-                    raise_floor(&mut floors, &commit.key, floor)?;
-                }
+                w.apply(&self.name, commit)?;
             }
         }
         txn.commit()?;
@@ -199,23 +166,13 @@ impl RedbStore {
     }
 }
 
-/// The epoch stored for `key`; 0 if it was never opened.
-fn stored_epoch(
-    epochs: &Table<'_, (&str, &str), u64>,
-    key: &ActorKey,
-) -> Result<u64, redb::StorageError> {
-    Ok(epochs
-        .get((key.namespace(), key.key()))?
-        .map_or(0, |e| e.value()))
-}
-
 impl Store for RedbStore {
     fn name(&self) -> &str {
         &self.name
     }
 
-    fn open_actor(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
-        guarded(&self.name, || self.load(key))
+    fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
+        guarded(&self.name, || self.load(key, spaces))
     }
 
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
@@ -226,27 +183,28 @@ impl Store for RedbStore {
         guarded(&self.name, || self.write(batch))
     }
 
-    fn delete_actor(&self, key: &ActorKey, floor: u64) -> Result<(), StoreError> {
-        guarded(&self.name, || admin::delete(&self.db, key, floor))
-    }
-
-    fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
-        guarded(&self.name, || admin::list(&self.db, namespace))
-    }
-
-    fn quarantine(
+    fn read(
         &self,
         key: &ActorKey,
-        epoch: u64,
-        blob: &[u8],
-        floor: u64,
-    ) -> Result<(), StoreError> {
+        space: Option<Space>,
+        ids: RangeInclusive<u64>,
+    ) -> Result<Vec<Row>, StoreError> {
         guarded(&self.name, || {
-            admin::quarantine(&self.db, key, epoch, blob, floor)
+            let txn = self.db.begin_read()?;
+            match space {
+                Some(space) => rows::read_space(&txn, key, space, ids),
+                None => rows::read_all(&txn, key, ids),
+            }
         })
     }
 
-    fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
-        guarded(&self.name, || admin::quarantined(&self.db, namespace))
+    fn keys(&self, namespace: &str, space: Space) -> Result<Vec<String>, StoreError> {
+        guarded(&self.name, || {
+            rows::keys(&self.db.begin_read()?, namespace, space)
+        })
+    }
+
+    fn scan(&self) -> Result<Vec<(ActorKey, Marks)>, StoreError> {
+        guarded(&self.name, || rows::scan(&self.db.begin_read()?))
     }
 }

@@ -6,7 +6,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use persist_core::{ActorCommit, ActorKey, Store, StoreError};
+use persist_core::{ActorCommit, ActorKey, Space, Store, StoreError};
 use persist_redb::redb::backends::FileBackend;
 use persist_redb::redb::{BackendError, StorageBackend};
 use persist_redb::{FormatError, RedbStore};
@@ -105,8 +105,8 @@ fn a_first_create_cut_at_any_step_leaves_no_file_or_a_store_that_opens() {
         let store = RedbStore::open(&path)
             .unwrap_or_else(|e| panic!("after a create cut at operation {n}: {e}"));
         let k = ActorKey::new("t", "k");
-        let loaded = store.open_actor(&k).unwrap();
-        assert_eq!((loaded.snapshot, loaded.ops), (None, vec![]), "cut at {n}");
+        let loaded = store.open_actor(&k, &Space::RECORD).unwrap();
+        assert_eq!(loaded.rows, vec![], "cut at {n}");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -131,16 +131,13 @@ fn a_flipped_bit_in_a_key_is_refused_at_open_not_a_missing_record() {
     let k = Arc::new(ActorKey::new("account", "alice-with-a-long-key"));
     {
         let store = RedbStore::open(&path).unwrap();
-        let epoch = store.open_actor(&k).unwrap().epoch;
+        let epoch = store.open_actor(&k, &Space::RECORD).unwrap().epoch;
         store
-            .commit(&[ActorCommit {
-                key: k.clone(),
-                epoch,
-                snapshot: Some(b"alice's state".to_vec()),
-                put_ops: vec![],
-                remove_ops: vec![],
-                floor: None,
-            }])
+            .commit(&[ActorCommit::new(k.clone(), epoch).put(
+                Space::SNAPSHOT,
+                0,
+                b"alice's state".to_vec(),
+            )])
             .unwrap();
         store.close().unwrap();
     }
@@ -158,7 +155,7 @@ fn a_flipped_bit_in_a_key_is_refused_at_open_not_a_missing_record() {
     // redb does not verify a page when it reads it, and our envelope does not cover the key:
     // without the integrity check on open, the store opened and alice had no record at all.
     let err = RedbStore::open(&path)
-        .and_then(|s| s.open_actor(&k))
+        .and_then(|s| s.open_actor(&k, &Space::RECORD))
         .expect_err("a damaged key must not read as a missing record");
     assert!(
         matches!(err, StoreError::Corrupt { .. } | StoreError::Backend { .. }),

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use persist_core::{ActorCommit, ActorKey, Fence, Store, StoreError};
+use persist_core::{ActorCommit, ActorKey, Fence, Space, Store, StoreError};
 use persist_redb::{FormatError, RedbStore};
 use redb::{ReadableDatabase, TableDefinition};
 
@@ -19,14 +19,17 @@ fn commit(
     put_ops: &[(u64, &[u8])],
     remove_ops: &[u64],
 ) -> ActorCommit {
-    ActorCommit {
-        key: key.clone(),
-        epoch,
-        snapshot: snapshot.map(<[u8]>::to_vec),
-        put_ops: put_ops.iter().map(|(s, b)| (*s, b.to_vec())).collect(),
-        remove_ops: remove_ops.to_vec(),
-        floor: None,
+    let mut c = ActorCommit::new(key.clone(), epoch);
+    if let Some(s) = snapshot {
+        c = c.put(Space::SNAPSHOT, 0, s.to_vec());
     }
+    for (s, b) in put_ops {
+        c = c.put(Space::OPS, *s, b.to_vec());
+    }
+    for s in remove_ops {
+        c = c.remove(Space::OPS, *s);
+    }
+    c
 }
 
 fn seqs(ops: &[(u64, Vec<u8>)]) -> Vec<u64> {
@@ -64,8 +67,11 @@ fn committed_record_survives_reopen() {
     {
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.name(), path.display().to_string());
-        let loaded = store.open_actor(&alice).unwrap();
-        assert_eq!((loaded.snapshot, loaded.ops), (None, vec![]));
+        let loaded = store.open_actor(&alice, &Space::RECORD).unwrap();
+        assert_eq!(
+            (loaded.snapshot().map(<[u8]>::to_vec), loaded.ops()),
+            (None, vec![])
+        );
         store
             .commit(&[commit(
                 &alice,
@@ -78,9 +84,15 @@ fn committed_record_survives_reopen() {
         store.close().unwrap();
     }
     let store = RedbStore::open(&path).unwrap();
-    let loaded = store.open_actor(&alice).unwrap();
-    assert_eq!(loaded.snapshot.as_deref(), Some(&b"state"[..]));
-    assert_eq!(loaded.ops, vec![(1, b"op1".to_vec()), (2, b"op2".to_vec())]);
+    let loaded = store.open_actor(&alice, &Space::RECORD).unwrap();
+    assert_eq!(
+        loaded.snapshot().map(<[u8]>::to_vec).as_deref(),
+        Some(&b"state"[..])
+    );
+    assert_eq!(
+        loaded.ops(),
+        vec![(1, b"op1".to_vec()), (2, b"op2".to_vec())]
+    );
 }
 
 #[test]
@@ -91,7 +103,7 @@ fn open_actor_takes_a_new_epoch_each_time_and_a_later_commit_persists_it() {
     {
         let store = RedbStore::open(&path).unwrap();
         let epochs: Vec<u64> = (0..3)
-            .map(|_| store.open_actor(&bob).unwrap().epoch)
+            .map(|_| store.open_actor(&bob, &Space::RECORD).unwrap().epoch)
             .collect();
         assert_eq!(epochs, [1, 2, 3]);
         store
@@ -99,7 +111,7 @@ fn open_actor_takes_a_new_epoch_each_time_and_a_later_commit_persists_it() {
             .unwrap();
     }
     let store = RedbStore::open(&path).unwrap();
-    assert_eq!(store.open_actor(&bob).unwrap().epoch, 4);
+    assert_eq!(store.open_actor(&bob, &Space::RECORD).unwrap().epoch, 4);
 }
 
 #[test]
@@ -109,9 +121,9 @@ fn stale_epoch_commit_is_fenced_and_writes_nothing() {
     let (a, b) = (key("account", "a"), key("account", "b"));
     {
         let store = RedbStore::open(&path).unwrap();
-        let old = store.open_actor(&a).unwrap().epoch;
-        let new = store.open_actor(&a).unwrap().epoch;
-        let b_epoch = store.open_actor(&b).unwrap().epoch;
+        let old = store.open_actor(&a, &Space::RECORD).unwrap().epoch;
+        let new = store.open_actor(&a, &Space::RECORD).unwrap().epoch;
+        let b_epoch = store.open_actor(&b, &Space::RECORD).unwrap().epoch;
         let batch = [
             commit(&b, b_epoch, Some(b"b state"), &[(1, b"b op")], &[]),
             commit(&a, old, Some(b"stale"), &[(1, b"stale op")], &[]),
@@ -132,14 +144,22 @@ fn stale_epoch_commit_is_fenced_and_writes_nothing() {
         );
         // Nothing of the batch was written, not even its valid commits.
         for k in [&a, &b] {
-            let loaded = store.open_actor(k).unwrap();
-            assert_eq!((loaded.snapshot, loaded.ops), (None, vec![]), "{k}");
+            let loaded = store.open_actor(k, &Space::RECORD).unwrap();
+            assert_eq!(
+                (loaded.snapshot().map(<[u8]>::to_vec), loaded.ops()),
+                (None, vec![]),
+                "{k}"
+            );
         }
     }
     let store = RedbStore::open(&path).unwrap();
     for k in [&a, &b] {
-        let loaded = store.open_actor(k).unwrap();
-        assert_eq!((loaded.snapshot, loaded.ops), (None, vec![]), "{k}");
+        let loaded = store.open_actor(k, &Space::RECORD).unwrap();
+        assert_eq!(
+            (loaded.snapshot().map(<[u8]>::to_vec), loaded.ops()),
+            (None, vec![]),
+            "{k}"
+        );
     }
 }
 
@@ -147,22 +167,25 @@ fn stale_epoch_commit_is_fenced_and_writes_nothing() {
 fn removal_of_absent_ops_is_ignored() {
     let store = RedbStore::in_memory().unwrap();
     let k = key("account", "carol");
-    let epoch = store.open_actor(&k).unwrap().epoch;
+    let epoch = store.open_actor(&k, &Space::RECORD).unwrap().epoch;
     store
         .commit(&[commit(&k, epoch, None, &[(5, b"five")], &[])])
         .unwrap();
     store
         .commit(&[commit(&k, epoch, None, &[], &[1, 5, 99])])
         .unwrap();
-    let loaded = store.open_actor(&k).unwrap();
-    assert_eq!((loaded.snapshot, loaded.ops), (None, vec![]));
+    let loaded = store.open_actor(&k, &Space::RECORD).unwrap();
+    assert_eq!(
+        (loaded.snapshot().map(<[u8]>::to_vec), loaded.ops()),
+        (None, vec![])
+    );
 }
 
 #[test]
 fn ops_come_back_in_sequence_order() {
     let store = RedbStore::in_memory().unwrap();
     let k = key("account", "dave");
-    let epoch = store.open_actor(&k).unwrap().epoch;
+    let epoch = store.open_actor(&k, &Space::RECORD).unwrap().epoch;
     store
         .commit(&[commit(
             &k,
@@ -181,9 +204,9 @@ fn ops_come_back_in_sequence_order() {
             &[],
         )])
         .unwrap();
-    let loaded = store.open_actor(&k).unwrap();
-    assert_eq!(seqs(&loaded.ops), [0, 2, 7, 10, u64::MAX]);
-    assert_eq!(loaded.ops[1].1, b"two");
+    let loaded = store.open_actor(&k, &Space::RECORD).unwrap();
+    assert_eq!(seqs(&loaded.ops()), [0, 2, 7, 10, u64::MAX]);
+    assert_eq!(loaded.ops()[1].1, b"two");
 }
 
 #[test]
@@ -200,16 +223,20 @@ fn ops_never_include_another_actors() {
     ];
     let mut batch = Vec::new();
     for (i, k) in keys.iter().enumerate() {
-        let epoch = store.open_actor(k).unwrap().epoch;
+        let epoch = store.open_actor(k, &Space::RECORD).unwrap().epoch;
         let tag = k.to_string().into_bytes();
         batch.push(commit(k, epoch, Some(&tag), &[(i as u64, &tag)], &[]));
     }
     store.commit(&batch).unwrap();
     for (i, k) in keys.iter().enumerate() {
-        let loaded = store.open_actor(k).unwrap();
+        let loaded = store.open_actor(k, &Space::RECORD).unwrap();
         let tag = k.to_string().into_bytes();
-        assert_eq!(loaded.snapshot.as_ref(), Some(&tag), "{k}");
-        assert_eq!(loaded.ops, vec![(i as u64, tag)], "{k}");
+        assert_eq!(
+            loaded.snapshot().map(<[u8]>::to_vec).as_ref(),
+            Some(&tag),
+            "{k}"
+        );
+        assert_eq!(loaded.ops(), vec![(i as u64, tag)], "{k}");
     }
 }
 
@@ -217,7 +244,7 @@ fn ops_never_include_another_actors() {
 fn one_actor_twice_in_a_batch_is_applied_in_order() {
     let store = RedbStore::in_memory().unwrap();
     let k = key("account", "erin");
-    let epoch = store.open_actor(&k).unwrap().epoch;
+    let epoch = store.open_actor(&k, &Space::RECORD).unwrap().epoch;
     store
         .commit(&[commit(&k, epoch, Some(b"v1"), &[(1, b"a"), (2, b"b")], &[])])
         .unwrap();
@@ -227,10 +254,13 @@ fn one_actor_twice_in_a_batch_is_applied_in_order() {
             commit(&k, epoch, Some(b"v2"), &[(2, b"b again"), (3, b"c")], &[]),
         ])
         .unwrap();
-    let loaded = store.open_actor(&k).unwrap();
-    assert_eq!(loaded.snapshot.as_deref(), Some(&b"v2"[..]));
+    let loaded = store.open_actor(&k, &Space::RECORD).unwrap();
     assert_eq!(
-        loaded.ops,
+        loaded.snapshot().map(<[u8]>::to_vec).as_deref(),
+        Some(&b"v2"[..])
+    );
+    assert_eq!(
+        loaded.ops(),
         vec![(2, b"b again".to_vec()), (3, b"c".to_vec())]
     );
 }
@@ -266,7 +296,7 @@ fn second_open_of_an_open_file_is_an_error() {
     );
     // The first store is unharmed.
     let k = key("account", "gus");
-    let epoch = first.open_actor(&k).unwrap().epoch;
+    let epoch = first.open_actor(&k, &Space::RECORD).unwrap().epoch;
     first
         .commit(&[commit(&k, epoch, Some(b"s"), &[], &[])])
         .unwrap();
@@ -357,7 +387,7 @@ fn damaged_store_is_an_error_not_a_panic() {
     let k = key("account", "hal");
     {
         let store = RedbStore::open(&path).unwrap();
-        let epoch = store.open_actor(&k).unwrap().epoch;
+        let epoch = store.open_actor(&k, &Space::RECORD).unwrap().epoch;
         store
             .commit(&[commit(&k, epoch, Some(&[7; 5000]), &[(1, &[8; 100])], &[])])
             .unwrap();
@@ -368,7 +398,7 @@ fn damaged_store_is_an_error_not_a_panic() {
         *b = (i as u8).wrapping_mul(31) ^ 0xa5;
     }
     std::fs::write(&path, &bytes).unwrap();
-    let result = RedbStore::open(&path).and_then(|store| store.open_actor(&k));
+    let result = RedbStore::open(&path).and_then(|store| store.open_actor(&k, &Space::RECORD));
     let err = result.expect_err("a damaged store must not load");
     assert!(
         matches!(err, StoreError::Corrupt { .. } | StoreError::Backend { .. }),
@@ -383,19 +413,22 @@ fn store_left_open_by_a_crash_is_recovered() {
     let image = dir.path().join("crashed.redb");
     let k = key("account", "ivy");
     let store = RedbStore::open(&path).unwrap();
-    let epoch = store.open_actor(&k).unwrap().epoch;
+    let epoch = store.open_actor(&k, &Space::RECORD).unwrap().epoch;
     store
         .commit(&[commit(&k, epoch, Some(b"durable"), &[(1, b"op")], &[])])
         .unwrap();
     // An uncommitted epoch claim after the last durable commit.
-    store.open_actor(&k).unwrap();
+    store.open_actor(&k, &Space::RECORD).unwrap();
     // The bytes a power loss would leave: the store was never closed.
     std::fs::copy(&path, &image).unwrap();
     drop(store);
 
     let store = RedbStore::open(&image).unwrap();
-    let loaded = store.open_actor(&k).unwrap();
+    let loaded = store.open_actor(&k, &Space::RECORD).unwrap();
     assert!(loaded.epoch > epoch);
-    assert_eq!(loaded.snapshot.as_deref(), Some(&b"durable"[..]));
-    assert_eq!(loaded.ops, vec![(1, b"op".to_vec())]);
+    assert_eq!(
+        loaded.snapshot().map(<[u8]>::to_vec).as_deref(),
+        Some(&b"durable"[..])
+    );
+    assert_eq!(loaded.ops(), vec![(1, b"op".to_vec())]);
 }

@@ -16,6 +16,7 @@ macro_rules! on_every_backend {
     };
 }
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,8 +24,9 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_persist::{
-    ActorCommit, ActorKey, DecodeError, LoadError, Loaded, MemoryStore, OpId, Outcome, Pending,
-    Persistent, PersistentActor, RedbStore, RetryPolicy, Start, Storage, Store, StoreError, Tx,
+    ActorCommit, ActorKey, DecodeError, LoadError, Loaded, Marks, MemoryStore, OpId, Outcome,
+    Pending, Persistent, PersistentActor, RedbStore, RetryPolicy, Row, Space, Start, Storage,
+    Store, StoreError, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -229,22 +231,15 @@ impl Backend {
     /// Reads an actor's record straight from the store (takes an epoch, writes nothing else).
     /// Only while no `Storage` has the store open.
     pub fn raw(&self, key: &ActorKey) -> Loaded {
-        self.with_store(|s| s.open_actor(key).unwrap())
+        self.with_store(|s| s.open_actor(key, &Space::RECORD).unwrap())
     }
 
     /// Stores `bytes` as the snapshot of `key`, bypassing the runtime (to plant damage).
     pub fn plant_snapshot(&self, key: &ActorKey, bytes: Vec<u8>) {
         self.with_store(|s| {
-            let epoch = s.open_actor(key).unwrap().epoch;
-            s.commit(&[ActorCommit {
-                key: Arc::new(key.clone()),
-                epoch,
-                snapshot: Some(bytes),
-                put_ops: Vec::new(),
-                remove_ops: Vec::new(),
-                floor: None,
-            }])
-            .unwrap()
+            let epoch = s.open_actor(key, &[]).unwrap().epoch;
+            s.commit(&[ActorCommit::new(key.clone(), epoch).put(Space::SNAPSHOT, 0, bytes)])
+                .unwrap()
         })
     }
 }
@@ -253,16 +248,9 @@ impl Backend {
     /// Stores `bytes` as pending operation `seq` of `key`, bypassing the runtime.
     pub fn plant_op(&self, key: &ActorKey, seq: u64, bytes: Vec<u8>) {
         self.with_store(|s| {
-            let epoch = s.open_actor(key).unwrap().epoch;
-            s.commit(&[ActorCommit {
-                key: Arc::new(key.clone()),
-                epoch,
-                snapshot: None,
-                put_ops: vec![(seq, bytes)],
-                remove_ops: Vec::new(),
-                floor: None,
-            }])
-            .unwrap()
+            let epoch = s.open_actor(key, &[]).unwrap().epoch;
+            s.commit(&[ActorCommit::new(key.clone(), epoch).put(Space::OPS, seq, bytes)])
+                .unwrap()
         })
     }
 }
@@ -305,8 +293,8 @@ impl<S: Store> Store for Faulty<S> {
         self.inner.name()
     }
 
-    fn open_actor(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
-        self.inner.open_actor(key)
+    fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
+        self.inner.open_actor(key, spaces)
     }
 
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
@@ -327,26 +315,21 @@ impl<S: Store> Store for Faulty<S> {
         self.inner.commit(batch)
     }
 
-    fn delete_actor(&self, key: &ActorKey, floor: u64) -> Result<(), StoreError> {
-        self.inner.delete_actor(key, floor)
-    }
-
-    fn list_keys(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.list_keys(namespace)
-    }
-
-    fn quarantine(
+    fn read(
         &self,
         key: &ActorKey,
-        epoch: u64,
-        blob: &[u8],
-        floor: u64,
-    ) -> Result<(), StoreError> {
-        self.inner.quarantine(key, epoch, blob, floor)
+        space: Option<Space>,
+        ids: RangeInclusive<u64>,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.inner.read(key, space, ids)
     }
 
-    fn list_quarantined(&self, namespace: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
-        self.inner.list_quarantined(namespace)
+    fn keys(&self, namespace: &str, space: Space) -> Result<Vec<String>, StoreError> {
+        self.inner.keys(namespace, space)
+    }
+
+    fn scan(&self) -> Result<Vec<(ActorKey, Marks)>, StoreError> {
+        self.inner.scan()
     }
 }
 

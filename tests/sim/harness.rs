@@ -18,8 +18,8 @@ use ractor::concurrency::JoinHandle;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use ractor_persist::{
-    ActorCommit, ActorKey, Delivery, Loaded, MemoryStore, OpId, SpawnPersistent, Start, Storage,
-    Store, StoreError,
+    ActorCommit, ActorKey, Delivery, Loaded, MemoryStore, OpId, Space, SpawnPersistent, Start,
+    Storage, Store, StoreError,
 };
 
 use super::protocol::{
@@ -48,8 +48,8 @@ impl Store for Mains {
         "sim"
     }
 
-    fn open_actor(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
-        self.inner.open_actor(key)
+    fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
+        self.inner.open_actor(key, spaces)
     }
 
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
