@@ -54,6 +54,7 @@
 //! | `derive` | yes | `#[derive(Persistent)]` |
 //! | `redb` | yes | [`RedbStore`], the embedded store |
 //! | `memory` | no | `MemoryStore`, the in-memory store |
+//! | `testkit` | no | the conformance kit: `testkit` and `store_conformance!` for your own `Store` |
 //! | `async-trait` | no | needed when ractor's own `async-trait` feature is on in the build |
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -70,6 +71,10 @@ pub use persist_core::{
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use persist_core::MemoryStore;
+
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub use persist_core::{store_conformance, testkit};
 
 #[cfg(feature = "derive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "derive")))]

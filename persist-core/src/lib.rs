@@ -17,6 +17,9 @@ mod shape;
 mod spawn;
 mod storage;
 mod store;
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod testkit;
 mod tx;
 
 pub use error::{

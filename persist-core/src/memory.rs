@@ -102,6 +102,12 @@ impl MemoryStore {
             .insert((key.clone(), Space::SNAPSHOT, 0), bytes);
     }
 
+    /// Sets the sequence floor of `key`, bypassing the rule that a floor never goes down (to
+    /// test that the conformance kit catches a store that breaks it).
+    pub fn force_floor(&self, key: &ActorKey, floor: u64) {
+        self.tables().marks.entry(key.clone()).or_default().floor = floor;
+    }
+
     /// Replaces one pending operation's bytes, bypassing every check (to test damage).
     pub fn put_raw_op(&self, key: &ActorKey, seq: u64, bytes: Vec<u8>) {
         self.tables()
