@@ -20,6 +20,7 @@ mod store;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
+pub mod transfer;
 mod tx;
 
 pub use error::{
@@ -37,8 +38,10 @@ pub use shape::{assert_shape, shape_fingerprint};
 pub use spawn::SpawnPersistent;
 pub use storage::{CommitStats, Quarantined, Storage, StorageConfig};
 pub use store::{
-    ActorCommit, Fence, Loaded, Marks, Row, RowWrite, Space, Store, check_epochs, next_epoch,
+    ActorCommit, Fence, Loaded, MAX_ROW_LEN, Marks, Row, RowWrite, Space, Store, check_epochs,
+    next_epoch,
 };
+pub use transfer::{ImportMode, TransferError, TransferStats, export, import};
 pub use tx::Tx;
 
 /// What the derive's output names. Not public API.

@@ -245,6 +245,29 @@ impl Storage {
         .await
     }
 
+    /// Writes every row and mark of the store to `out` as an export stream (see
+    /// [`crate::transfer`]), in order with the commits sent before. The committer writes
+    /// nothing else meanwhile; for a consistent copy, stop the actors first.
+    pub async fn export(
+        &self,
+        mut out: impl std::io::Write + Send + 'static,
+    ) -> Result<crate::TransferStats, crate::TransferError> {
+        self.call(move |s| Ok(crate::transfer::export(s, &mut out)))
+            .await?
+    }
+
+    /// Reads an export stream from `input` into the store, in one commit (see
+    /// [`crate::transfer::import`]): a truncated or damaged stream, or a non-empty store with
+    /// [`crate::ImportMode::IntoEmpty`], writes nothing. Run it with no actor on the store.
+    pub async fn import(
+        &self,
+        mut input: impl std::io::Read + Send + 'static,
+        mode: crate::ImportMode,
+    ) -> Result<crate::TransferStats, crate::TransferError> {
+        self.call(move |s| Ok(crate::transfer::import(s, &mut input, mode)))
+            .await?
+    }
+
     /// The keys of `namespace` that hold a state, in order.
     pub async fn list(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
         let namespace = namespace.to_owned();

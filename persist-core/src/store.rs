@@ -16,6 +16,10 @@ use std::sync::Arc;
 use crate::error::StoreError;
 use crate::key::ActorKey;
 
+/// The largest row a store must hold: the envelope's payload cap plus room for its header and
+/// its transforms.
+pub const MAX_ROW_LEN: usize = crate::envelope::MAX_PAYLOAD_LEN as usize + 4096;
+
 /// A named space of an actor's rows.
 ///
 /// A space is a small number that backends store as it is; persist-core gives it a meaning.
@@ -256,8 +260,8 @@ pub struct Fence {
 /// - [`Store::open_actor`] takes the next epoch and reads the floor and the rows of the
 ///   spaces asked for, in one transaction, after every commit that returned.
 /// - Rows come back by ascending (space, id); ids are compared as unsigned numbers.
-/// - Keys are any UTF-8 (namespace and key alike, empty included), rows any bytes up to the
-///   envelope cap (16 MiB).
+/// - Keys are any UTF-8 (namespace and key alike, empty included), rows any bytes up to
+///   [`MAX_ROW_LEN`].
 pub trait Store: Send + Sync + 'static {
     /// A short name for errors, such as the file path.
     fn name(&self) -> &str;

@@ -111,9 +111,7 @@ use crate::error::StoreError;
 use crate::key::ActorKey;
 use crate::store::{ActorCommit, Marks, Row, RowWrite, Space, Store};
 
-/// The largest row a store must hold: the envelope's payload cap plus room for its header and
-/// its transforms.
-pub const MAX_ROW_LEN: usize = crate::envelope::MAX_PAYLOAD_LEN as usize + 4096;
+pub use crate::store::MAX_ROW_LEN;
 
 /// One check of the contract: its name and the function that runs it on a fresh store.
 pub type Check = (&'static str, fn(&dyn Store));
