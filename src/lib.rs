@@ -53,6 +53,7 @@
 //! |---|---|---|
 //! | `derive` | yes | `#[derive(Persistent)]` |
 //! | `redb` | yes | [`RedbStore`], the embedded store |
+//! | `sqlite` | no | `SqliteStore`, the SQLite store (SQLite compiled in), in its own file or beside an application's tables |
 //! | `memory` | no | `MemoryStore`, the in-memory store |
 //! | `testkit` | no | the conformance kit: `testkit` and `store_conformance!` for your own `Store` |
 //! | `async-trait` | no | needed when ractor's own `async-trait` feature is on in the build |
@@ -85,6 +86,12 @@ pub use persist_derive::Persistent;
 #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
 pub use persist_redb::{FormatError, RedbStore};
 
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use persist_sqlite::{
+    DEFAULT_TABLE_PREFIX, FormatError as SqliteFormatError, SqliteOptions, SqliteStore,
+};
+
 /// What the derive's output names. Not public API.
 #[doc(hidden)]
 pub use persist_core::__private;
@@ -95,6 +102,8 @@ pub mod prelude {
     pub use crate::MemoryStore;
     #[cfg(feature = "redb")]
     pub use crate::RedbStore;
+    #[cfg(feature = "sqlite")]
+    pub use crate::SqliteStore;
     pub use crate::{
         Control, Delivery, OpId, Outcome, Pending, Persistent, PersistentActor, Seen,
         SpawnPersistent, Storage, Tx,
