@@ -62,12 +62,12 @@
 
 pub use persist_core::{
     ActorCommit, ActorKey, BoxError, CommitError, CommitStats, Control, DEFAULT_MAX_PENDING,
-    DecodeError, DecodeReason, Delivery, Error, Fence, ImportMode, LoadError, Loaded, MAX_ROW_LEN,
-    Marks, NotDeadLetter, OpId, Outcome, OverCapacity, Pending, Persistent, PersistentActor,
-    Quarantined, RecordRef, RequeueError, ResumeError, RetryPolicy, RetryPolicyError, Row,
-    RowWrite, Runtime, Seen, Space, SpawnPersistent, Start, Storage, StorageConfig, Store,
-    StoreError, Stored, TransferError, TransferStats, Tx, assert_shape, check_epochs, export,
-    import, next_epoch, shape_fingerprint, transfer,
+    DecodeError, DecodeReason, Delivery, Error, Fence, ImportMode, KEY_LEN, KeyError, Keyring,
+    LoadError, Loaded, MAX_ROW_LEN, Marks, NotDeadLetter, OpId, Outcome, OverCapacity, Pending,
+    Persistent, PersistentActor, Quarantined, RecordRef, RequeueError, ResumeError, RetryPolicy,
+    RetryPolicyError, Row, RowWrite, Runtime, Seen, Space, SpawnPersistent, Start, Storage,
+    StorageConfig, Store, StoreError, Stored, TransferError, TransferStats, Transforms, Tx,
+    assert_shape, check_epochs, export, import, next_epoch, shape_fingerprint, transfer,
 };
 
 #[cfg(feature = "memory")]

@@ -332,7 +332,7 @@ async fn undecodable_snapshot_fails_the_spawn_with_a_typed_error_and_keeps_the_b
     flipped[last] ^= 0x40;
     damaged.push(("flipped", flipped));
     let mut newer = good.clone();
-    newer[2] = 2;
+    newer[2] = 3;
     damaged.push(("newer format", newer));
 
     for (what, bytes) in damaged {
@@ -349,7 +349,7 @@ async fn undecodable_snapshot_fails_the_spawn_with_a_typed_error_and_keeps_the_b
                 if what == "newer format" {
                     assert!(matches!(
                         d.reason,
-                        DecodeReason::UnknownFormat { found: 2, .. }
+                        DecodeReason::UnknownFormat { found: 3, .. }
                     ));
                 }
             }

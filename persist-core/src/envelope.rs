@@ -14,11 +14,34 @@
 //!     36    4 CRC-32C of bytes 0..36 and the payload, little endian
 //!     40    n postcard payload
 //! ```
+//!
+//! Format 2 is format 1 with record transforms (compression, encryption). It is written only
+//! for a record a transform was applied to; a record without one stays format 1. Bytes 0..40
+//! are laid out as above, except that the length at 32 is the body's (after the transforms),
+//! and the checksum covers bytes 0..36 and everything from 40 on. Then:
+//!
+//! ```text
+//!     40    1 transforms: bit 0 compressed (LZ4 block), bit 1 encrypted (XChaCha20-Poly1305);
+//!             any other bit set is a transform this build does not know
+//!      +    4 (compressed) the payload's length before compression, little endian
+//!      +    4 (encrypted) the id of the key that sealed it, little endian
+//!      +   24 (encrypted) the nonce
+//!      +    n the body: the payload, compressed, then sealed (ciphertext and 16-byte tag)
+//! ```
+//!
+//! The encryption's associated data is the actor key (namespace and key, each with its
+//! length), the record's place (its row id: the sequence number of an operation, 0 for a
+//! snapshot), bytes 0..36 and the transform fields: a record moved to another actor or another
+//! sequence, or with any header byte changed, does not decrypt.
+
+use std::borrow::Cow;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::DecodeReason;
+use crate::key::ActorKey;
+use crate::transform::{NONCE_LEN, TAG_LEN, Transforms};
 
 /// Size of the envelope header in bytes.
 pub(crate) const HEADER_LEN: usize = 40;
@@ -27,6 +50,17 @@ pub(crate) const FORMAT_VERSION: u8 = 1;
 /// No record payload may be larger than this; a larger declared length is damage.
 pub(crate) const MAX_PAYLOAD_LEN: u64 = 64 * 1024 * 1024;
 const MAGIC: [u8; 2] = *b"RP";
+/// The envelope format of a transformed record.
+pub(crate) const FORMAT_V2: u8 = 2;
+const COMPRESSED: u8 = 0x01;
+const ENCRYPTED: u8 = 0x02;
+
+/// Where a record is stored: its actor and its row id. Encryption binds a record to it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Place<'a> {
+    pub(crate) key: &'a ActorKey,
+    pub(crate) id: u64,
+}
 
 /// What a record holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,17 +125,98 @@ pub(crate) fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, po
 /// Wraps an encoded payload (at most [`MAX_PAYLOAD_LEN`] bytes) in an envelope.
 pub(crate) fn wrap(kind: Kind, head: Header, epoch: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    header_fields(&mut out, FORMAT_VERSION, kind, head, epoch, payload.len());
+    let crc = checksum(&out, payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Writes bytes 0..36 of an envelope.
+fn header_fields(
+    out: &mut Vec<u8>,
+    format: u8,
+    kind: Kind,
+    head: Header,
+    epoch: u64,
+    body_len: usize,
+) {
     out.extend_from_slice(&MAGIC);
-    out.push(FORMAT_VERSION);
+    out.push(format);
     out.push(kind as u8);
     out.extend_from_slice(&head.schema.to_le_bytes());
     out.extend_from_slice(&epoch.to_le_bytes());
     out.extend_from_slice(&head.sequence.to_le_bytes());
     out.extend_from_slice(&head.fingerprint.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    let crc = checksum(&out, payload);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+}
+
+/// The associated data of an encrypted record: its place, header and transform fields.
+fn associated_data(place: Place<'_>, head: &[u8], fields: &[u8]) -> Vec<u8> {
+    let (ns, key) = (place.key.namespace(), place.key.key());
+    let mut aad = Vec::with_capacity(16 + ns.len() + key.len() + head.len() + fields.len());
+    aad.extend_from_slice(&(ns.len() as u32).to_le_bytes());
+    aad.extend_from_slice(ns.as_bytes());
+    aad.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    aad.extend_from_slice(key.as_bytes());
+    aad.extend_from_slice(&place.id.to_le_bytes());
+    aad.extend_from_slice(head);
+    aad.extend_from_slice(fields);
+    aad
+}
+
+/// Wraps an encoded payload in an envelope, applying `transforms`: format 1 when none
+/// applies (no transform configured, or a payload under the threshold or incompressible and
+/// no encryption), format 2 otherwise.
+pub(crate) fn seal(
+    kind: Kind,
+    head: Header,
+    epoch: u64,
+    payload: &[u8],
+    transforms: &Transforms,
+    place: Place<'_>,
+) -> Vec<u8> {
+    if transforms.is_plain() {
+        return wrap(kind, head, epoch, payload);
+    }
+    let mut flags = 0;
+    let mut body = Cow::Borrowed(payload);
+    if let Some(limit) = transforms.compress_above
+        && payload.len() > limit
+    {
+        let packed = lz4_flex::block::compress(payload);
+        if packed.len() < payload.len() {
+            flags |= COMPRESSED;
+            body = Cow::Owned(packed);
+        }
+    }
+    let keys = transforms.keys.as_deref();
+    if keys.is_some() {
+        flags |= ENCRYPTED;
+    }
+    if flags == 0 {
+        return wrap(kind, head, epoch, payload);
+    }
+    let body_len = body.len() + if keys.is_some() { TAG_LEN } else { 0 };
+    let mut out = Vec::with_capacity(HEADER_LEN + 1 + 4 + 4 + NONCE_LEN + body_len);
+    header_fields(&mut out, FORMAT_V2, kind, head, epoch, body_len);
+    out.extend_from_slice(&[0; 4]); // the checksum, filled in below
+    out.push(flags);
+    if flags & COMPRESSED != 0 {
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    }
+    if let Some(keys) = keys {
+        let (key_id, nonce) = keys.next_nonce();
+        out.extend_from_slice(&key_id.to_le_bytes());
+        out.extend_from_slice(&nonce);
+        let aad = associated_data(place, &out[..36], &out[HEADER_LEN..]);
+        let sealed = keys.seal(&nonce, &aad, &body);
+        body = Cow::Owned(sealed);
+    }
+    debug_assert_eq!(body.len(), body_len);
+    out.extend_from_slice(&body);
+    let crc = checksum(&out[..36], &out[HEADER_LEN..]);
+    out[36..40].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
@@ -109,12 +224,30 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(header), payload)
 }
 
-/// Checks the envelope and returns its header and payload bytes.
+/// A checked envelope: its checksum and lengths hold; its body may still be transformed.
+#[derive(Debug)]
+pub(crate) struct Verified<'a> {
+    pub(crate) kind: Kind,
+    pub(crate) header: Header,
+    /// Bytes 0..36.
+    head: &'a [u8],
+    /// The transform fields (format 2), empty for format 1.
+    fields: &'a [u8],
+    body: &'a [u8],
+}
+
+/// Checks the envelope and returns its header and payload bytes, undoing its transforms.
 ///
 /// `schema` is the version of the running code: a record from a newer schema is refused.
 /// Each envelope format has its own reader; a format this build does not know is refused.
-pub(crate) fn open(bytes: &[u8], kind: Kind, schema: u32) -> Result<(Header, &[u8]), DecodeReason> {
-    let (found, header, payload) = open_any(bytes, schema)?;
+pub(crate) fn open<'a>(
+    bytes: &'a [u8],
+    kind: Kind,
+    schema: u32,
+    transforms: &Transforms,
+    place: Place<'_>,
+) -> Result<(Header, Cow<'a, [u8]>), DecodeReason> {
+    let (found, header, payload) = open_any(bytes, schema, transforms, place)?;
     if found != kind {
         return Err(DecodeReason::WrongKind {
             expected: kind.name(),
@@ -125,7 +258,76 @@ pub(crate) fn open(bytes: &[u8], kind: Kind, schema: u32) -> Result<(Header, &[u
 }
 
 /// Like [`open`], for a record that may be of any known kind.
-pub(crate) fn open_any(bytes: &[u8], schema: u32) -> Result<(Kind, Header, &[u8]), DecodeReason> {
+pub(crate) fn open_any<'a>(
+    bytes: &'a [u8],
+    schema: u32,
+    transforms: &Transforms,
+    place: Place<'_>,
+) -> Result<(Kind, Header, Cow<'a, [u8]>), DecodeReason> {
+    let v = verify(bytes, schema)?;
+    let payload = untransform(&v, transforms, place)?;
+    Ok((v.kind, v.header, payload))
+}
+
+/// Undoes a verified record's transforms.
+fn untransform<'a>(
+    v: &Verified<'a>,
+    transforms: &Transforms,
+    place: Place<'_>,
+) -> Result<Cow<'a, [u8]>, DecodeReason> {
+    let Some(&flags) = v.fields.first() else {
+        return Ok(Cow::Borrowed(v.body));
+    };
+    let mut at = 1;
+    let mut raw_len = None;
+    if flags & COMPRESSED != 0 {
+        raw_len = Some(u32::from_le_bytes(
+            v.fields[at..at + 4].try_into().expect("4 bytes"),
+        ));
+        at += 4;
+    }
+    let mut body = Cow::Borrowed(v.body);
+    if flags & ENCRYPTED != 0 {
+        let key_id = u32::from_le_bytes(v.fields[at..at + 4].try_into().expect("4 bytes"));
+        let nonce = &v.fields[at + 4..at + 4 + NONCE_LEN];
+        let keys = match transforms.keys.as_deref() {
+            Some(keys) if keys.has(key_id) => keys,
+            _ => return Err(DecodeReason::MissingKey { key_id }),
+        };
+        let aad = associated_data(place, v.head, v.fields);
+        let plain = keys
+            .open(key_id, nonce, &aad, v.body)
+            .ok_or(DecodeReason::Decrypt { key_id })?;
+        body = Cow::Owned(plain);
+    }
+    if let Some(raw_len) = raw_len {
+        if u64::from(raw_len) > MAX_PAYLOAD_LEN {
+            return Err(DecodeReason::TooLarge {
+                len: u64::from(raw_len),
+                max: MAX_PAYLOAD_LEN,
+            });
+        }
+        let mut out = vec![0u8; raw_len as usize];
+        match lz4_flex::block::decompress_into(&body, &mut out) {
+            Ok(n) if n == out.len() => body = Cow::Owned(out),
+            Ok(n) => {
+                return Err(DecodeReason::Decompress {
+                    detail: format!("{n} bytes, where the record states {raw_len}"),
+                });
+            }
+            Err(e) => {
+                return Err(DecodeReason::Decompress {
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(body)
+}
+
+/// Checks an envelope's checksum, lengths, kind and schema, without undoing its transforms:
+/// enough to trust its header.
+pub(crate) fn verify(bytes: &[u8], schema: u32) -> Result<Verified<'_>, DecodeReason> {
     if bytes.len() < 3 {
         return Err(DecodeReason::TooShort {
             len: bytes.len(),
@@ -137,12 +339,16 @@ pub(crate) fn open_any(bytes: &[u8], schema: u32) -> Result<(Kind, Header, &[u8]
             found: [bytes[0], bytes[1]],
         });
     }
-    let (found_kind, header, payload) = match bytes[2] {
-        1 => open_v1(bytes)?,
+    let (found_kind, header, fields, body) = match bytes[2] {
+        1 => {
+            let (kind, header, payload) = open_v1(bytes)?;
+            (kind, header, &bytes[..0], payload)
+        }
+        FORMAT_V2 => open_v2(bytes)?,
         found => {
             return Err(DecodeReason::UnknownFormat {
                 found,
-                supported: FORMAT_VERSION,
+                supported: FORMAT_V2,
             });
         }
     };
@@ -166,7 +372,73 @@ pub(crate) fn open_any(bytes: &[u8], schema: u32) -> Result<(Kind, Header, &[u8]
             expected: schema,
         });
     }
-    Ok((kind, header, payload))
+    Ok(Verified {
+        kind,
+        header,
+        head: &bytes[..36],
+        fields,
+        body,
+    })
+}
+
+/// Reads format 2 (format 1 with transform fields): kind, header, fields and body.
+/// A format 2 record's kind byte, header, transform fields and body.
+type V2<'a> = (u8, Header, &'a [u8], &'a [u8]);
+
+fn open_v2(bytes: &[u8]) -> Result<V2<'_>, DecodeReason> {
+    if bytes.len() <= HEADER_LEN {
+        return Err(DecodeReason::TooShort {
+            len: bytes.len(),
+            header: HEADER_LEN + 1,
+        });
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    let stored = u32_at(36);
+    let computed = checksum(&bytes[..36], &bytes[HEADER_LEN..]);
+    if stored != computed {
+        return Err(DecodeReason::Checksum { stored, computed });
+    }
+    let flags = bytes[HEADER_LEN];
+    if flags & !(COMPRESSED | ENCRYPTED) != 0 || flags == 0 {
+        return Err(DecodeReason::UnknownTransform { flags });
+    }
+    let mut fields_len = 1;
+    if flags & COMPRESSED != 0 {
+        fields_len += 4;
+    }
+    if flags & ENCRYPTED != 0 {
+        fields_len += 4 + NONCE_LEN;
+    }
+    if bytes.len() < HEADER_LEN + fields_len {
+        return Err(DecodeReason::TooShort {
+            len: bytes.len(),
+            header: HEADER_LEN + fields_len,
+        });
+    }
+    let declared = u64::from(u32_at(32));
+    let max = MAX_PAYLOAD_LEN + TAG_LEN as u64;
+    if declared > max {
+        return Err(DecodeReason::TooLarge { len: declared, max });
+    }
+    let body = &bytes[HEADER_LEN + fields_len..];
+    if declared != body.len() as u64 {
+        return Err(DecodeReason::LengthMismatch {
+            declared,
+            actual: body.len() as u64,
+        });
+    }
+    let header = Header {
+        schema: u32_at(4),
+        sequence: u64_at(16),
+        fingerprint: u64_at(24),
+    };
+    Ok((
+        bytes[3],
+        header,
+        &bytes[HEADER_LEN..HEADER_LEN + fields_len],
+        body,
+    ))
 }
 
 /// Reads format 1 (the layout at the top of this file): kind, header and payload.
@@ -252,8 +524,10 @@ pub(crate) fn decode<T: DeserializeOwned>(
     kind: Kind,
     schema: u32,
 ) -> Result<(Header, T), DecodeReason> {
-    let (header, body) = open(bytes, kind, schema)?;
-    Ok((header, payload(body)?))
+    let key = ActorKey::new("t", "t");
+    let place = Place { key: &key, id: 0 };
+    let (header, body) = open(bytes, kind, schema, &Transforms::none(), place)?;
+    Ok((header, payload(&body)?))
 }
 
 #[cfg(test)]

@@ -114,6 +114,39 @@ pub enum DecodeReason {
         /// Format this build reads.
         supported: u8,
     },
+    /// A record with a transform this build does not know (a newer writer).
+    #[error(
+        "the record has transform flags {flags:#04x}; this build knows 0x01 (compressed) and 0x02 (encrypted)"
+    )]
+    UnknownTransform {
+        /// The flags found.
+        flags: u8,
+    },
+    /// An encrypted record whose key is not in the keyring (or no keyring is configured).
+    #[error(
+        "the record is encrypted with key id {key_id}, which the keyring does not hold \
+         (configure it with Keyring::new or Keyring::with_old_key)"
+    )]
+    MissingKey {
+        /// The id of the key that sealed the record.
+        key_id: u32,
+    },
+    /// An encrypted record that does not open with its key: a wrong key under that id, a
+    /// changed byte, or a record moved from another actor or another sequence number.
+    #[error(
+        "the record does not decrypt with key id {key_id}: a wrong key under that id, a \
+         changed byte, or a record moved from another actor or sequence"
+    )]
+    Decrypt {
+        /// The id of the key tried.
+        key_id: u32,
+    },
+    /// A compressed record that does not decompress to its stated length.
+    #[error("the record does not decompress: {detail}")]
+    Decompress {
+        /// What went wrong.
+        detail: String,
+    },
     /// A record of another kind where this one was expected.
     #[error("expected a {expected} record, found kind {found}")]
     WrongKind {

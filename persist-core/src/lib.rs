@@ -21,6 +21,7 @@ mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 pub mod transfer;
+mod transform;
 mod tx;
 
 pub use error::{
@@ -42,6 +43,7 @@ pub use store::{
     next_epoch,
 };
 pub use transfer::{ImportMode, TransferError, TransferStats, export, import};
+pub use transform::{KEY_LEN, KeyError, Keyring, Transforms};
 pub use tx::Tx;
 
 /// What the derive's output names. Not public API.

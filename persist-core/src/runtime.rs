@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use ractor::{ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::envelope::{self, Header, Kind};
+use crate::envelope::{self, Header, Kind, Place};
 use crate::error::{CommitError, DecodeError, DecodeReason, LoadError, RecordRef, StoreError};
 use crate::key::ActorKey;
 use crate::model::{
@@ -18,6 +18,7 @@ use crate::model::{
 use crate::shape::shape_fingerprint;
 use crate::storage::{Storage, next_sequence, panic_text, sequence_floor};
 use crate::store::{ActorCommit, Space};
+use crate::transform::Transforms;
 use crate::tx::Tx;
 
 /// The start arguments of a persistent actor: where it lives and what `init` gets.
@@ -144,7 +145,12 @@ impl<A: PersistentActor> Runtime<A> {
             sequence: seq,
             fingerprint: self.op_shape,
         };
-        envelope::wrap(kind, head, self.epoch, payload)
+        let place = Place {
+            key: &self.key,
+            id: seq,
+        };
+        let transforms = self.storage.transforms();
+        envelope::seal(kind, head, self.epoch, payload, transforms, place)
     }
 
     /// The record of a pending operation: plain while it never failed, with its failed
@@ -212,23 +218,24 @@ pub async fn pre_start<A: Persistent>(
     // Ids go on above every one the key ever used, whatever happened to its record.
     let mut next_seq = next_sequence(&loaded, FLOOR_BLOCK);
     let mut reserved = loaded.floor;
-    let (snapshot, pending, dead) = match decode_record::<A>(&key, &loaded).map_err(|e| *e) {
-        Ok(decoded) => decoded,
-        Err(LoadError::Decode(e)) if start.quarantine && e.reason.is_damage() => {
-            // Opted in, and the bytes are damaged: keep them aside and start fresh. The
-            // floor is written in the same transaction, so no id is reused even if this
-            // instance stops before its first write.
-            let floor = sequence_floor(&loaded);
-            start
-                .storage
-                .quarantine(&key, loaded.epoch, e.to_string(), &loaded, floor)
-                .await
-                .map_err(store_err)?;
-            (next_seq, reserved) = (floor, floor);
-            (None, BTreeMap::new(), BTreeMap::new())
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (snapshot, pending, dead) =
+        match decode_record::<A>(&key, &loaded, start.storage.transforms()).map_err(|e| *e) {
+            Ok(decoded) => decoded,
+            Err(LoadError::Decode(e)) if start.quarantine && e.reason.is_damage() => {
+                // Opted in, and the bytes are damaged: keep them aside and start fresh. The
+                // floor is written in the same transaction, so no id is reused even if this
+                // instance stops before its first write.
+                let floor = sequence_floor(&loaded);
+                start
+                    .storage
+                    .quarantine(&key, loaded.epoch, e.to_string(), &loaded, floor)
+                    .await
+                    .map_err(store_err)?;
+                (next_seq, reserved) = (floor, floor);
+                (None, BTreeMap::new(), BTreeMap::new())
+            }
+            Err(e) => return Err(e.into()),
+        };
     let (state, committed) = match snapshot {
         Some(loaded) => loaded,
         None => {
@@ -285,6 +292,7 @@ type Decoded<A> = (
 fn decode_record<A: Persistent>(
     key: &Arc<ActorKey>,
     loaded: &crate::store::Loaded,
+    transforms: &Transforms,
 ) -> Result<Decoded<A>, Box<LoadError>> {
     let mut errors: Vec<DecodeError> = Vec::new();
     let bad = |record, reason| DecodeError {
@@ -295,11 +303,17 @@ fn decode_record<A: Persistent>(
     };
     let mut snapshot = None;
     if let Some(bytes) = loaded.snapshot() {
-        let decoded =
-            envelope::open(bytes, Kind::Snapshot, A::VERSION).and_then(|(header, body)| {
-                let state = decode_versioned(A::VERSION, header, body, A::migrate_state)?;
-                Ok((header, body, state))
-            });
+        let decoded = envelope::open(
+            bytes,
+            Kind::Snapshot,
+            A::VERSION,
+            transforms,
+            Place { key, id: 0 },
+        )
+        .and_then(|(header, body)| {
+            let state = decode_versioned(A::VERSION, header, &body, A::migrate_state)?;
+            Ok((header, body, state))
+        });
         match decoded {
             Ok((header, body, state)) => {
                 // After a migration the bytes differ from the stored ones: the next change
@@ -322,7 +336,7 @@ fn decode_record<A: Persistent>(
     let mut pending = BTreeMap::new();
     let mut dead = BTreeMap::new();
     for (seq, bytes) in loaded.space(Space::OPS) {
-        match decode_op::<A>(seq, bytes) {
+        match decode_op::<A>(key, seq, bytes, transforms) {
             Ok((kind, attempts, op)) => {
                 let entry = Pending {
                     id: OpId::shared(key.clone(), seq),
@@ -349,11 +363,17 @@ fn decode_record<A: Persistent>(
 }
 
 /// Decodes operation record `seq`: its kind (pending or dead), failed attempts, and the op.
-fn decode_op<A: Persistent>(seq: u64, bytes: &[u8]) -> Result<(Kind, u32, A::Op), DecodeReason> {
-    let (kind, header, body) = envelope::open_any(bytes, A::VERSION)?;
+fn decode_op<A: Persistent>(
+    key: &ActorKey,
+    seq: u64,
+    bytes: &[u8],
+    transforms: &Transforms,
+) -> Result<(Kind, u32, A::Op), DecodeReason> {
+    let place = Place { key, id: seq };
+    let (kind, header, body) = envelope::open_any(bytes, A::VERSION, transforms, place)?;
     let (attempts, body) = match kind {
-        Kind::Op | Kind::DeadOp => (0, body),
-        Kind::RetriedOp | Kind::CountedDeadOp => envelope::split_attempts(body)?,
+        Kind::Op | Kind::DeadOp => (0, &body[..]),
+        Kind::RetriedOp | Kind::CountedDeadOp => envelope::split_attempts(&body)?,
         Kind::Snapshot => {
             return Err(DecodeReason::WrongKind {
                 expected: "operation",
@@ -548,8 +568,14 @@ async fn cycle<A: Persistent>(
             sequence: next_seq,
             fingerprint: rt.state_shape,
         };
-        let snapshot = (changed || !parts.pushed.is_empty())
-            .then(|| envelope::wrap(Kind::Snapshot, head, rt.epoch, &encoded));
+        let snapshot = (changed || !parts.pushed.is_empty()).then(|| {
+            let place = Place {
+                key: &rt.key,
+                id: 0,
+            };
+            let transforms = rt.storage.transforms();
+            envelope::seal(Kind::Snapshot, head, rt.epoch, &encoded, transforms, place)
+        });
         let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
         commit
             .writes

@@ -16,15 +16,19 @@ use tokio::sync::oneshot;
 use crate::error::StoreError;
 use crate::key::ActorKey;
 use crate::store::{ActorCommit, Loaded, Space, Store};
+use crate::transform::Transforms;
 
-/// Limits of one group commit.
-#[derive(Clone, Copy, Debug)]
+/// Limits of one group commit, and the transforms applied to every record.
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StorageConfig {
     /// Most actor commits written in one transaction.
     pub max_batch: usize,
     /// Most bytes written in one transaction (a single larger commit is still written alone).
     pub max_batch_bytes: usize,
+    /// Compression and encryption of the records the actors on this storage write (and the
+    /// keys they read with). None by default.
+    pub transforms: Transforms,
 }
 
 impl Default for StorageConfig {
@@ -32,6 +36,17 @@ impl Default for StorageConfig {
         StorageConfig {
             max_batch: 4096,
             max_batch_bytes: 32 * 1024 * 1024,
+            transforms: Transforms::default(),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The default limits, with `transforms`.
+    pub fn with_transforms(transforms: Transforms) -> Self {
+        StorageConfig {
+            transforms,
+            ..Self::default()
         }
     }
 }
@@ -98,6 +113,7 @@ struct Counters {
 
 struct Inner {
     name: String,
+    transforms: Transforms,
     requests: Sender<Request>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
@@ -133,6 +149,7 @@ impl Storage {
         let name = store.name().to_owned();
         let (requests, rx) = channel();
         let counters = Arc::new(Counters::default());
+        let transforms = config.transforms.clone();
         let committer = Committer {
             store: Box::new(store),
             name: name.clone(),
@@ -148,11 +165,17 @@ impl Storage {
         Storage {
             inner: Arc::new(Inner {
                 name,
+                transforms,
                 requests,
                 thread: Mutex::new(Some(thread)),
                 counters,
             }),
         }
+    }
+
+    /// The transforms applied to the records written through this storage.
+    pub fn transforms(&self) -> &Transforms {
+        &self.inner.transforms
     }
 
     /// The store's name, as used in errors.
@@ -530,8 +553,8 @@ impl Committer {
 pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
     let header = loaded
         .snapshot()
-        .and_then(|b| match crate::envelope::open_any(b, u32::MAX) {
-            Ok((_, h, _)) => Some(h.sequence),
+        .and_then(|b| match crate::envelope::verify(b, u32::MAX) {
+            Ok(v) => Some(v.header.sequence),
             Err(_) => crate::envelope::unverified_sequence(b),
         });
     loaded.floor.max(after_ops(loaded)).max(header.unwrap_or(0))
@@ -556,10 +579,10 @@ fn after_ops(loaded: &Loaded) -> u64 {
 pub(crate) fn next_sequence(loaded: &Loaded, block: u64) -> u64 {
     let verified = loaded
         .snapshot()
-        .map(|b| crate::envelope::open_any(b, u32::MAX));
+        .map(|b| crate::envelope::verify(b, u32::MAX));
     match verified {
-        Some(Ok((_, header, _))) if header.sequence.saturating_add(block) >= loaded.floor => {
-            header.sequence.max(after_ops(loaded))
+        Some(Ok(v)) if v.header.sequence.saturating_add(block) >= loaded.floor => {
+            v.header.sequence.max(after_ops(loaded))
         }
         _ => sequence_floor(loaded),
     }

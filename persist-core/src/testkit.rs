@@ -63,7 +63,7 @@
 //!                         t.0.insert(((*c.key).clone(), *space, *id), bytes.clone());
 //!                     }
 //!                     RowWrite::Delete { space, first, last } => t.0.retain(|(k, s, id), _| {
-//!                         !(**k == *c.key && s == space && (*first..=*last).contains(id))
+//!                         !(*k == *c.key && s == space && (*first..=*last).contains(id))
 //!                     }),
 //!                 }
 //!             }
