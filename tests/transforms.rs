@@ -502,7 +502,9 @@ async fn every_bit_flip_of_a_transformed_record_is_a_typed_error() {
 
 /// The golden records: one state and one pending operation written by this release under
 /// each transform, kept in `tests/golden/`. A later release must still read them.
-const GOLDEN: [(&str, fn() -> Transforms); 3] = [
+type Golden = (&'static str, fn() -> Transforms);
+
+const GOLDEN: [Golden; 3] = [
     ("compressed", || Transforms::none().compress_above(16)),
     ("encrypted", || encrypted(Keyring::new(9, &key1()).unwrap())),
     ("compressed-encrypted", || {
