@@ -85,6 +85,7 @@ fn probe_key(test: &str, b: &Backend) -> String {
     let backend = match b {
         Backend::Memory(_) => "memory",
         Backend::Redb(..) => "redb",
+        Backend::Sqlite(..) => "sqlite",
     };
     format!("{test}-{backend}")
 }

@@ -1,7 +1,7 @@
 //! Test actors and backends shared by the end-to-end tests.
 #![allow(dead_code, unused_macros)]
 
-/// Runs each named `async fn(Backend)` as a test against the memory store and against redb:
+/// Runs each named `async fn(Backend)` as a test against the memory store, redb and SQLite:
 /// one behaviour suite for every backend.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -12,6 +12,10 @@ macro_rules! on_every_backend {
         mod redb {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::common::Backend::redb()).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::common::Backend::sqlite()).await })*
         }
     };
 }
@@ -25,8 +29,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_persist::{
     ActorCommit, ActorKey, DecodeError, LoadError, Loaded, Marks, MemoryStore, OpId, Outcome,
-    Pending, Persistent, PersistentActor, RedbStore, RetryPolicy, Row, Space, Start, Storage,
-    Store, StoreError, Tx,
+    Pending, Persistent, PersistentActor, RedbStore, RetryPolicy, Row, Space, SqliteStore, Start,
+    Storage, Store, StoreError, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -198,6 +202,7 @@ pub fn ledger_key(key: &str) -> ActorKey {
 pub enum Backend {
     Memory(MemoryStore),
     Redb(tempfile::TempDir, PathBuf),
+    Sqlite(tempfile::TempDir, PathBuf),
 }
 
 impl Backend {
@@ -211,12 +216,21 @@ impl Backend {
         Backend::Redb(dir, path)
     }
 
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("store.sqlite");
+        Backend::Sqlite(dir, path)
+    }
+
     /// Opens the store (again), wrapped so a test can count and fail commits.
     pub fn open(&self, faults: &Faults) -> Storage {
         match self {
             Backend::Memory(m) => Storage::new(faults.wrap(m.clone())),
             Backend::Redb(_, path) => {
                 Storage::new(faults.wrap(RedbStore::open(path).expect("open redb")))
+            }
+            Backend::Sqlite(_, path) => {
+                Storage::new(faults.wrap(SqliteStore::open(path).expect("open sqlite")))
             }
         }
     }
@@ -225,6 +239,7 @@ impl Backend {
         match self {
             Backend::Memory(m) => f(m),
             Backend::Redb(_, path) => f(&RedbStore::open(path).expect("open redb")),
+            Backend::Sqlite(_, path) => f(&SqliteStore::open(path).expect("open sqlite")),
         }
     }
 
