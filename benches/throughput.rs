@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo bench --bench throughput`; `BENCH_QUICK=1 cargo bench --bench throughput`
 //! (or `-- quick`) runs a shorter version. Naming sections after `--` runs only those:
-//! `durable`, `unchanged`, `cycle`, `resident`, `recovery`; `BENCH_ACTORS=1,1024` limits
+//! `durable`, `unchanged`, `cycle`, `resident`, `recovery`, `transforms`; `BENCH_ACTORS=1,1024` limits
 //! `durable` to those actor counts (for profiling). See docs/performance.md.
 
 #[path = "throughput/actors.rs"]
@@ -20,6 +20,8 @@ mod raw;
 mod recovery;
 #[path = "throughput/resident.rs"]
 mod resident;
+#[path = "throughput/transforms.rs"]
+mod transforms;
 
 use std::time::Duration;
 
@@ -39,6 +41,13 @@ struct Plan {
 }
 
 impl Plan {
+    /// Messages per transform measurement: fewer on disk (each one is an fsync).
+    fn transforms_msgs(&self, disk: bool, pad: usize) -> usize {
+        let base = if disk { 600 } else { 20_000 };
+        let base = if pad > 1024 { base / 4 } else { base };
+        if self.reps == 1 { base / 4 } else { base }
+    }
+
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
@@ -245,6 +254,45 @@ fn main() {
                 dur(c.p99),
             );
             verdict("unchanged / changed, 1 actor", u.rate / c.rate, 50.0, "x");
+        }
+
+        if run("transforms") {
+            println!("\n== 7. record transforms, one actor, call! closed loop of state-changing messages (each pushes one op): per message, elapsed and CPU of all threads");
+            println!("   baseline: the same actor and store with no transform (plain), run in the same repeat; ratios are medians of per-repeat ratios");
+            println!("   compressed: LZ4 above 64 bytes; encrypted: XChaCha20-Poly1305; both: compressed then encrypted");
+            for (store, disk) in [("MemoryStore", false), ("redb", true)] {
+                for &pad in &[64usize, 16 * 1024] {
+                    let n = plan.transforms_msgs(disk, pad);
+                    let variants = transforms::variants();
+                    let mut costs: Vec<Vec<transforms::Cost>> = vec![Vec::new(); variants.len()];
+                    for _ in 0..plan.reps {
+                        for (i, (_, t)) in variants.iter().enumerate() {
+                            costs[i].push(transforms::cost(dir.path(), t.clone(), pad, n, disk).await);
+                        }
+                    }
+                    let median = |mut v: Vec<f64>| {
+                        v.sort_by(|a, b| a.total_cmp(b));
+                        v[v.len() / 2]
+                    };
+                    for (i, (name, _)) in variants.iter().enumerate() {
+                        let wall = median(costs[i].iter().map(|c| c.wall).collect());
+                        let cpu = median(costs[i].iter().map(|c| c.cpu).collect());
+                        let ratio = median(
+                            costs[i].iter().zip(&costs[0]).map(|(c, p)| c.wall / p.wall).collect(),
+                        );
+                        let cpu_ratio = median(
+                            costs[i].iter().zip(&costs[0]).map(|(c, p)| c.cpu / p.cpu).collect(),
+                        );
+                        println!(
+                            "{store:>11} state {:>6} B  {name:<10}: {:>9}/msg (CPU {:>9})  x{ratio:.2} of plain (CPU x{cpu_ratio:.2})  snapshot stored {:>6} B  [{n} msgs]",
+                            pad + 8,
+                            us(wall),
+                            us(cpu),
+                            costs[i][0].stored,
+                        );
+                    }
+                }
+            }
         }
 
         if run("cycle") {

@@ -245,8 +245,8 @@ async fn a_damaged_stream_is_a_typed_error_and_imports_nothing() {
     let err = import(&target, &mut &bad[..], ImportMode::IntoEmpty).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("carol ü 🦀") && text.contains("byte"),
-        "{text}"
+        text.contains("carol ü 🦀") && text.contains("row (quarantine") && text.contains("byte"),
+        "the record's own checksum names it: {text}"
     );
 }
 

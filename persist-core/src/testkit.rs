@@ -489,6 +489,7 @@ pub mod checks {
         for id in 0..10 {
             c = c.put(Space::OPS, id, vec![id as u8]);
             c = c.put(Space::QUARANTINE, id, vec![id as u8]);
+            c = c.put(Space::new(9), id, vec![id as u8]);
         }
         let co = ActorCommit::new(other.clone(), eo).put(Space::OPS, 4, b"other".to_vec());
         commit(s, &[c, co]);
@@ -498,8 +499,23 @@ pub mod checks {
             first: 3,
             last: 6,
         });
-        c = c.remove(Space::OPS, 9).remove(Space::OPS, 42);
+        c.writes.push(RowWrite::Delete {
+            space: Space::new(9),
+            first: 2,
+            last: 4,
+        });
+        c = c
+            .remove(Space::OPS, 9)
+            .remove(Space::OPS, 42)
+            .remove(Space::new(9), 8);
         commit(s, &[c]);
+        let nine: Vec<u64> = s
+            .read(&k, Some(Space::new(9)), 0..=u64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(nine, vec![0, 1, 5, 6, 7, 9], "a range of another space");
         let ops: Vec<u64> = s
             .read(&k, Some(Space::OPS), 0..=u64::MAX)
             .unwrap()
@@ -789,7 +805,13 @@ pub mod checks {
     pub fn the_largest_row_round_trips(s: &dyn Store) {
         let k = key("big");
         let e = epoch(s, &k);
-        let big: Vec<u8> = (0..MAX_ROW_LEN).map(|i| (i % 251) as u8).collect();
+        // A pattern of a prime length, so no page or block of the row repeats another's.
+        let pattern: Vec<u8> = (0..4099u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut big = Vec::with_capacity(MAX_ROW_LEN);
+        while big.len() < MAX_ROW_LEN {
+            let take = (MAX_ROW_LEN - big.len()).min(pattern.len());
+            big.extend_from_slice(&pattern[..take]);
+        }
         commit(
             s,
             &[ActorCommit::new(k.clone(), e)

@@ -504,3 +504,11 @@ pub fn import(
     store.commit(&batch)?;
     Ok(stats)
 }
+
+/// Copies every row and mark of `from` into `to` (which must hold nothing), through an export
+/// stream in memory: the one-liner to move a store between backends offline.
+pub fn copy(from: &dyn Store, to: &dyn Store) -> Result<TransferStats, TransferError> {
+    let mut stream = Vec::new();
+    export(from, &mut stream)?;
+    import(to, &mut stream.as_slice(), ImportMode::IntoEmpty)
+}
