@@ -34,3 +34,26 @@ fn readme_tells_how_to_fix_the_async_trait_and_cluster_errors() {
         assert!(doc.contains(needle), "missing: {needle}");
     }
 }
+
+#[test]
+fn readme_shows_the_move_store_one_liner_the_example_runs() {
+    let readme = include_str!("../README.md");
+    let example = include_str!("../examples/move_store.rs");
+    let line =
+        "transfer::copy(&RedbStore::open(\"bank.redb\")?, &SqliteStore::open(\"bank.sqlite\")?)?;";
+    assert!(readme.contains(line), "README lacks the one-liner");
+    assert!(
+        example.contains(line),
+        "examples/move_store.rs lacks the one-liner"
+    );
+    for feature in [
+        "`redb`",
+        "`sqlite`",
+        "`memory`",
+        "`testkit`",
+        "compression",
+        "encryption",
+    ] {
+        assert!(readme.contains(feature), "README's tables lack {feature}");
+    }
+}
