@@ -1,11 +1,13 @@
-//! The torture program of the kill -9 loop: many persistent actors under load on one redb
-//! store, printing one line for every reply received and every operation performed, so that a
-//! driver that kills the process at any moment can check the history afterwards.
+//! The torture program of the kill -9 loop: many persistent actors under load on one store
+//! (redb, or SQLite), printing one line for every reply received and every operation
+//! performed, so that a driver that kills the process at any moment can check the history
+//! afterwards.
 //!
-//! Run with `cargo run --example torture -- PATH [SEED] [ACTORS] [--check]`: it recovers every
-//! actor from the store at PATH, prints what it found, then loads them until it is killed
-//! (`--check` stops after the recovery). `tests/crash_kill_loop.rs` is the driver; it runs this
-//! same code in a child process, kills it with SIGKILL and checks each restart.
+//! Run with `cargo run --example torture -- PATH [SEED] [ACTORS] [--check] [--backend B]`: it
+//! recovers every actor from the store at PATH (a `RedbStore`, or with `--backend sqlite` a
+//! `SqliteStore`), prints what it found, then loads them until it is killed (`--check` stops
+//! after the recovery). `tests/crash_kill_loop.rs` is the driver; it runs this same code in a
+//! child process, kills it with SIGKILL and checks each restart.
 //!
 //! Each actor holds a [`Tally`]: how many values it appended and a hash chain over them, so a
 //! recovered state names exactly which prefix of the values sent it holds. Each append pushes
@@ -27,7 +29,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call};
 use ractor_persist::{
-    Outcome, Pending, Persistent, PersistentActor, RedbStore, Start, Storage, Tx,
+    Outcome, Pending, Persistent, PersistentActor, RedbStore, SqliteStore, Start, Storage, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -168,6 +170,34 @@ fn line(args: std::fmt::Arguments<'_>) {
     let _ = out.flush();
 }
 
+/// The store the actors run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Redb,
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend's name, as `--backend` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Redb => "redb",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+
+    /// Opens (or creates) the store at `path`.
+    pub fn open(
+        self,
+        path: &std::path::Path,
+    ) -> Result<Storage, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(match self {
+            Backend::Redb => Storage::new(RedbStore::open(path)?),
+            Backend::Sqlite => Storage::new(SqliteStore::open(path)?),
+        })
+    }
+}
+
 /// What one run does.
 pub struct Options {
     pub path: std::path::PathBuf,
@@ -175,21 +205,30 @@ pub struct Options {
     pub actors: usize,
     /// Stop after the recovery instead of loading until killed.
     pub check: bool,
+    pub backend: Backend,
 }
 
 impl Options {
-    /// Reads `PATH [SEED] [ACTORS] [--check]`.
+    /// Reads `PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite]`.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+        let usage = "usage: torture PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite]";
         let mut check = false;
+        let mut backend = Backend::Redb;
         let mut rest = Vec::new();
-        for a in args {
-            if a == "--check" {
-                check = true;
-            } else {
-                rest.push(a);
+        let mut args = args.into_iter();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--check" => check = true,
+                "--backend" => {
+                    backend = match args.next().as_deref() {
+                        Some("redb") => Backend::Redb,
+                        Some("sqlite") => Backend::Sqlite,
+                        _ => return Err(usage.into()),
+                    }
+                }
+                _ => rest.push(a),
             }
         }
-        let usage = "usage: torture PATH [SEED] [ACTORS] [--check]";
         let mut rest = rest.into_iter();
         let path = rest.next().ok_or(usage)?.into();
         let seed = rest
@@ -205,13 +244,14 @@ impl Options {
             seed,
             actors,
             check,
+            backend,
         })
     }
 }
 
 /// Recovers every actor, prints what it found, then appends to all of them until killed.
 pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let storage = Storage::new(RedbStore::open(&opts.path)?);
+    let storage = opts.backend.open(&opts.path)?;
     let mut actors: Vec<(String, ActorRef<TallyMsg>)> = Vec::new();
     for i in 0..opts.actors {
         let key = actor_key(i);

@@ -1,17 +1,18 @@
-//! Corruption sweep: bit flips and truncations of a closed store file. Whatever redb makes of
-//! them (an error, a panic, wrong bytes), no wrong state reaches an actor: each damaged file
-//! either opens and every actor comes back with exactly its state and pending operations, or
-//! the open or the spawn fails with a typed error. Panics inside the storage engine are caught
-//! and counted; the process must never abort.
+//! Corruption sweep: bit flips and truncations of a closed store file, on redb and on SQLite.
+//! Whatever the storage engine makes of them (an error, a panic, wrong bytes), no wrong state
+//! reaches an actor: each damaged file either opens and every actor comes back with exactly
+//! its state and pending operations, or the open or the spawn fails with a typed error. Panics
+//! inside the storage engine are caught and counted; the process must never abort.
 //!
-//! The sweep runs in two child processes (each on half the cases), so that an abort (a stack
+//! Each sweep runs in two child processes (each on half the cases), so that an abort (a stack
 //! overflow, a failed allocation, a panic while panicking) is seen, counted and skipped, not
-//! fatal to the sweep. Flips land mostly in the pages that hold data. Truncations and one flip
-//! in 64 go through a real file and `RedbStore::open`; the other flips through an in-memory
-//! backend.
+//! fatal to the sweep. Flips land mostly in the pages that hold data. On redb, truncations and
+//! one flip in 64 go through a real file and `RedbStore::open`, the other flips through an
+//! in-memory backend; on SQLite every case is a real file opened with `SqliteStore::open`.
 //!
-//! `CRASH_FLIPS=n` sets the number of flips (default 20,000); `CRASH_SEED` reruns a seed;
-//! `CRASH_CASE=i` runs case i alone and prints what it saw.
+//! `CRASH_FLIPS=n` sets the number of flips of each sweep (default 20,000 on redb,
+//! `SQLITE_FLIPS` on SQLite); `CRASH_SEED` reruns a seed; `CRASH_CASE=i` runs case i alone
+//! and prints what it saw.
 
 mod crash;
 
@@ -22,15 +23,19 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crash::torture::mix;
+use crash::torture::{Backend, mix};
 use crash::{Rng, Seen, SimDisk, TallyMsg, count, env_u64, peek, recover, seed, spawn_tally};
 use ractor::call;
-use ractor_persist::{RedbStore, Storage};
+use ractor_persist::{RedbStore, SqliteStore};
 
 const KEYS: [&str; 3] = ["a0", "a1", "a2"];
 /// Truncations per run, besides the flips.
 const TRUNCATIONS: u64 = 400;
+/// Both engines' page size.
 const PAGE: usize = 4096;
+/// The SQLite sweep's flips in CI: every SQLite case goes through a real file and a whole
+/// check of it, so a case costs more than redb's in-memory one.
+const SQLITE_FLIPS: u64 = 5_000;
 
 fn keys() -> Vec<String> {
     KEYS.iter().map(|k| (*k).to_owned()).collect()
@@ -38,8 +43,8 @@ fn keys() -> Vec<String> {
 
 /// Builds the store every case damages: three actors with some appends each (so some kept
 /// operations are pending), closed cleanly.
-async fn build(path: &Path) {
-    let storage = Storage::new(RedbStore::open(path).unwrap());
+async fn build(backend: Backend, path: &Path) {
+    let storage = backend.open(path).unwrap();
     for (i, key) in KEYS.iter().enumerate() {
         let a = spawn_tally(&storage, key, crash::Performed::default().sink())
             .await
@@ -114,23 +119,55 @@ enum Verdict {
 }
 
 async fn judge(
+    backend: Backend,
     expected: &BTreeMap<String, Seen>,
     image: Vec<u8>,
     real_file: Option<&Path>,
 ) -> Verdict {
-    let store = match real_file {
-        Some(path) => {
+    let seen = match (backend, real_file) {
+        (Backend::Redb, Some(path)) => {
             std::fs::write(path, &image).unwrap();
-            RedbStore::open(path)
+            recover(RedbStore::open(path), &keys()).await
         }
-        None => RedbStore::with_backend("damaged", SimDisk::new(image)),
+        (Backend::Redb, None) => {
+            let store = RedbStore::with_backend("damaged", SimDisk::new(image));
+            recover(store, &keys()).await
+        }
+        (Backend::Sqlite, path) => {
+            let path = path.expect("SQLite cases go through a file");
+            replace_sqlite_file(path, &image);
+            recover(SqliteStore::open(path), &keys()).await
+        }
     };
-    match recover(store, &keys()).await {
+    match seen {
         Ok(seen) if &seen == expected => Verdict::Correct,
         Ok(seen) => Verdict::Wrong(format!("saw {seen:?}, stored {expected:?}")),
         Err(e) if e.starts_with("open: ") => Verdict::RefusedOpen,
         Err(e) if e.contains("LoadError") => Verdict::RefusedSpawn,
         Err(e) => Verdict::Untyped(e),
+    }
+}
+
+/// Puts `image` at `path` as the whole SQLite database: the write-ahead log and shared-memory
+/// files a previous case left beside it (an open that was refused leaves them) are removed
+/// first, or SQLite would read the old log over the new image.
+fn replace_sqlite_file(path: &Path, image: &[u8]) {
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        match std::fs::remove_file(&side) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("remove {side:?}: {e}"),
+            _ => {}
+        }
+    }
+    std::fs::write(path, image).unwrap();
+}
+
+fn backend(name: &str) -> Backend {
+    match name {
+        "redb" => Backend::Redb,
+        "sqlite" => Backend::Sqlite,
+        other => panic!("unknown backend {other:?}"),
     }
 }
 
@@ -140,9 +177,10 @@ fn corruption_child() {
     let Some(args) = crash::child_args() else {
         return;
     };
-    let [base, seed, flips, from, to] = args.as_slice() else {
+    let [backend_name, base, seed, flips, from, to] = args.as_slice() else {
         panic!("child arguments: {args:?}");
     };
+    let backend = backend(backend_name);
     let base = std::fs::read(base).unwrap();
     let (seed, flips, from, to): (u64, u64, u64, u64) = (
         seed.parse().unwrap(),
@@ -160,13 +198,19 @@ fn corruption_child() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("damaged.redb");
-    let expected = rt
-        .block_on(recover(
+    let file = dir.path().join(format!("damaged.{backend_name}"));
+    let expected = match backend {
+        Backend::Redb => rt.block_on(recover(
             RedbStore::with_backend("clean", SimDisk::new(base.clone())),
             &keys(),
-        ))
-        .expect("the undamaged store opens");
+        )),
+        Backend::Sqlite => {
+            let clean = dir.path().join("clean.sqlite");
+            std::fs::write(&clean, &base).unwrap();
+            rt.block_on(recover(SqliteStore::open(&clean), &keys()))
+        }
+    }
+    .expect("the undamaged store opens");
     let used = used_pages(&base);
     let mut out = std::io::stdout().lock();
     for i in from..to {
@@ -175,11 +219,12 @@ fn corruption_child() {
         let d = damage(seed, i, flips, &base, &used);
         let image = apply(&base, d);
         // Truncations (the empty file among them) and one flip in 64 go through the real
-        // file and `RedbStore::open`, the path users take.
-        let real = (i >= flips || i % 64 == 0).then_some(file.as_path());
+        // file and `RedbStore::open`, the path users take; every SQLite case does.
+        let real =
+            (backend == Backend::Sqlite || i >= flips || i % 64 == 0).then_some(file.as_path());
         let before = PANICS.load(Ordering::SeqCst);
         let verdict = catch_unwind(AssertUnwindSafe(|| {
-            rt.block_on(judge(&expected, image, real))
+            rt.block_on(judge(backend, &expected, image, real))
         }))
         .unwrap_or_else(|_| Verdict::Untyped("a panic escaped the library".into()));
         let panics = PANICS.load(Ordering::SeqCst) - before;
@@ -208,11 +253,13 @@ struct Figures {
 }
 
 /// Runs cases `from..to` in children, restarting after an abort; returns the figures.
-fn drive(base: &Path, seed: u64, flips: u64, from: u64, to: u64) -> Figures {
+fn drive(backend: Backend, base: &Path, seed: u64, flips: u64, from: u64, to: u64) -> Figures {
+    let name = backend.name();
     let mut f = Figures::default();
     let mut next = from;
     while next < to {
         let args = [
+            name.to_owned(),
             base.display().to_string(),
             seed.to_string(),
             flips.to_string(),
@@ -245,7 +292,9 @@ fn drive(base: &Path, seed: u64, flips: u64, from: u64, to: u64) -> Figures {
                         _ => f.untyped += 1,
                     }
                     if kind == "wrong" || kind == "untyped" {
-                        eprintln!("corruption: seed={seed} case={i}: {kind}: {detail}");
+                        eprintln!(
+                            "corruption: backend={name} seed={seed} case={i}: {kind}: {detail}"
+                        );
                     }
                 }
                 _ => {}
@@ -256,11 +305,13 @@ fn drive(base: &Path, seed: u64, flips: u64, from: u64, to: u64) -> Figures {
             f.cases += 1;
             f.aborts += 1;
             eprintln!(
-                "corruption: seed={seed} case={i}: the process died ({status}) (rerun with CRASH_SEED={seed} CRASH_CASE={i})"
+                "corruption: backend={name} seed={seed} case={i}: the process died ({status}) (rerun with CRASH_SEED={seed} CRASH_CASE={i})"
             );
             next = i + 1;
         } else if !status.success() || next < to {
-            panic!("corruption: the sweep child failed ({status}) after case {next}");
+            panic!(
+                "corruption: backend={name}: the sweep child failed ({status}) after case {next}"
+            );
         }
     }
     f
@@ -271,16 +322,35 @@ fn damaged_store_gives_the_right_state_or_a_typed_error_never_a_wrong_one() {
     if crash::child_args().is_some() {
         return;
     }
-    let seed = seed("corruption");
-    let flips = count("CRASH_FLIPS", 20_000);
+    sweep(Backend::Redb, count("CRASH_FLIPS", 20_000));
+}
+
+#[test]
+fn damaged_sqlite_store_gives_the_right_state_or_a_typed_error_never_a_wrong_one() {
+    if crash::child_args().is_some() {
+        return;
+    }
+    sweep(Backend::Sqlite, count("CRASH_FLIPS", SQLITE_FLIPS));
+}
+
+/// Damages a store of `backend` built by the runtime, `flips` times and [`TRUNCATIONS`] times.
+fn sweep(backend: Backend, flips: u64) {
+    let name = backend.name();
+    let seed = seed(&format!("corruption {name}"));
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.redb");
+    let base = dir.path().join(format!("base.{name}"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(build(&base));
+    rt.block_on(build(backend, &base));
+    let mut log = base.as_os_str().to_owned();
+    log.push("-wal");
+    assert!(
+        !Path::new(&log).exists(),
+        "the store was closed, so its whole state is in the one file the sweep damages"
+    );
     let started = std::time::Instant::now();
     let total = flips + TRUNCATIONS;
     let (from, to) = match env_u64("CRASH_CASE") {
@@ -290,8 +360,8 @@ fn damaged_store_gives_the_right_state_or_a_typed_error_never_a_wrong_one() {
     // Two children, one per core.
     let mid = from + (to - from) / 2;
     let halves = std::thread::scope(|s| {
-        let a = s.spawn(|| drive(&base, seed, flips, from, mid));
-        let b = s.spawn(|| drive(&base, seed, flips, mid, to));
+        let a = s.spawn(|| drive(backend, &base, seed, flips, from, mid));
+        let b = s.spawn(|| drive(backend, &base, seed, flips, mid, to));
         [a.join().unwrap(), b.join().unwrap()]
     });
     let mut f = Figures::default();
@@ -308,7 +378,7 @@ fn damaged_store_gives_the_right_state_or_a_typed_error_never_a_wrong_one() {
     // Straight to stderr, past the test harness's capture: CI shows the figures.
     let _ = writeln!(
         std::io::stderr(),
-        "corruption: flips={} truncations={} correct={} refused_open={} refused_spawn={} wrong={} untyped={} panics_caught={} aborts={} file={}B seed={seed} ({:.1}s)",
+        "corruption: backend={name} flips={} truncations={} correct={} refused_open={} refused_spawn={} wrong={} untyped={} panics_caught={} aborts={} file={}B seed={seed} ({:.1}s)",
         flips.min(to.saturating_sub(from)),
         f.cases.saturating_sub(flips.min(f.cases)),
         f.correct,
@@ -324,6 +394,6 @@ fn damaged_store_gives_the_right_state_or_a_typed_error_never_a_wrong_one() {
     assert_eq!(
         (f.wrong, f.untyped, f.aborts),
         (0, 0, 0),
-        "corruption: seed={seed}: see the lines above"
+        "corruption: backend={name} seed={seed}: see the lines above"
     );
 }

@@ -10,7 +10,8 @@
 //!
 //! A kill keeps the OS page cache, so this proves the process side (nothing acknowledged
 //! before its commit returned, recovery of a store left open); power loss is the simulator's
-//! job (`crash_power_loss.rs`). `CRASH_CYCLES=n` runs n cycles (default 300); `CRASH_SEED`
+//! job (`crash_power_loss.rs`). The loop runs on redb and on SQLite (`--backend sqlite`), each
+//! printing its figure line. `CRASH_CYCLES=n` runs n cycles on each (default 300); `CRASH_SEED`
 //! reruns a seed.
 
 mod crash;
@@ -20,7 +21,7 @@ use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use crash::torture::{self, Tally};
+use crash::torture::{self, Backend, Tally};
 use crash::{Rng, count, kept, kept_pending, seed};
 
 const ACTORS: usize = 8;
@@ -76,6 +77,7 @@ struct Model {
     actors: Vec<ActorModel>,
     f: Figures,
     ready: bool,
+    backend: &'static str,
     seed: u64,
     cycle: u64,
 }
@@ -83,8 +85,8 @@ struct Model {
 impl Model {
     fn violation(&self, what: &str, line: &str) {
         eprintln!(
-            "kill-loop: seed={} cycle={}: {what}: `{line}`",
-            self.seed, self.cycle
+            "kill-loop: backend={} seed={} cycle={}: {what}: `{line}`",
+            self.backend, self.seed, self.cycle
         );
     }
 
@@ -210,15 +212,29 @@ fn killed_process_loses_no_acknowledged_change_and_replays_every_pending_op() {
     if crash::child_args().is_some() {
         return;
     }
-    let seed = seed("kill-loop");
-    let cycles = count("CRASH_CYCLES", 300);
+    kill_loop(Backend::Redb, count("CRASH_CYCLES", 300));
+}
+
+#[test]
+fn killed_process_on_sqlite_loses_no_acknowledged_change_and_replays_every_pending_op() {
+    if crash::child_args().is_some() {
+        return;
+    }
+    kill_loop(Backend::Sqlite, count("CRASH_CYCLES", 300));
+}
+
+/// Runs `cycles` kills of the torture program on `backend` and checks every restart.
+fn kill_loop(backend: Backend, cycles: u64) {
+    let name = backend.name();
+    let seed = seed(&format!("kill-loop {name}"));
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("torture.redb");
+    let path = dir.path().join(format!("torture.{name}"));
     let mut model = Model {
         actors: (0..ACTORS).map(|_| ActorModel::default()).collect(),
         f: Figures::default(),
         ready: false,
+        backend: name,
         seed,
         cycle: 0,
     };
@@ -230,6 +246,8 @@ fn killed_process_loses_no_acknowledged_change_and_replays_every_pending_op() {
             path.display().to_string(),
             rng.next_u64().to_string(),
             ACTORS.to_string(),
+            "--backend".into(),
+            name.into(),
         ];
         if check {
             args.push("--check".into());
@@ -264,7 +282,7 @@ fn killed_process_loses_no_acknowledged_change_and_replays_every_pending_op() {
         if !killed {
             assert!(
                 check && status.success(),
-                "kill-loop: seed={seed} cycle={cycle}: the torture child ended by itself ({status}): {}",
+                "kill-loop: backend={name} seed={seed} cycle={cycle}: the torture child ended by itself ({status}): {}",
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
             );
             assert!(model.ready, "kill-loop: the check run did not recover");
@@ -274,7 +292,7 @@ fn killed_process_loses_no_acknowledged_change_and_replays_every_pending_op() {
     // Straight to stderr, past the test harness's capture: CI shows the figures.
     let _ = writeln!(
         std::io::stderr(),
-        "kill-loop: cycles={cycles} acked={} lost={} unexpected={} missed_replays={} replayed={} recovered_inflight={} kills_in_recovery={} seed={seed} ({:.1}s)",
+        "kill-loop: backend={name} cycles={cycles} acked={} lost={} unexpected={} missed_replays={} replayed={} recovered_inflight={} kills_in_recovery={} seed={seed} ({:.1}s)",
         f.acked,
         f.lost,
         f.unexpected,
@@ -287,7 +305,7 @@ fn killed_process_loses_no_acknowledged_change_and_replays_every_pending_op() {
     assert_eq!(
         (f.lost, f.unexpected, f.missed_replays),
         (0, 0, 0),
-        "kill-loop: seed={seed}: see the lines above"
+        "kill-loop: backend={name} seed={seed}: see the lines above"
     );
     assert!(f.acked > 0, "kill-loop: nothing was ever acknowledged");
 }

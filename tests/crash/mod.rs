@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use persist_redb::redb::{BackendError, StorageBackend};
 use ractor::{Actor, ActorRef, call};
-use ractor_persist::{RedbStore, Start, Storage, StoreError};
+use ractor_persist::{Start, Storage, Store, StoreError};
 
 #[path = "../../examples/torture.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -130,8 +130,8 @@ pub struct Seen {
 /// Opens `store`, spawns every actor of `keys`, and reads each one's state and replays.
 ///
 /// An error is a store that did not open or an actor that did not spawn, as text.
-pub async fn recover(
-    store: Result<RedbStore, StoreError>,
+pub async fn recover<S: Store>(
+    store: Result<S, StoreError>,
     keys: &[String],
 ) -> Result<BTreeMap<String, Seen>, String> {
     let storage = Storage::new(store.map_err(|e| format!("open: {e}"))?);
