@@ -11,8 +11,8 @@ use std::path::Path;
 use common::{Ledger, LedgerMsg, ledger_key, spawn_ledger};
 use ractor::{Actor, call};
 use ractor_persist::{
-    ActorCommit, ActorKey, ImportMode, MemoryStore, RedbStore, Space, SpawnPersistent, Start,
-    Storage, Store, TransferError, export, import,
+    ActorCommit, ActorKey, ImportMode, MemoryStore, RedbStore, Space, SpawnPersistent, SqliteStore,
+    Start, Storage, Store, TransferError, export, import, transfer,
 };
 
 /// Builds a store through the runtime, with every kind of record and mark in it.
@@ -101,8 +101,36 @@ async fn a_round_trip_through_other_backends_gives_the_same_bytes_and_the_same_a
         store.close().unwrap();
     }
 
-    // The actors come back as they were.
-    let storage = Storage::new(RedbStore::open(&back).unwrap());
+    // redb -> SQLite -> redb, through files as a user would.
+    let lite = dir.path().join("moved.sqlite");
+    {
+        let store = SqliteStore::open(&lite).unwrap();
+        import(&store, &mut &a[..], ImportMode::IntoEmpty).unwrap();
+        assert_eq!(export_bytes(&store), a, "SQLite exports what redb exported");
+        store.close().unwrap();
+    }
+    let again = dir.path().join("again.redb");
+    {
+        let (from, to) = (
+            SqliteStore::open(&lite).unwrap(),
+            RedbStore::open(&again).unwrap(),
+        );
+        transfer::copy(&from, &to).unwrap();
+        assert_eq!(
+            export_bytes(&to),
+            a,
+            "redb -> SQLite -> redb, byte for byte"
+        );
+        to.close().unwrap();
+    }
+
+    // The actors come back as they were, on SQLite and on the redb copy of the SQLite copy.
+    let storage = Storage::new(SqliteStore::open(&lite).unwrap());
+    let alice = spawn_ledger(&storage, "alice", Ledger::default()).await;
+    assert_eq!(call!(alice, LedgerMsg::Peek).unwrap(), 8);
+    alice.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+    let storage = Storage::new(RedbStore::open(&again).unwrap());
     let alice = spawn_ledger(&storage, "alice", Ledger::default()).await;
     assert_eq!(call!(alice, LedgerMsg::Peek).unwrap(), 8);
     assert_eq!(call!(alice, LedgerMsg::Pending).unwrap().len(), 2);
