@@ -1,7 +1,11 @@
 //! How a file is recognised as a store: the format marker, and what else may be in the file.
 
-use rusqlite::{Connection, OptionalExtension};
+use std::io::Read;
+use std::path::Path;
 
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::check;
 use crate::error::Failure;
 use crate::schema::Schema;
 
@@ -146,4 +150,52 @@ pub(crate) fn initialize(conn: &Connection, schema: &Schema) -> Result<(), Failu
     }
     conn.execute(&schema.put_marker, [FORMAT_MARKER.as_bytes()])?;
     Ok(())
+}
+
+/// Checks an existing file through a read-only connection before anything writes to it: that
+/// it is an SQLite database holding our store or nothing of our prefix, that SQLite's
+/// `quick_check` finds it sound, and, if it holds our store, that the store is whole.
+pub(crate) fn probe(path: &Path, schema: &Schema, prefix: &str) -> Result<(), Failure> {
+    if std::fs::metadata(path)?.len() == 0 {
+        return Err(FormatError::EmptyFile.into());
+    }
+    let mut header = [0u8; 16];
+    match std::fs::File::open(path)?.read_exact(&mut header) {
+        Ok(()) if &header == b"SQLite format 3\0" => {}
+        Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => return Err(e.into()),
+        _ => {
+            return Err(FormatError::NotSqlite {
+                detail: "the file does not start with SQLite's header".to_owned(),
+            }
+            .into());
+        }
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(crate::store::BUSY_TIMEOUT)?;
+    // One read transaction, so the checks see one state of the file.
+    let txn = conn.transaction()?;
+    let layout = inspect(&txn, schema, prefix).map_err(not_sqlite)?;
+    check::quick_check(&txn)?;
+    if layout == Layout::Ours {
+        check::verify(&txn, schema, |_, _| {})?;
+    }
+    drop(txn);
+    conn.close().map_err(|(_, e)| e)?;
+    Ok(())
+}
+
+/// SQLite's "not a database" on the first read of a file is a format refusal, not damage.
+fn not_sqlite(f: Failure) -> Failure {
+    match f {
+        Failure::Sqlite(rusqlite::Error::SqliteFailure(e, detail))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            FormatError::NotSqlite {
+                detail: detail.unwrap_or_else(|| e.to_string()),
+            }
+            .into()
+        }
+        f => f,
+    }
 }

@@ -16,12 +16,12 @@ use crate::check;
 use crate::create;
 use crate::error::Failure;
 use crate::format::{self, FormatError, Layout};
-use crate::options::SqliteOptions;
+use crate::options::{DEFAULT_TABLE_PREFIX, SqliteOptions};
 use crate::rows::{self, MarksRow};
 use crate::schema::Schema;
 
 /// How long a transaction waits for another connection's write to the same file.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A store in an SQLite database: its own file, or tables beside an application's in the
 /// application's file.
@@ -40,7 +40,7 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     conn: Connection,
-    /// Whether the connection runs with `synchronous=FULL` now (see [`Inner::durable`]).
+    /// Whether the connection runs with `synchronous=FULL` now (see [`Inner::synchronous`]).
     full: bool,
 }
 
@@ -52,7 +52,7 @@ impl Inner {
     /// every instance that held an older epoch: no writer of this process survives it. While
     /// the process lives, later transactions see the claim, and the next commit (of any actor)
     /// syncs the log, and the claim with it.
-    fn durable(&mut self, full: bool) -> Result<(), Failure> {
+    fn synchronous(&mut self, full: bool) -> Result<(), Failure> {
         if self.full != full {
             let mode = if full { "FULL" } else { "NORMAL" };
             self.conn
@@ -78,11 +78,12 @@ impl SqliteStore {
     /// - No file: a new store file is built beside `path`, synced and linked into place, so a
     ///   crash during the first create leaves no file, never a half-made one.
     /// - An empty file is refused ([`FormatError::EmptyFile`]): a store file is never empty.
+    /// - Every existing file gets SQLite's `quick_check` before it is used.
     /// - A database without the store's tables (an application's file) gets them, in one
     ///   transaction; the application's own tables are left alone.
-    /// - A database with the store's tables is checked whole before it is used: SQLite's
-    ///   `quick_check` of the file, then every row's and every mark's checksum and the row
-    ///   count of every key, so damage is [`StoreError::Corrupt`] naming what was found.
+    /// - A database with the store's tables is checked whole: every row's and every mark's
+    ///   checksum and the row count of every key, so damage is [`StoreError::Corrupt`] naming
+    ///   what was found, not a wrong record later.
     ///
     /// A file that is not a store, or tables of the prefix that are not one, are refused with
     /// a [`FormatError`] (as the source of [`StoreError::Backend`]) and the file is left
@@ -100,7 +101,7 @@ impl SqliteStore {
             if !create::exists(path)? {
                 create::create(path, &schema)?;
             }
-            probe(path, &schema, prefix)?;
+            format::probe(path, &schema, prefix)?;
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let conn = Connection::open_with_flags(path, flags)?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -116,9 +117,9 @@ impl SqliteStore {
     pub fn in_memory() -> Result<SqliteStore, StoreError> {
         let name = ":memory:".to_owned();
         run(&name, || {
-            let prefix = SqliteOptions::default().checked_prefix()?.to_owned();
-            let schema = Schema::new(&prefix);
-            Self::prepare(name.clone(), Connection::open_in_memory()?, schema, &prefix)
+            let schema = Schema::new(DEFAULT_TABLE_PREFIX);
+            let conn = Connection::open_in_memory()?;
+            Self::prepare(name.clone(), conn, schema, DEFAULT_TABLE_PREFIX)
         })
     }
 
@@ -162,7 +163,7 @@ impl SqliteStore {
     /// The next writer epoch of `key`, its floor and the rows of `spaces`, in one transaction.
     fn load(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, Failure> {
         let mut inner = self.inner();
-        inner.durable(false)?;
+        inner.synchronous(false)?;
         let txn = inner
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -200,7 +201,7 @@ impl SqliteStore {
     /// Writes `batch` in one durable transaction, or nothing if any commit is fenced.
     fn write(&self, batch: &[ActorCommit]) -> Result<(), Failure> {
         let mut inner = self.inner();
-        inner.durable(true)?;
+        inner.synchronous(true)?;
         let txn = inner
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -327,63 +328,6 @@ impl SqliteStore {
         let mut all = Vec::new();
         check::verify(&txn, &self.schema, |key, m| all.push((key, m.marks())))?;
         Ok(all)
-    }
-}
-
-/// Checks an existing file through a read-only connection before anything writes to it: that
-/// it is an SQLite database, that it holds our store or nothing of our prefix, and, if it
-/// holds our store, that the store is whole.
-fn probe(path: &Path, schema: &Schema, prefix: &str) -> Result<(), Failure> {
-    let mut header = [0u8; 16];
-    let len = std::fs::metadata(path)?.len();
-    if len == 0 {
-        return Err(FormatError::EmptyFile.into());
-    }
-    let read = {
-        use std::io::Read;
-        let mut file = std::fs::File::open(path)?;
-        let mut n = 0;
-        while n < header.len() {
-            match file.read(&mut header[n..])? {
-                0 => break,
-                k => n += k,
-            }
-        }
-        n
-    };
-    if read < header.len() || &header != b"SQLite format 3\0" {
-        return Err(FormatError::NotSqlite {
-            detail: "the file does not start with SQLite's header".to_owned(),
-        }
-        .into());
-    }
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // One read transaction, so the checks see one state of the file.
-    let txn = conn.transaction()?;
-    let layout = format::inspect(&txn, schema, prefix).map_err(not_sqlite)?;
-    check::quick_check(&txn)?;
-    if layout == Layout::Ours {
-        check::verify(&txn, schema, |_, _| {})?;
-    }
-    drop(txn);
-    conn.close().map_err(|(_, e)| e)?;
-    Ok(())
-}
-
-/// SQLite's "not a database" on the first read of a file is a format refusal, not damage.
-fn not_sqlite(f: Failure) -> Failure {
-    match f {
-        Failure::Sqlite(rusqlite::Error::SqliteFailure(e, detail))
-            if e.code == rusqlite::ErrorCode::NotADatabase =>
-        {
-            FormatError::NotSqlite {
-                detail: detail.unwrap_or_else(|| e.to_string()),
-            }
-            .into()
-        }
-        f => f,
     }
 }
 

@@ -361,6 +361,24 @@ fn changed_bytes_are_an_error_on_open_and_on_every_read() {
 }
 
 #[test]
+fn changed_marks_are_an_error_not_a_lower_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    let k = key("a");
+    let s = SqliteStore::open(&path).unwrap();
+    commit(&s, |c| c.raise_floor(5000), &k);
+    // The floor as stored is mapped (0 is i64::MIN): this sets it to 0.
+    raw(&path)
+        .execute("UPDATE ractor_persist_marks SET floor = ?1", [i64::MIN])
+        .unwrap();
+    let detail = corrupt(s.open_actor(&k, &Space::RECORD));
+    assert!(detail.contains("test/a") && detail.contains("checksum"), "{detail}");
+    corrupt(s.scan());
+    drop(s);
+    corrupt(SqliteStore::open(&path));
+}
+
+#[test]
 fn a_lost_snapshot_is_an_error_not_a_fresh_actor() {
     let dir = tempfile::tempdir().unwrap();
     let path = file(&dir);
