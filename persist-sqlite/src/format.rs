@@ -67,6 +67,14 @@ pub enum FormatError {
         /// The marker this build reads.
         expected: &'static str,
     },
+    /// SQLite opens the file read-only: the process may not write it, or its header asks for
+    /// a newer SQLite to write it (a damaged header, or a newer file format). A store must
+    /// write even to load an actor (it takes an epoch), so it refuses at open rather than at
+    /// the first spawn.
+    #[error(
+        "SQLite can only read the file (no write permission, or a header that asks for a newer SQLite to write it)"
+    )]
+    ReadOnly,
     /// SQLite would not put the file in WAL mode (a file system without shared memory, for
     /// example), so commits could not be made durable the way this store promises.
     #[error("the file cannot be put in WAL mode (its journal mode stays {mode:?})")]

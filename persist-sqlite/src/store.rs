@@ -106,6 +106,10 @@ impl SqliteStore {
             let conn = Connection::open_with_flags(path, flags)?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
             let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            // Known only once SQLite has read the file's header, which the pragma did.
+            if conn.is_readonly(rusqlite::MAIN_DB)? {
+                return Err(FormatError::ReadOnly.into());
+            }
             if !mode.eq_ignore_ascii_case("wal") {
                 return Err(FormatError::NoWal { mode }.into());
             }

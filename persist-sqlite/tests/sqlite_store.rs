@@ -328,6 +328,20 @@ fn an_unknown_format_marker_is_refused_unchanged() {
 }
 
 #[test]
+fn a_file_sqlite_can_only_read_is_refused_at_open_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    one_actor(&path);
+    // Byte 18 of the header is the format version a writer needs; above 2, SQLite reads only.
+    // (The tests may run as root, whom file permissions do not stop.)
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[18] = 3;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = refused_unchanged(&path, SqliteOptions::new());
+    assert!(matches!(e, FormatError::ReadOnly), "{e}");
+}
+
+#[test]
 fn a_key_changed_behind_the_store_is_found_on_open_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = file(&dir);
@@ -372,7 +386,10 @@ fn changed_marks_are_an_error_not_a_lower_floor() {
         .execute("UPDATE ractor_persist_marks SET floor = ?1", [i64::MIN])
         .unwrap();
     let detail = corrupt(s.open_actor(&k, &Space::RECORD));
-    assert!(detail.contains("test/a") && detail.contains("checksum"), "{detail}");
+    assert!(
+        detail.contains("test/a") && detail.contains("checksum"),
+        "{detail}"
+    );
     corrupt(s.scan());
     drop(s);
     corrupt(SqliteStore::open(&path));
