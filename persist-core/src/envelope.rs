@@ -47,8 +47,12 @@ use crate::transform::{NONCE_LEN, TAG_LEN, Transforms};
 pub(crate) const HEADER_LEN: usize = 40;
 /// The envelope format this build writes and reads.
 pub(crate) const FORMAT_VERSION: u8 = 1;
-/// No record payload may be larger than this; a larger declared length is damage.
+/// No value (a state, an operation) is encoded larger than this.
 pub(crate) const MAX_PAYLOAD_LEN: u64 = 64 * 1024 * 1024;
+/// No stored payload is larger than this: a value at the cap, and the failed-attempt count
+/// (at most a 5-byte varint) that kinds 4 and 5 put before an operation. A larger declared
+/// length is damage.
+pub(crate) const MAX_STORED_PAYLOAD: u64 = MAX_PAYLOAD_LEN + 5;
 const MAGIC: [u8; 2] = *b"RP";
 /// The envelope format of a transformed record.
 pub(crate) const FORMAT_V2: u8 = 2;
@@ -301,10 +305,18 @@ fn untransform<'a>(
         body = Cow::Owned(plain);
     }
     if let Some(raw_len) = raw_len {
-        if u64::from(raw_len) > MAX_PAYLOAD_LEN {
-            return Err(DecodeReason::TooLarge {
-                len: u64::from(raw_len),
-                max: MAX_PAYLOAD_LEN,
+        if u64::from(raw_len) > MAX_STORED_PAYLOAD {
+            return Err(DecodeReason::Malformed {
+                detail: format!(
+                    "a payload of {raw_len} bytes once decompressed, over the cap of \
+                     {MAX_STORED_PAYLOAD}"
+                ),
+            });
+        }
+        // LZ4 expands at most 255 times: a larger claim is refused before it is allocated.
+        if u64::from(raw_len) > (body.len() as u64).saturating_mul(255) + 64 {
+            return Err(DecodeReason::Decompress {
+                detail: format!("{} compressed bytes cannot hold {raw_len}", body.len()),
             });
         }
         let mut out = vec![0u8; raw_len as usize];
@@ -410,23 +422,25 @@ fn open_v2(bytes: &[u8]) -> Result<V2<'_>, DecodeReason> {
     if flags & ENCRYPTED != 0 {
         fields_len += 4 + NONCE_LEN;
     }
+    // The checksum holds: what follows is not damage but a record this build cannot read.
+    let malformed = |detail: String| Err(DecodeReason::Malformed { detail });
     if bytes.len() < HEADER_LEN + fields_len {
-        return Err(DecodeReason::TooShort {
-            len: bytes.len(),
-            header: HEADER_LEN + fields_len,
-        });
+        return malformed(format!(
+            "{} bytes, too short for transform fields of {fields_len} bytes",
+            bytes.len()
+        ));
     }
     let declared = u64::from(u32_at(32));
-    let max = MAX_PAYLOAD_LEN + TAG_LEN as u64;
+    let max = MAX_STORED_PAYLOAD + TAG_LEN as u64;
     if declared > max {
-        return Err(DecodeReason::TooLarge { len: declared, max });
+        return malformed(format!("a body of {declared} bytes, over the cap of {max}"));
     }
     let body = &bytes[HEADER_LEN + fields_len..];
     if declared != body.len() as u64 {
-        return Err(DecodeReason::LengthMismatch {
-            declared,
-            actual: body.len() as u64,
-        });
+        return malformed(format!(
+            "a body stated as {declared} bytes, {} present",
+            body.len()
+        ));
     }
     let header = Header {
         schema: u32_at(4),
@@ -452,10 +466,10 @@ fn open_v1(bytes: &[u8]) -> Result<(u8, Header, &[u8]), DecodeReason> {
     let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
     let declared = u64::from(u32_at(32));
-    if declared > MAX_PAYLOAD_LEN {
+    if declared > MAX_STORED_PAYLOAD {
         return Err(DecodeReason::TooLarge {
             len: declared,
-            max: MAX_PAYLOAD_LEN,
+            max: MAX_STORED_PAYLOAD,
         });
     }
     let payload = &bytes[HEADER_LEN..];

@@ -141,6 +141,14 @@ pub enum DecodeReason {
         /// The id of the key tried.
         key_id: u32,
     },
+    /// An intact record (its checksum holds) whose fields this build cannot make sense of: a
+    /// stated length over this build's cap, transform fields cut short. Written by another
+    /// build, or by a bug; not damage, so never quarantined.
+    #[error("an intact record this build cannot read: {detail}")]
+    Malformed {
+        /// What does not fit.
+        detail: String,
+    },
     /// A compressed record that does not decompress to its stated length.
     #[error("the record does not decompress: {detail}")]
     Decompress {

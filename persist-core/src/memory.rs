@@ -30,9 +30,13 @@ impl Tables {
         space: Space,
         ids: RangeInclusive<u64>,
     ) -> impl Iterator<Item = (&(ActorKey, Space, u64), &Vec<u8>)> + '_ {
-        let lo = (key.clone(), space, *ids.start());
-        let hi = (key.clone(), space, *ids.end());
-        self.rows.range(lo..=hi)
+        // A reversed range holds nothing (BTreeMap::range would panic on it).
+        let (first, last) = (*ids.start(), *ids.end());
+        let bounds =
+            (first <= last).then(|| ((key.clone(), space, first), (key.clone(), space, last)));
+        bounds
+            .into_iter()
+            .flat_map(move |(lo, hi)| self.rows.range(lo..=hi))
     }
 
     fn read(&self, key: &ActorKey, spaces: &[Space], ids: RangeInclusive<u64>) -> Vec<Row> {
@@ -138,6 +142,13 @@ impl Store for MemoryStore {
         let fences = check_epochs(batch, |k| Ok(t.marks(k).epoch))?;
         if !fences.is_empty() {
             return Err(StoreError::Fenced(fences));
+        }
+        let odd_snapshot = batch
+            .iter()
+            .flat_map(|c| &c.writes)
+            .any(|w| matches!(w, RowWrite::Put { space: Space::SNAPSHOT, id, .. } if *id != 0));
+        if odd_snapshot {
+            return Err(self.unsupported("a snapshot row with an id other than 0"));
         }
         // Nothing below can fail, so the batch is applied whole.
         for c in batch {

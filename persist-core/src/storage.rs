@@ -92,7 +92,9 @@ struct QuarantineBody {
 }
 
 /// Work run on the committer thread against the store, or told why it may not run.
-type Job = Box<dyn FnOnce(Result<&dyn Store, StoreError>) + Send>;
+/// A call run on the committer thread; it returns why the store must be poisoned, if a write
+/// of its own failed.
+type Job = Box<dyn FnOnce(Result<&dyn Store, StoreError>) -> Option<String> + Send>;
 
 enum Request {
     /// Administrative work (delete, list, quarantine), in order with the commits.
@@ -229,9 +231,33 @@ impl Storage {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.call_then(f, |_| None).await
+    }
+
+    /// Runs `f`, which writes, on the committer thread: a failed write (anything but a
+    /// fence) poisons the store, as a failed batch does.
+    async fn call_writing<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call_then(f, |r| match r {
+            Err(StoreError::Fenced(_)) | Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        })
+        .await
+    }
+
+    /// Runs `f` on the committer thread, after every commit sent before it; `poison` tells
+    /// from its result whether a write of it failed.
+    async fn call_then<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+        poison: fn(&Result<T, StoreError>) -> Option<String>,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let name = self.inner.name.clone();
         let job: Job = Box::new(move |store| {
+            let ran = store.is_ok();
             let result = store.and_then(|s| {
                 catch_unwind(AssertUnwindSafe(|| f(s))).unwrap_or_else(|panic| {
                     Err(StoreError::Corrupt {
@@ -240,7 +266,9 @@ impl Storage {
                     })
                 })
             });
+            let reason = if ran { poison(&result) } else { None };
             let _ = tx.send(result);
+            reason
         });
         self.send(Request::Call(job))?;
         rx.await.map_err(|_| self.closed())?
@@ -255,7 +283,7 @@ impl Storage {
     /// spawned again under the key never reuses an operation id of the deleted one.
     pub async fn delete(&self, key: &ActorKey) -> Result<(), StoreError> {
         let key = key.clone();
-        self.call(move |s| {
+        self.call_writing(move |s| {
             // Reading the record also takes a new epoch, fencing a running instance at once.
             let loaded = s.open_actor(&key, &Space::RECORD)?;
             let mut commit =
@@ -287,8 +315,16 @@ impl Storage {
         mut input: impl std::io::Read + Send + 'static,
         mode: crate::ImportMode,
     ) -> Result<crate::TransferStats, crate::TransferError> {
-        self.call(move |s| Ok(crate::transfer::import(s, &mut input, mode)))
-            .await?
+        self.call_then(
+            move |s| Ok(crate::transfer::import(s, &mut input, mode)),
+            |r| match r {
+                Ok(Err(crate::TransferError::Store(e))) if !matches!(e, StoreError::Fenced(_)) => {
+                    Some(e.to_string())
+                }
+                _ => None,
+            },
+        )
+        .await?
     }
 
     /// The keys of `namespace` that hold a state, in order.
@@ -355,7 +391,7 @@ impl Storage {
         for space in Space::RECORD {
             commit = commit.clear(space);
         }
-        self.call(move |s| s.commit(&[commit])).await
+        self.call_writing(move |s| s.commit(&[commit])).await
     }
 
     fn send(&self, request: Request) -> Result<(), StoreError> {
@@ -416,8 +452,17 @@ impl Committer {
                         }
                         bytes = 0;
                         match self.refuse() {
-                            Some(e) => job(Err(e)),
-                            None => job(Ok(&*self.store)),
+                            Some(e) => {
+                                job(Err(e));
+                            }
+                            None => {
+                                if let Some(reason) = job(Ok(&*self.store)) {
+                                    // A write of the call failed: as after a failed batch,
+                                    // nobody knows what is on disk.
+                                    self.poisoned = Some(reason);
+                                    self.riders.clear();
+                                }
+                            }
                         }
                     }
                     Request::Close(done) => {

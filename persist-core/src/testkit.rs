@@ -56,6 +56,12 @@
 //!         if !fences.is_empty() {
 //!             return Err(StoreError::Fenced(fences));
 //!         }
+//!         let writes = batch.iter().flat_map(|c| &c.writes);
+//!         if writes.clone().any(|w| matches!(w, RowWrite::Put { space, id, .. }
+//!             if *space == Space::SNAPSHOT && *id != 0))
+//!         {
+//!             return Err(self.unsupported("a snapshot row other than id 0"));
+//!         }
 //!         for c in batch {
 //!             for w in &c.writes {
 //!                 match w {
@@ -178,6 +184,14 @@ pub const CHECKS: &[Check] = &[
         "an_empty_batch_changes_nothing",
         an_empty_batch_changes_nothing,
     ),
+    (
+        "a_reversed_range_reads_and_removes_nothing",
+        a_reversed_range_reads_and_removes_nothing,
+    ),
+    (
+        "a_snapshot_row_other_than_id_0_is_refused",
+        a_snapshot_row_other_than_id_0_is_refused,
+    ),
 ];
 
 /// Runs every check, each on a store fresh from `make`, and returns each check's name with
@@ -234,7 +248,8 @@ macro_rules! store_conformance {
                 a_fenced_commit_raises_no_mark, the_largest_row_round_trips,
                 many_keys_in_one_batch, keys_lists_a_namespace_in_a_space,
                 scan_lists_every_key_with_its_marks, reads_by_range_take_no_epoch,
-                an_empty_batch_changes_nothing);
+                an_empty_batch_changes_nothing, a_reversed_range_reads_and_removes_nothing,
+                a_snapshot_row_other_than_id_0_is_refused);
         }
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {
@@ -944,6 +959,22 @@ pub mod checks {
             .map(|r| r.id)
             .collect();
         assert_eq!(got, vec![5, 6, 7, 8]);
+        commit(
+            s,
+            &[ActorCommit::new(k.clone(), e)
+                .put(Space::OPS, 3, b"3".to_vec())
+                .put(Space::OPS, 6, b"6".to_vec())
+                .put(Space::OPS, 9, b"9".to_vec())],
+        );
+        let every: Vec<(Space, u64)> = s
+            .read(&k, None, 5..=8)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.space, r.id))
+            .collect();
+        let mut want = vec![(Space::OPS, 6)];
+        want.extend((5..=8).map(|id| (Space::new(5), id)));
+        assert_eq!(every, want, "a range over every space applies to each");
         assert_eq!(
             s.read(&k, Some(Space::new(6)), 0..=u64::MAX).unwrap(),
             vec![]
@@ -965,5 +996,46 @@ pub mod checks {
         commit(s, &[ActorCommit::new(k.clone(), e)]);
         assert_eq!(all(s, &k), vec![]);
         assert_eq!(marks_of(s, &k), Marks { epoch: e, floor: 0 });
+    }
+
+    /// A range whose first id is above its last holds nothing: a read returns no row, a
+    /// delete removes none, and neither fails or panics.
+    #[allow(clippy::reversed_empty_ranges)]
+    pub fn a_reversed_range_reads_and_removes_nothing(s: &dyn Store) {
+        let k = key("reversed");
+        let e = epoch(s, &k);
+        let mut c = ActorCommit::new(k.clone(), e);
+        for id in 0..10 {
+            c = c
+                .put(Space::OPS, id, vec![id as u8])
+                .put(Space::new(4), id, vec![1]);
+        }
+        commit(s, &[c]);
+        assert_eq!(s.read(&k, Some(Space::OPS), 7..=3).unwrap(), vec![]);
+        assert_eq!(s.read(&k, None, 7..=3).unwrap(), vec![]);
+        let mut c = ActorCommit::new(k.clone(), e);
+        for space in [Space::OPS, Space::new(4), Space::SNAPSHOT] {
+            c.writes.push(RowWrite::Delete {
+                space,
+                first: 7,
+                last: 3,
+            });
+        }
+        commit(s, &[c]);
+        assert_eq!(all(s, &k).len(), 20, "a reversed delete removed rows");
+    }
+
+    /// The snapshot space holds one row, id 0: a put of another id is refused with an error,
+    /// and nothing of its batch is written.
+    pub fn a_snapshot_row_other_than_id_0_is_refused(s: &dyn Store) {
+        let (a, b) = (key("a"), key("b"));
+        let (ea, eb) = (epoch(s, &a), epoch(s, &b));
+        let result = s.commit(&[
+            ActorCommit::new(a.clone(), ea).put(Space::OPS, 1, b"a".to_vec()),
+            ActorCommit::new(b.clone(), eb).put(Space::SNAPSHOT, 1, b"b".to_vec()),
+        ]);
+        assert!(result.is_err(), "a snapshot row with id 1 was accepted");
+        assert_eq!(all(s, &a), vec![], "a: nothing of the batch written");
+        assert_eq!(all(s, &b), vec![], "b: nothing of the batch written");
     }
 }

@@ -112,6 +112,17 @@ pub enum TransferError {
         /// What is wrong.
         detail: String,
     },
+    /// A namespace or key too long for the stream (checked on export, so that no stream is
+    /// written that an import would refuse).
+    #[error("actor key `{key}` has a part of {len} bytes; an export stream holds at most {max}")]
+    KeyTooLong {
+        /// The key.
+        key: ActorKey,
+        /// The length of its longer part.
+        len: usize,
+        /// The most a stream holds.
+        max: usize,
+    },
     /// The store is not empty and the import was not asked to replace.
     #[error(
         "store `{store}` is not empty ({keys} keys, the first `{first}`): import refused \
@@ -166,6 +177,15 @@ pub fn export(store: &dyn Store, out: &mut dyn Write) -> Result<TransferStats, T
     let mut stats = TransferStats::default();
     let mut body = Vec::new();
     for (key, marks) in store.scan()? {
+        for text in [key.namespace(), key.key()] {
+            if text.len() > MAX_KEY_LEN as usize {
+                return Err(TransferError::KeyTooLong {
+                    key: key.clone(),
+                    len: text.len(),
+                    max: MAX_KEY_LEN as usize,
+                });
+            }
+        }
         body.clear();
         body.push(TAG_ACTOR);
         for text in [key.namespace(), key.key()] {
@@ -214,9 +234,14 @@ impl In<'_> {
     /// Reads exactly `n` bytes onto the current record.
     fn take(&mut self, n: usize, expected: &'static str) -> Result<(), TransferError> {
         let start = self.record.len();
-        self.record.resize(start + n, 0);
         let mut got = 0;
         while got < n {
+            // Grown a chunk at a time, so a stream that claims a large row and ends allocates
+            // no more than it held.
+            if self.record.len() == start + got {
+                let chunk = (n - got).min(1 << 20);
+                self.record.resize(start + got + chunk, 0);
+            }
             match self.r.read(&mut self.record[start + got..]) {
                 Ok(0) => {
                     return Err(TransferError::Truncated {
@@ -280,6 +305,21 @@ struct Entry {
     rows: Vec<(Space, u64, Vec<u8>)>,
 }
 
+/// Refuses a finished actor that holds nothing (no row, both marks 0): no store exports one,
+/// and importing it would store nothing, so the next export would differ.
+fn empty_actor(entries: &[Entry], next: u64) -> Result<(), TransferError> {
+    match entries.last() {
+        Some(e) if e.rows.is_empty() && e.marks == Marks::default() => {
+            Err(TransferError::Corrupt {
+                offset: next,
+                record: format!("actor `{}`", e.key),
+                detail: "an actor with no row and no mark".to_owned(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads and checks a whole stream.
 fn parse(r: &mut dyn Read) -> Result<(Vec<Entry>, TransferStats), TransferError> {
     let mut input = In {
@@ -329,6 +369,7 @@ fn parse(r: &mut dyn Read) -> Result<(Vec<Entry>, TransferStats), TransferError>
         };
         match tag {
             TAG_ACTOR => {
+                empty_actor(&entries, start)?;
                 let mut texts = Vec::new();
                 for what in ["a namespace", "a key"] {
                     let len = input.u32(what)?;
@@ -385,6 +426,12 @@ fn parse(r: &mut dyn Read) -> Result<(Vec<Entry>, TransferStats), TransferError>
                     None => format!("row ({space}, {id}) before any actor"),
                 };
                 input.check(start, &which)?;
+                if space == Space::SNAPSHOT && id != 0 {
+                    return Err(corrupt(
+                        &entries,
+                        format!("a snapshot row with id {id}, not 0"),
+                    ));
+                }
                 let Some(entry) = entries.last_mut() else {
                     return Err(corrupt(&entries, "a row before any actor".to_owned()));
                 };
@@ -398,6 +445,7 @@ fn parse(r: &mut dyn Read) -> Result<(Vec<Entry>, TransferStats), TransferError>
                 rows += 1;
             }
             TAG_END => {
+                empty_actor(&entries, start)?;
                 let actors = input.u64("the actor count")?;
                 let counted = input.u64("the row count")?;
                 let whole = input.whole;
@@ -459,8 +507,9 @@ fn parse(r: &mut dyn Read) -> Result<(Vec<Entry>, TransferStats), TransferError>
 /// stream is read and checked first: if it is truncated or damaged, or the store is not empty
 /// (with [`ImportMode::IntoEmpty`]), nothing is written.
 ///
-/// Run it with no actor running on `store`: each imported key's epoch is raised to at least
-/// the exported one, so an instance running there would be fenced.
+/// Each imported key's epoch is raised to at least the exported one; with
+/// [`ImportMode::Replace`], a key already in the store also takes a new epoch, as a delete
+/// does, so an instance running on it is fenced.
 pub fn import(
     store: &dyn Store,
     input: &mut dyn Read,
@@ -499,6 +548,12 @@ pub fn import(
             commit = commit.put(space, id, bytes);
         }
         commit.raise = entry.marks;
+        if current.contains_key(&*key) {
+            // A new epoch, as a delete takes: an instance running on the key is fenced, its
+            // next write refused rather than laid over the imported rows.
+            let fence = crate::store::next_epoch(store.name(), &key, stored.epoch)?;
+            commit.raise.epoch = commit.raise.epoch.max(fence);
+        }
         batch.push(commit);
     }
     store.commit(&batch)?;

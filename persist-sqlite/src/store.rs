@@ -222,6 +222,18 @@ impl SqliteStore {
             // Dropping the transaction rolls it back; nothing of it was ever visible.
             return Err(StoreError::Fenced(fences).into());
         }
+        // The snapshot space holds one row, id 0, on every backend.
+        let odd_snapshot = batch
+            .iter()
+            .flat_map(|c| &c.writes)
+            .any(|w| matches!(w, RowWrite::Put { space: Space::SNAPSHOT, id, .. } if *id != 0));
+        if odd_snapshot {
+            return Err(StoreError::Unsupported {
+                store: self.name().to_owned(),
+                operation: "a snapshot row with an id other than 0",
+            }
+            .into());
+        }
         for c in batch {
             let (_, m) = marks.get_mut(&*c.key).expect("loaded above");
             self.apply(&txn, c, m)?;
