@@ -97,43 +97,30 @@ MUTATIONS = {
     ),
     "commit-does-not-raise-the-floor": (
         CORE + "runtime.rs",
-        """            floor: (next_seq > rt.reserved).then(|| next_seq.saturating_add(FLOOR_BLOCK)),""",
-        """            floor: None,""",
+        "            commit = commit.raise_floor(floor);\n",
+        "            let _ = floor;\n",
         ["--test", "op_ids", "header_is_damaged"],
     ),
-    "memory-store-delete-drops-the-floor": (
+    "memory-store-lowers-a-mark": (
         CORE + "memory.rs",
-        """        t.ops.remove(key);
-        t.raise_floor(key, floor);
-        *t.epochs""",
-        """        t.ops.remove(key);
-        t.floors.remove(key);
-        let _ = floor;
-        *t.epochs""",
-        ["--test", "op_ids", "memory::op_ids_never_repeat_after_a_delete"],
+        "                m.floor = m.floor.max(c.raise.floor);\n",
+        "                if c.raise.floor > 0 {\n                    m.floor = c.raise.floor;\n                }\n",
+        ["-p", "persist-core", "--test", "conformance", "memory::marks_are_raised_never_lowered"],
     ),
-    "redb-quarantine-does-not-write-the-floor": (
-        "persist-redb/src/admin.rs",
-        """    remove_record(&txn, key)?;
-    raise_floor(&mut txn.open_table(FLOORS)?, key, floor)?;
-    txn.commit()?;
-    Ok(())
-}
-
-/// The quarantined records""",
-        """    remove_record(&txn, key)?;
-    let _ = floor;
-    txn.commit()?;
-    Ok(())
-}
-
-/// The quarantined records""",
+    "quarantine-does-not-write-the-floor": (
+        CORE + "storage.rs",
+        """            .put(Space::QUARANTINE, epoch, blob)
+            .raise_floor(floor);
+""",
+        """            .put(Space::QUARANTINE, epoch, blob);
+        let _ = floor;
+""",
         ["--test", "golden", "a_store_without_floors_keeps_ids_unique_across_a_quarantine"],
     ),
     "delete-keeps-only-the-stored-floor": (
         CORE + "storage.rs",
-        """            s.delete_actor(&key, sequence_floor(&loaded))""",
-        """            s.delete_actor(&key, loaded.floor)""",
+        """                ActorCommit::new(key, loaded.epoch).raise_floor(sequence_floor(&loaded));""",
+        """                ActorCommit::new(key, loaded.epoch).raise_floor(loaded.floor);""",
         ["--test", "golden", "a_store_without_floors_keeps_ids_unique_across_a_delete"],
     ),
     "old-ops-decoded-as-the-new-type-without-a-shape-check": (
@@ -251,8 +238,8 @@ MUTATIONS = {
     ),
     "a-provably-old-snapshot-header-is-trusted-over-the-floor": (
         CORE + "storage.rs",
-        """        Some(Ok((_, header, _))) if header.sequence.saturating_add(block) >= loaded.floor => {""",
-        """        Some(Ok((_, header, _))) if block > 0 => {""",
+        """        Some(Ok(v)) if v.header.sequence.saturating_add(block) >= loaded.floor => {""",
+        """        Some(Ok(v)) if block > 0 => {""",
         ["--test", "adversarial_round_two", "snapshot_older_than_a_block"],
     ),
     "p3-no-replay-on-start": (
@@ -278,6 +265,90 @@ MUTATIONS = {
         """        Err(e) => return Err(e.into()),""",
         """        Err(_) => (None, BTreeMap::new(), BTreeMap::new()),""",
         ["--test", "behaviour", "undecodable_snapshot_fails_the_spawn"],
+    ),
+    "redb-writes-a-batch-with-a-stale-epoch": (
+        "persist-redb/src/store.rs",
+        "            if !fences.is_empty() {\n",
+        "            if false && !fences.is_empty() {\n",
+        ["-p", "persist-redb", "--test", "conformance", "in_memory::a_stale_epoch_writes_nothing"],
+    ),
+    "redb-delete-of-another-space-removes-the-whole-space": (
+        "persist-redb/src/rows.rs",
+        "                        .retain_in((ns, k, s, *first)..=(ns, k, s, *last), |_, _| false)?;\n",
+        "                        .retain_in((ns, k, s, 0)..=(ns, k, s, u64::MAX), |_, _| false)?;\n",
+        ["-p", "persist-redb", "--test", "conformance", "in_memory::a_delete_removes_exactly"],
+    ),
+    "compression-kept-when-it-makes-a-record-larger": (
+        CORE + "envelope.rs",
+        "        if packed.len() < payload.len() {\n",
+        "        if !packed.is_empty() {\n",
+        ["--test", "transforms", "a_compressible_state_is_stored_compressed"],
+    ),
+    "encryption-not-bound-to-the-actor-key": (
+        CORE + "envelope.rs",
+        "    aad.extend_from_slice(key.as_bytes());\n",
+        "    let _ = key;\n",
+        ["--test", "transforms", "a_record_moved_to_another_key_or_sequence"],
+    ),
+    "encryption-not-bound-to-the-sequence": (
+        CORE + "envelope.rs",
+        "    aad.extend_from_slice(&place.id.to_le_bytes());\n",
+        "",
+        ["--test", "transforms", "a_record_moved_to_another_key_or_sequence"],
+    ),
+    "import-into-a-store-that-is-not-empty": (
+        CORE + "transfer.rs",
+        "    if mode == ImportMode::IntoEmpty\n",
+        "    if mode == ImportMode::IntoEmpty && false\n",
+        ["--test", "export", "not_empty"],
+    ),
+    "export-drops-the-floor": (
+        CORE + "transfer.rs",
+        "        body.extend_from_slice(&marks.floor.to_le_bytes());\n",
+        "        body.extend_from_slice(&0u64.to_le_bytes());\n",
+        ["--test", "export", "a_round_trip"],
+    ),
+    "import-skips-a-records-checksum": (
+        CORE + "transfer.rs",
+        "        if found != want {\n",
+        "        if false && found != want {\n",
+        ["--test", "export", "a_damaged_stream"],
+    ),
+    "sqlite-writes-a-batch-with-a-stale-epoch": (
+        "persist-sqlite/src/store.rs",
+        "        let fences = check_epochs(batch, |key| Ok(marks[key].0.epoch))?;\n        if !fences.is_empty() {\n",
+        "        let fences = check_epochs(batch, |key| Ok(marks[key].0.epoch))?;\n        if false && !fences.is_empty() {\n",
+        ["-p", "persist-sqlite", "--test", "conformance", "in_memory::a_stale_epoch_writes_nothing"],
+    ),
+    "sqlite-ids-stored-without-the-order-preserving-map": (
+        "persist-sqlite/src/codec.rs",
+        "    (x ^ (1 << 63)) as i64\n",
+        "    x as i64\n",
+        ["-p", "persist-sqlite", "--test", "conformance", "in_memory::ids_are_ordered"],
+    ),
+    "sqlite-row-checksum-not-checked": (
+        "persist-sqlite/src/rows.rs",
+        "    if codec::row_sum(key.namespace(), key.key(), space, id, &bytes) != sum {\n",
+        "    if false && codec::row_sum(key.namespace(), key.key(), space, id, &bytes) != sum {\n",
+        ["-p", "persist-sqlite", "--test", "sqlite_store", "changed_bytes_are_an_error"],
+    ),
+    "replace-import-takes-no-new-epoch": (
+        CORE + "transfer.rs",
+        "            commit.raise.epoch = commit.raise.epoch.max(fence);\n",
+        "            let _ = fence;\n",
+        ["--test", "adversarial_backends", "a_replace_import_fences"],
+    ),
+    "a-failed-delete-write-does-not-poison": (
+        CORE + "storage.rs",
+        "                                    self.poisoned = Some(reason);\n",
+        "                                    let _ = reason;\n",
+        ["--test", "adversarial_backends", "a_failed_delete_write_poisons"],
+    ),
+    "an-intact-record-over-the-cap-counted-as-damage": (
+        CORE + "envelope.rs",
+        "            return Err(DecodeReason::Malformed {\n                detail: format!(\n                    \"a payload of {raw_len} bytes once decompressed, over the cap of \\\n",
+        "            return Err(DecodeReason::TooLarge { len: raw_len.into(), max: 0 });\n            #[allow(unreachable_code)]\n            return Err(DecodeReason::Malformed {\n                detail: format!(\n                    \"a payload of {raw_len} bytes once decompressed, over the cap of \\\n",
+        ["--test", "adversarial_backends", "an_intact_compressed_record_over_the_cap_is_not_quarantined"],
     ),
 }
 
