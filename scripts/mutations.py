@@ -221,7 +221,7 @@ MUTATIONS = {
             .catch_unwind()
             .await
         {""",
-        """        let outcome = match Ok::<_, Box<dyn Any + Send>>(actor.perform(p, &rt.state).await) {""",
+        """        let outcome = match Ok::<_, Box<dyn std::any::Any + Send>>(actor.perform(p, &rt.state).await) {""",
         ["--test", "adversarial", "a_panicking_perform"],
     ),
     "op-sequence-not-checked-against-its-row": (
@@ -286,7 +286,7 @@ MUTATIONS = {
     ),
     "encryption-not-bound-to-the-actor-key": (
         CORE + "envelope.rs",
-        "    aad.extend_from_slice(key.as_bytes());\n",
+        "    aad.extend_from_slice(&(key.len() as u32).to_le_bytes());\n    aad.extend_from_slice(key.as_bytes());\n",
         "    let _ = key;\n",
         ["--test", "transforms", "a_record_moved_to_another_key_or_sequence"],
     ),

@@ -739,7 +739,8 @@ async fn an_intact_compressed_record_over_the_cap_is_not_quarantined() {
     let compress = || Transforms::none().compress_above(16);
     write_memo(&store, compress(), "a", &"big".repeat(300), &["op"]).await;
     let mut rec = store.snapshot(&memo("a")).unwrap();
-    rec[41..45].copy_from_slice(&(64u32 * MIB as u32 + 1).to_le_bytes());
+    // Over this build's cap (64 MiB and a 5-byte attempt count).
+    rec[41..45].copy_from_slice(&(65u32 * MIB as u32).to_le_bytes());
     fix_v2_checksum(&mut rec);
     store.put_raw_snapshot(&memo("a"), rec.clone());
     let (r, quarantined) = open_with_quarantine(&store, compress(), "a").await;
