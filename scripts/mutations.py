@@ -350,6 +350,12 @@ MUTATIONS = {
         "            return Err(DecodeReason::TooLarge { len: raw_len.into(), max: 0 });\n            #[allow(unreachable_code)]\n            return Err(DecodeReason::Malformed {\n                detail: format!(\n                    \"a payload of {raw_len} bytes once decompressed, over the cap of \\\n",
         ["--test", "adversarial_backends", "an_intact_compressed_record_over_the_cap_is_not_quarantined"],
     ),
+    "encrypt-only-reads-a-plain-record": (
+        CORE + "envelope.rs",
+        "    if transforms.require_encryption && flags & ENCRYPTED == 0 {\n",
+        "    if false && transforms.require_encryption && flags & ENCRYPTED == 0 {\n",
+        ["--test", "transforms", "encrypt_only_refuses"],
+    ),
 }
 
 

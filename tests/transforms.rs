@@ -558,3 +558,42 @@ async fn the_golden_record_of_each_transform_still_reads() {
         assert_eq!(pending, vec![(0, "golden operation ".repeat(10))], "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypt_only_refuses_a_record_that_is_not_encrypted() {
+    let store = MemoryStore::new();
+    let only = || Transforms::none().encrypt_only(Keyring::new(3, &key1()).unwrap());
+    write(&store, only(), "sealed", &page(SECRET, vec![]), &["op"]).await;
+    assert_eq!(read(&store, only(), "sealed").await.unwrap().0.text, SECRET);
+    // A plain record planted in the store (format 1, as a storage without the key writes).
+    write(
+        &store,
+        Transforms::none(),
+        "planted",
+        &page("forged", vec![]),
+        &[],
+    )
+    .await;
+    let err = read(&store, only(), "planted").await.unwrap_err();
+    assert!(matches!(err, DecodeReason::NotEncrypted), "{err}");
+    assert!(!err.is_damage(), "never quarantined");
+    // With `encrypt` alone it reads: records from before encryption stay readable.
+    let keys = encrypted(Keyring::new(3, &key1()).unwrap());
+    assert_eq!(
+        read(&store, keys, "planted").await.unwrap().0.text,
+        "forged"
+    );
+    // A compressed-only record is no better.
+    let compressed = Transforms::none().compress_above(8);
+    write(
+        &store,
+        compressed,
+        "packed",
+        &page(&"x".repeat(500), vec![]),
+        &[],
+    )
+    .await;
+    assert_eq!(store.snapshot(&nb("packed")).unwrap()[40], 0x01);
+    let err = read(&store, only(), "packed").await.unwrap_err();
+    assert!(matches!(err, DecodeReason::NotEncrypted), "{err}");
+}

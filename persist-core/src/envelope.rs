@@ -279,9 +279,13 @@ fn untransform<'a>(
     transforms: &Transforms,
     place: Place<'_>,
 ) -> Result<Cow<'a, [u8]>, DecodeReason> {
-    let Some(&flags) = v.fields.first() else {
+    let flags = v.fields.first().copied().unwrap_or(0);
+    if transforms.require_encryption && flags & ENCRYPTED == 0 {
+        return Err(DecodeReason::NotEncrypted);
+    }
+    if v.fields.is_empty() {
         return Ok(Cow::Borrowed(v.body));
-    };
+    }
     let mut at = 1;
     let mut raw_len = None;
     if flags & COMPRESSED != 0 {

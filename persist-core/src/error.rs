@@ -131,6 +131,10 @@ pub enum DecodeReason {
         /// The id of the key that sealed the record.
         key_id: u32,
     },
+    /// A record that is not encrypted, read by a storage that requires encryption
+    /// ([`crate::Transforms::encrypt_only`]).
+    #[error("the record is not encrypted, and this storage requires encryption")]
+    NotEncrypted,
     /// An encrypted record that does not open with its key: a wrong key under that id, a
     /// changed byte, or a record moved from another actor or another sequence number.
     #[error(

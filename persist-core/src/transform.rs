@@ -43,6 +43,7 @@ pub(crate) const NONCE_LEN: usize = 24;
 pub struct Transforms {
     pub(crate) compress_above: Option<usize>,
     pub(crate) keys: Option<Arc<Keyring>>,
+    pub(crate) require_encryption: bool,
 }
 
 impl Transforms {
@@ -60,6 +61,16 @@ impl Transforms {
     /// Encrypts every record with `keys`' current key, and reads with any of its keys.
     pub fn encrypt(mut self, keys: Keyring) -> Self {
         self.keys = Some(Arc::new(keys));
+        self
+    }
+
+    /// Like [`Transforms::encrypt`], and refuses to read a record that is not encrypted
+    /// ([`crate::DecodeReason::NotEncrypted`]), so a record planted in the store without the
+    /// key cannot pass for one of ours. Use it once every record was written encrypted
+    /// (with `encrypt` alone, records written before encryption was turned on stay readable).
+    pub fn encrypt_only(mut self, keys: Keyring) -> Self {
+        self.keys = Some(Arc::new(keys));
+        self.require_encryption = true;
         self
     }
 
