@@ -13,15 +13,17 @@ use crate::error::Failure;
 use crate::rows::{MarksRow, read_marks, read_row};
 use crate::schema::Schema;
 
-/// SQLite's `quick_check` of the whole file: [`Failure::Corrupt`] listing what it found.
+/// SQLite's `quick_check` of `table` (one of ours): [`Failure::Corrupt`] listing what it
+/// found.
 ///
 /// `quick_check` rather than `integrity_check`: the latter adds, for every table, a lookup in
 /// each of its indexes per row. Our tables have no index besides their primary key, so for
 /// them it would add only a check of the keys' order, which [`verify`] covers (it checks the
 /// order itself, and a key changed by damage fails its checksum); for an application's tables
 /// sharing the file it would make every open cost a lookup per row and index.
-pub(crate) fn quick_check(conn: &Connection) -> Result<(), Failure> {
-    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+pub(crate) fn quick_check(conn: &Connection, table: &str) -> Result<(), Failure> {
+    // Table names are checked prefixes plus our suffixes: safe to put in the text.
+    let mut stmt = conn.prepare(&format!("PRAGMA quick_check(\"{table}\")"))?;
     let found: Vec<String> = stmt
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;

@@ -75,6 +75,14 @@ pub enum FormatError {
         "SQLite can only read the file (no write permission, or a header that asks for a newer SQLite to write it)"
     )]
     ReadOnly,
+    /// The file's text encoding is not UTF-8 (an application made it with
+    /// `PRAGMA encoding = 'UTF-16...'`): SQLite would order keys by their UTF-16 bytes, not
+    /// as Rust orders them, and the store's ordering checks would take that for damage.
+    #[error("the file's text encoding is {encoding}; the store needs a UTF-8 file")]
+    NotUtf8 {
+        /// The encoding SQLite reports.
+        encoding: String,
+    },
     /// SQLite would not put the file in WAL mode (a file system without shared memory, for
     /// example), so commits could not be made durable the way this store promises.
     #[error("the file cannot be put in WAL mode (its journal mode stays {mode:?})")]
@@ -181,16 +189,52 @@ pub(crate) fn probe(path: &Path, schema: &Schema, prefix: &str) -> Result<(), Fa
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(crate::store::BUSY_TIMEOUT)?;
+    if hot_journal(&conn) {
+        // An application that crashed mid-write left a rollback journal, which a read-only
+        // connection may not roll back. Any read-write open does that, as SQLite would for
+        // the application; then look again.
+        drop(conn);
+        let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let fix = Connection::open_with_flags(path, rw)?;
+        fix.busy_timeout(crate::store::BUSY_TIMEOUT)?;
+        fix.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        fix.close().map_err(|(_, e)| e)?;
+        conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(crate::store::BUSY_TIMEOUT)?;
+    }
     // One read transaction, so the checks see one state of the file.
     let txn = conn.transaction()?;
     let layout = inspect(&txn, schema, prefix).map_err(not_sqlite)?;
-    check::quick_check(&txn)?;
+    let encoding: String = txn.query_row("PRAGMA encoding", [], |r| r.get(0))?;
+    if encoding != "UTF-8" {
+        return Err(FormatError::NotUtf8 { encoding }.into());
+    }
+    if layout == Layout::Ours {
+        // Our tables only: an application's index on a collation it registers on its own
+        // connections must not keep the store out of its file.
+        for table in &schema.names {
+            check::quick_check(&txn, table)?;
+        }
+    }
     if layout == Layout::Ours {
         check::verify(&txn, schema, |_, _| {})?;
     }
     drop(txn);
     conn.close().map_err(|(_, e)| e)?;
     Ok(())
+}
+
+/// Whether the first read of `conn` (read-only) meets a hot rollback journal it may not roll
+/// back (SQLITE_READONLY_ROLLBACK).
+fn hot_journal(conn: &Connection) -> bool {
+    match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Err(rusqlite::Error::SqliteFailure(e, _)) => e.extended_code == 776,
+        _ => false,
+    }
 }
 
 /// SQLite's "not a database" on the first read of a file is a format refusal, not damage.

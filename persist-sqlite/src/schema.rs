@@ -59,7 +59,11 @@ impl Schema {
             put_marker: format!("INSERT INTO {m} (name, value) VALUES ('format', ?1)"),
             get_marks: format!("SELECT {MARKS} FROM {k} WHERE ns = ?1 AND key = ?2"),
             put_marks: format!(
-                "INSERT OR REPLACE INTO {k} ({MARKS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                // An upsert, not INSERT OR REPLACE: a replace deletes the row first, which
+                // would fire an application's ON DELETE trigger or foreign-key cascade.
+                "INSERT INTO {k} ({MARKS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (ns, key) DO UPDATE SET epoch = excluded.epoch, \
+                 floor = excluded.floor, counts = excluded.counts, sum = excluded.sum"
             ),
             delete_marks: format!("DELETE FROM {k} WHERE ns = ?1 AND key = ?2"),
             namespace_marks: format!("SELECT {MARKS} FROM {k} WHERE ns = ?1 ORDER BY key"),

@@ -28,7 +28,7 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// The store owns one connection. Every commit is one `BEGIN IMMEDIATE` transaction in WAL
 /// mode with `synchronous=FULL`, so it is on disk when [`Store::commit`] returns. Every open of
-/// a file checks it whole first (SQLite's `quick_check`, then every row's checksum), so damage
+/// a file checks it whole first (SQLite's `quick_check` of our tables, then every row's checksum), so damage
 /// is a typed error then, not a wrong record later. `docs/sqlite.md` describes the tables.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -78,7 +78,8 @@ impl SqliteStore {
     /// - No file: a new store file is built beside `path`, synced and linked into place, so a
     ///   crash during the first create leaves no file, never a half-made one.
     /// - An empty file is refused ([`FormatError::EmptyFile`]): a store file is never empty.
-    /// - Every existing file gets SQLite's `quick_check` before it is used.
+    /// - Every existing file gets SQLite's `quick_check` of the store's tables before it is
+    ///   used.
     /// - A database without the store's tables (an application's file) gets them, in one
     ///   transaction; the application's own tables are left alone.
     /// - A database with the store's tables is checked whole: every row's and every mark's
@@ -95,6 +96,15 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let name = path.display().to_string();
+        // SQLite (built with URI file names) reads `file:x` or `:memory:` as something else
+        // than the file of that name, which every other step here uses: `./` makes it a file.
+        let joined;
+        let path = if path.is_relative() {
+            joined = Path::new(".").join(path);
+            joined.as_path()
+        } else {
+            path
+        };
         run(&name, || {
             let prefix = options.checked_prefix()?;
             let schema = Schema::new(prefix);
