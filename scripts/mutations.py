@@ -356,6 +356,18 @@ MUTATIONS = {
         "    if false && transforms.require_encryption && flags & ENCRYPTED == 0 {\n",
         ["--test", "transforms", "encrypt_only_refuses"],
     ),
+    "sqlite-marks-replaced-not-upserted": (
+        "persist-sqlite/src/schema.rs",
+        "                \"INSERT INTO {k} ({MARKS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \\\n",
+        "                \"INSERT OR REPLACE INTO {k} ({MARKS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) --\\\n",
+        ["-p", "persist-sqlite", "--test", "adversarial_sqlite", "an_epoch_claim_does_not_cascade"],
+    ),
+    "sqlite-accepts-a-utf16-file": (
+        "persist-sqlite/src/format.rs",
+        "    if encoding != \"UTF-8\" {\n",
+        "    if false && encoding != \"UTF-8\" {\n",
+        ["-p", "persist-sqlite", "--test", "adversarial_sqlite", "a_utf16_application_file"],
+    ),
 }
 
 
