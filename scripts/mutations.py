@@ -109,18 +109,14 @@ MUTATIONS = {
     ),
     "quarantine-does-not-write-the-floor": (
         CORE + "storage.rs",
-        """            .put(Space::QUARANTINE, epoch, blob)
-            .raise_floor(floor);
-""",
-        """            .put(Space::QUARANTINE, epoch, blob);
-        let _ = floor;
-""",
+        "            .raise_floor(floor)\n            .clear_record();\n",
+        "            .clear_record();\n        let _ = floor;\n",
         ["--test", "golden", "a_store_without_floors_keeps_ids_unique_across_a_quarantine"],
     ),
     "delete-keeps-only-the-stored-floor": (
         CORE + "storage.rs",
-        """                ActorCommit::new(key, loaded.epoch).raise_floor(sequence_floor(&loaded));""",
-        """                ActorCommit::new(key, loaded.epoch).raise_floor(loaded.floor);""",
+        "                .raise_floor(sequence_floor(&loaded));\n",
+        "                .raise_floor(loaded.floor);\n",
         ["--test", "golden", "a_store_without_floors_keeps_ids_unique_across_a_delete"],
     ),
     "old-ops-decoded-as-the-new-type-without-a-shape-check": (

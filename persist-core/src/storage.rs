@@ -286,11 +286,9 @@ impl Storage {
         self.call_writing(move |s| {
             // Reading the record also takes a new epoch, fencing a running instance at once.
             let loaded = s.open_actor(&key, &Space::RECORD)?;
-            let mut commit =
-                ActorCommit::new(key, loaded.epoch).raise_floor(sequence_floor(&loaded));
-            for space in Space::RECORD {
-                commit = commit.clear(space);
-            }
+            let commit = ActorCommit::new(key, loaded.epoch)
+                .clear_record()
+                .raise_floor(sequence_floor(&loaded));
             s.commit(&[commit])
         })
         .await
@@ -385,12 +383,10 @@ impl Storage {
             ops: loaded.ops(),
         };
         let blob = postcard::to_stdvec(&body).map_err(|e| StoreError::backend(self.name(), e))?;
-        let mut commit = ActorCommit::new(key.clone(), epoch)
+        let commit = ActorCommit::new(key.clone(), epoch)
             .put(Space::QUARANTINE, epoch, blob)
-            .raise_floor(floor);
-        for space in Space::RECORD {
-            commit = commit.clear(space);
-        }
+            .raise_floor(floor)
+            .clear_record();
         self.call_writing(move |s| s.commit(&[commit])).await
     }
 

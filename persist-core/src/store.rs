@@ -207,6 +207,15 @@ impl ActorCommit {
         self
     }
 
+    /// Adds a removal of every row of the actor's record ([`Space::RECORD`]): what a delete
+    /// and a quarantine remove.
+    pub fn clear_record(mut self) -> Self {
+        for space in Space::RECORD {
+            self = self.clear(space);
+        }
+        self
+    }
+
     /// Raises the key's sequence floor to at least `floor`.
     pub fn raise_floor(mut self, floor: u64) -> Self {
         self.raise.floor = self.raise.floor.max(floor);

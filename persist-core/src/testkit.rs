@@ -767,11 +767,9 @@ pub mod checks {
                 .raise_floor(1024)],
         );
         let l = open(s, &k, &Space::RECORD);
-        let mut c =
-            ActorCommit::new(k.clone(), l.epoch).put(Space::QUARANTINE, l.epoch, b"q".to_vec());
-        for sp in Space::RECORD {
-            c = c.clear(sp);
-        }
+        let c = ActorCommit::new(k.clone(), l.epoch)
+            .put(Space::QUARANTINE, l.epoch, b"q".to_vec())
+            .clear_record();
         commit(s, &[c]);
         let l = open(s, &k, &Space::RECORD);
         assert_eq!((l.epoch, l.floor, l.rows), (e + 2, 1024, vec![]));

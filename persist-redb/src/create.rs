@@ -10,11 +10,10 @@
 //! ([`crate::FormatError::EmptyFile`]) rather than taken for a new store: it is a store that
 //! lost its bytes, or not a store at all.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::{File, OpenOptions};
+use std::path::Path;
 
+use persist_core::atomic_file;
 use redb::StorageBackend;
 use redb::backends::FileBackend;
 
@@ -23,27 +22,16 @@ use crate::format;
 
 /// Whether there is a file at `path`.
 pub(crate) fn exists(path: &Path) -> Result<bool, Failure> {
-    match fs::metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(redb::Error::from(e).into()),
-    }
+    atomic_file::exists(path).map_err(|e| redb::Error::from(e).into())
 }
 
-/// Builds an empty store in a temporary file beside `path` and puts it at the absent `path`.
-///
-/// The store is placed with a hard link, which fails if another process created the store
-/// meanwhile (then that store is used, not replaced). A crash leaves at most a temporary file
-/// `.<name>.create-*` behind, which no open reads; it may be deleted.
+/// Builds an empty store beside `path` and puts it at the absent `path`
+/// ([`atomic_file::create_aside`]).
 pub(crate) fn create<B: StorageBackend>(
     path: &Path,
     wrap: &impl Fn(FileBackend) -> B,
 ) -> Result<(), Failure> {
-    let temp = temp_path(path);
-    let result = build(&temp, wrap).and_then(|()| place(&temp, path));
-    // After a link, or a failure, the temporary name is removed (after a rename it is gone).
-    let _ = fs::remove_file(&temp);
-    result
+    atomic_file::create_aside(path, |temp| build(temp, wrap))
 }
 
 fn build<B: StorageBackend>(temp: &Path, wrap: &impl Fn(FileBackend) -> B) -> Result<(), Failure> {
@@ -64,48 +52,4 @@ fn build<B: StorageBackend>(temp: &Path, wrap: &impl Fn(FileBackend) -> B) -> Re
         .and_then(|f| f.sync_all())
         .map_err(redb::Error::from)?;
     Ok(())
-}
-
-fn place(temp: &Path, path: &Path) -> Result<(), Failure> {
-    match fs::hard_link(temp, path) {
-        Ok(()) => {}
-        // Another opener won the race: use its store, never replace it.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        // A file system without hard links: a rename is atomic too, but would replace a store
-        // created meanwhile (whose opener then writes to a file no longer at `path`), which is
-        // why the link comes first.
-        Err(_) => fs::rename(temp, path).map_err(redb::Error::from)?,
-    }
-    sync_dir(path).map_err(redb::Error::from)?;
-    Ok(())
-}
-
-/// Makes the new directory entry durable (a no-op where directories cannot be synced).
-fn sync_dir(path: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        Ok(())
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
-    let unique = format!(
-        ".{name}.create-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    path.with_file_name(unique)
 }

@@ -53,6 +53,12 @@ failure_from_redb!(
     redb::TransactionError,
 );
 
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Redb(redb::Error::from(e))
+    }
+}
+
 impl From<FormatError> for Failure {
     fn from(e: FormatError) -> Self {
         Failure::Format(e)

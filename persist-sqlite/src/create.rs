@@ -9,11 +9,10 @@
 //! and linked into place; the directory is synced after. (The same steps as persist-redb's
 //! first create, for the same reason.)
 
-use std::fs::{self, File};
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::File;
+use std::path::Path;
 
+use persist_core::atomic_file;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::error::Failure;
@@ -22,24 +21,13 @@ use crate::schema::Schema;
 
 /// Whether there is a file at `path`.
 pub(crate) fn exists(path: &Path) -> Result<bool, Failure> {
-    match fs::metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    Ok(atomic_file::exists(path)?)
 }
 
-/// Builds an empty store in a temporary file beside `path` and puts it at the absent `path`.
-///
-/// The store is placed with a hard link, which fails if another process created a file there
-/// meanwhile (then that file is opened, not replaced). A crash leaves at most a temporary file
-/// `.<name>.create-*` behind, which no open reads; it may be deleted.
+/// Builds an empty store beside `path` and puts it at the absent `path`
+/// ([`atomic_file::create_aside`]).
 pub(crate) fn create(path: &Path, schema: &Schema) -> Result<(), Failure> {
-    let temp = temp_path(path);
-    let result = build(&temp, schema).and_then(|()| place(&temp, path));
-    // After a link, or a failure, the temporary name is removed (after a rename it is gone).
-    let _ = fs::remove_file(&temp);
-    result
+    atomic_file::create_aside(path, |temp| build(temp, schema))
 }
 
 /// The temporary store is written in rollback-journal mode, so that closing it leaves one
@@ -57,47 +45,4 @@ fn build(temp: &Path, schema: &Schema) -> Result<(), Failure> {
     // SQLite synced the commit; this also covers anything its close wrote.
     File::open(temp)?.sync_all()?;
     Ok(())
-}
-
-fn place(temp: &Path, path: &Path) -> Result<(), Failure> {
-    match fs::hard_link(temp, path) {
-        Ok(()) => {}
-        // Another opener won the race: use its file, never replace it.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        // A file system without hard links: a rename is atomic too, but would replace a store
-        // created meanwhile, which is why the link comes first.
-        Err(_) => fs::rename(temp, path)?,
-    }
-    sync_dir(path)?;
-    Ok(())
-}
-
-/// Makes the new directory entry durable (a no-op where directories cannot be synced).
-fn sync_dir(path: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        Ok(())
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
-    let unique = format!(
-        ".{name}.create-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    path.with_file_name(unique)
 }
