@@ -78,6 +78,14 @@ pub(crate) enum Kind {
     RetriedOp = 4,
     /// A dead letter with its failed-attempt count, laid out as [`Kind::RetriedOp`].
     CountedDeadOp = 5,
+    /// A message to another persistent actor, kept until it is acknowledged.
+    Outgoing = 6,
+    /// The sender's side of a channel: its destination and last sequence number.
+    Channel = 7,
+    /// The receiver's side of a channel: its sender and the highest sequence applied.
+    Inbox = 8,
+    /// The stored reply to an idempotent request.
+    Request = 9,
 }
 
 impl Kind {
@@ -88,6 +96,10 @@ impl Kind {
             Kind::DeadOp => "dead-letter operation",
             Kind::RetriedOp => "retried operation",
             Kind::CountedDeadOp => "dead-letter operation",
+            Kind::Outgoing => "outgoing message",
+            Kind::Channel => "channel",
+            Kind::Inbox => "inbox entry",
+            Kind::Request => "request reply",
         }
     }
 }
@@ -375,6 +387,10 @@ pub(crate) fn verify(bytes: &[u8], schema: u32) -> Result<Verified<'_>, DecodeRe
         3 => Kind::DeadOp,
         4 => Kind::RetriedOp,
         5 => Kind::CountedDeadOp,
+        6 => Kind::Outgoing,
+        7 => Kind::Channel,
+        8 => Kind::Inbox,
+        9 => Kind::Request,
         found => {
             return Err(DecodeReason::WrongKind {
                 expected: "known",

@@ -72,11 +72,20 @@ impl StoreError {
 
 /// Which record of an actor could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecordRef {
     /// The state snapshot.
     Snapshot,
     /// The pending operation with this sequence number.
     Op(u64),
+    /// The outgoing (not yet acknowledged) message with this id.
+    Outgoing(u64),
+    /// The sender's side of the channel with this id.
+    Channel(u64),
+    /// The inbox entry in this slot.
+    Inbox(u64),
+    /// The stored reply to an idempotent request, in this slot.
+    Request(u64),
 }
 
 impl fmt::Display for RecordRef {
@@ -84,6 +93,10 @@ impl fmt::Display for RecordRef {
         match self {
             RecordRef::Snapshot => f.write_str("snapshot"),
             RecordRef::Op(seq) => write!(f, "pending operation #{seq}"),
+            RecordRef::Outgoing(id) => write!(f, "outgoing message #{id}"),
+            RecordRef::Channel(id) => write!(f, "channel #{id}"),
+            RecordRef::Inbox(id) => write!(f, "inbox entry #{id}"),
+            RecordRef::Request(id) => write!(f, "stored request reply #{id}"),
         }
     }
 }
@@ -254,6 +267,26 @@ pub enum DecodeReason {
         /// Bytes left.
         count: usize,
     },
+    /// A message from another persistent actor was encoded from a type of another shape
+    /// than the one it is read as.
+    #[error(
+        "the message was sent as a type of shape {sent:#018x}, not `{type_name}` ({expected:#018x})"
+    )]
+    MessageShape {
+        /// The type it was read as.
+        type_name: &'static str,
+        /// The fingerprint of the sender's type (0: unknown).
+        sent: u64,
+        /// The fingerprint of `type_name` (0: unknown).
+        expected: u64,
+    },
+    /// The actor takes no messages from other persistent actors: its
+    /// `PersistentActor::inbound` is the default.
+    #[error("`{actor_type}` takes no messages from other persistent actors (implement PersistentActor::inbound)")]
+    NotAccepted {
+        /// The actor's type.
+        actor_type: &'static str,
+    },
 }
 
 impl DecodeReason {
@@ -422,6 +455,35 @@ pub struct NotDeadLetter {
     pub key: ActorKey,
     /// The id given.
     pub id: crate::model::OpId,
+}
+
+/// [`crate::Tx::send`] refused a message; nothing was added.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The message could not be encoded.
+    #[error("`{key}` cannot encode a message to `{to}`: {source}")]
+    Encode {
+        /// The sender.
+        key: ActorKey,
+        /// The destination.
+        to: ActorKey,
+        /// postcard's error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The sender's message type has no control variant, so acknowledgements could not
+    /// reach it (see `PersistentActor::control`).
+    #[error(
+        "`{actor_type}` cannot send to persistent actors: its message type has no control variant (implement PersistentActor::control and wrap_control)"
+    )]
+    NoControlVariant {
+        /// The sender's type.
+        actor_type: &'static str,
+    },
+    /// The actor already holds its maximum of pending operations and messages.
+    #[error(transparent)]
+    OverCapacity(#[from] OverCapacity),
 }
 
 /// `resume` could not reach the actor.

@@ -7,6 +7,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod atomic_file;
+mod delivery;
 mod envelope;
 mod error;
 mod key;
@@ -25,9 +26,13 @@ pub mod transfer;
 mod transform;
 mod tx;
 
+pub use delivery::{
+    Courier, DEFAULT_REQUEST_RETENTION, FirstRequest, Inbound, Letter, Once, Postbox,
+    Redelivery, Refusal, RequestRefused, Settled, Settlement,
+};
 pub use error::{
     BoxError, CommitError, DecodeError, DecodeReason, Error, LoadError, NotDeadLetter,
-    OverCapacity, RecordRef, RequeueError, ResumeError, RetryPolicyError, StoreError,
+    OverCapacity, RecordRef, RequeueError, ResumeError, RetryPolicyError, SendError, StoreError,
 };
 pub use key::ActorKey;
 pub use memory::MemoryStore;

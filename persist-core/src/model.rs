@@ -125,11 +125,35 @@ pub trait PersistentActor: Sized + Send + Sync + 'static {
     }
 
     /// Wraps a runtime [`Control`] message in the actor's message type; `None` (the default)
-    /// when the type has no variant for it. Then retries wait for the next message, and
-    /// [`crate::SpawnPersistent::resume`] is refused.
+    /// when the type has no variant for it. Then retries wait for the next message,
+    /// [`crate::SpawnPersistent::resume`] is refused, and the actor can neither send to nor
+    /// receive from other persistent actors ([`Tx::send`]).
     fn wrap_control(control: Control<Self::Op>) -> Option<Self::Msg> {
         let _ = control;
         None
+    }
+
+    /// Turns a message another persistent actor sent with [`Tx::send`] into one of this
+    /// actor's messages, which [`handle`](Self::handle) then handles like any other (with
+    /// [`Tx::received`] telling where it came from). The runtime calls it only for the next
+    /// message of its channel, so each message is handled once in effect: a duplicate is
+    /// dropped before, and the inbox entry that records it is written in the handler's
+    /// commit.
+    ///
+    /// An `Err` refuses the message ([`crate::Refusal::Unreadable`]): nothing is applied, and
+    /// the sender keeps it and posts it again later. The default refuses every message
+    /// ([`DecodeReason::NotAccepted`]).
+    ///
+    /// ```ignore
+    /// fn inbound(msg: Inbound) -> Result<AccountMsg, DecodeReason> {
+    ///     Ok(AccountMsg::Credit(msg.decode()?))
+    /// }
+    /// ```
+    fn inbound(msg: crate::delivery::Inbound) -> Result<Self::Msg, DecodeReason> {
+        let _ = msg;
+        Err(DecodeReason::NotAccepted {
+            actor_type: std::any::type_name::<Self>(),
+        })
     }
 }
 
@@ -144,6 +168,13 @@ pub enum Control<Op> {
     Resume(ResumeFilter<Op>),
     /// Operations waiting for a retry may be due: perform those whose backoff ran out.
     RetryDue,
+    /// A letter from another persistent actor (a message or an acknowledgement).
+    Letter(crate::delivery::Letter),
+    /// Messages not acknowledged and operations kept until confirmation may be due for
+    /// redelivery.
+    RedeliverDue,
+    /// A destination this actor could not reach before is running now: post its messages.
+    Arrived(ActorKey),
 }
 
 impl<Op> fmt::Debug for Control<Op> {
@@ -151,6 +182,9 @@ impl<Op> fmt::Debug for Control<Op> {
         match self {
             Control::Resume(_) => f.write_str("Control::Resume(..)"),
             Control::RetryDue => f.write_str("Control::RetryDue"),
+            Control::Letter(l) => f.debug_tuple("Control::Letter").field(l).finish(),
+            Control::RedeliverDue => f.write_str("Control::RedeliverDue"),
+            Control::Arrived(k) => f.debug_tuple("Control::Arrived").field(k).finish(),
         }
     }
 }

@@ -9,6 +9,10 @@ use std::time::Instant;
 
 use ractor::{ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::delivery::{
+    self, Body, ChannelRow, InboxEntry, InboxRow, Letter, Mail, Outgoing, OutgoingRow,
+    Redelivery, Refusal, RequestRow, Settled, StoredReply, Wire,
+};
 use crate::envelope::{self, Header, Kind, Place};
 use crate::error::{CommitError, DecodeError, DecodeReason, LoadError, RecordRef, StoreError};
 use crate::key::ActorKey;
@@ -33,6 +37,8 @@ pub struct Start<A: PersistentActor> {
     quarantine: bool,
     retry: RetryPolicy,
     max_pending: usize,
+    redelivery: Redelivery,
+    request_retention: usize,
 }
 
 /// How far ahead of the ids handed out the stored sequence floor is raised. Ids are
@@ -53,7 +59,25 @@ impl<A: PersistentActor> Start<A> {
             quarantine: false,
             retry: RetryPolicy::default(),
             max_pending: DEFAULT_MAX_PENDING,
+            redelivery: Redelivery::default(),
+            request_retention: delivery::DEFAULT_REQUEST_RETENTION,
         }
+    }
+
+    /// When messages to other persistent actors that were not acknowledged are posted
+    /// again, and operations kept until confirmation are performed again (see
+    /// [`Redelivery`]; the default starts at 500 ms and backs off to 30 s).
+    pub fn redelivery(mut self, policy: Redelivery) -> Self {
+        self.redelivery = policy;
+        self
+    }
+
+    /// How many replies to idempotent requests ([`Tx::once`]) the actor keeps, oldest
+    /// dropped first (default [`delivery::DEFAULT_REQUEST_RETENTION`], at least 1). A repeat
+    /// of a request whose reply was dropped is applied again as a new one.
+    pub fn request_retention(mut self, count: usize) -> Self {
+        self.request_retention = count.max(1);
+        self
     }
 
     /// When operations that ask for [`Outcome::Retry`] (or whose `perform` failed) are
@@ -111,6 +135,10 @@ pub struct Runtime<A: PersistentActor> {
     timer: Option<Instant>,
     policy: RetryPolicy,
     max_pending: usize,
+    /// Outbox, channels, inbox, stored replies, kept operations, settlements.
+    mail: Mail,
+    redelivery: Redelivery,
+    request_retention: usize,
     /// xorshift state for retry jitter.
     rng: u64,
 }
@@ -162,6 +190,28 @@ impl<A: PersistentActor> Runtime<A> {
             let payload = envelope::join_attempts(attempts, op);
             self.op_envelope(Kind::RetriedOp, seq, &payload)
         }
+    }
+
+    /// The envelope of one of the runtime's own rows.
+    fn row_envelope<T: serde::Serialize>(
+        &self,
+        kind: Kind,
+        id: u64,
+        row: &T,
+    ) -> Result<Vec<u8>, CommitError> {
+        let payload = envelope::to_payload(row).map_err(|source| CommitError::Encode {
+            key: (*self.key).clone(),
+            what: "delivery row",
+            source,
+        })?;
+        let head = Header {
+            schema: ROW_VERSION,
+            sequence: id,
+            fingerprint: 0,
+        };
+        let place = Place { key: &self.key, id };
+        let transforms = self.storage.transforms();
+        Ok(envelope::seal(kind, head, self.epoch, &payload, transforms, place))
     }
 
     fn encode_error(&self, what: &'static str, source: postcard::Error) -> CommitError {
@@ -218,7 +268,7 @@ pub async fn pre_start<A: Persistent>(
     // Ids go on above every one the key ever used, whatever happened to its record.
     let mut next_seq = next_sequence(&loaded, FLOOR_BLOCK);
     let mut reserved = loaded.floor;
-    let (snapshot, pending, dead) =
+    let (snapshot, pending, dead, mail) =
         match decode_record::<A>(&key, &loaded, start.storage.transforms()).map_err(|e| *e) {
             Ok(decoded) => decoded,
             Err(LoadError::Decode(e)) if start.quarantine && e.reason.is_damage() => {
@@ -232,7 +282,7 @@ pub async fn pre_start<A: Persistent>(
                     .await
                     .map_err(store_err)?;
                 (next_seq, reserved) = (floor, floor);
-                (None, BTreeMap::new(), BTreeMap::new())
+                (None, BTreeMap::new(), BTreeMap::new(), Mail::default())
             }
             Err(e) => return Err(e.into()),
         };
@@ -272,16 +322,20 @@ pub async fn pre_start<A: Persistent>(
         timer: None,
         policy: start.retry,
         max_pending: start.max_pending,
+        mail,
+        redelivery: start.redelivery,
+        request_retention: start.request_retention,
         rng: seed | 1,
     })
 }
 
 /// The decoded snapshot (state and its current-version encoding) if there is one; the
-/// pending operations; the dead letters.
+/// pending operations; the dead letters; the delivery state.
 type Decoded<A> = (
     Option<(<A as PersistentActor>::State, Vec<u8>)>,
     BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
     BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
+    Mail,
 );
 
 /// Decodes (and migrates) a loaded record without touching the store.
@@ -351,12 +405,67 @@ fn decode_record<A: Persistent>(
             Err(reason) => errors.push(bad(RecordRef::Op(seq), reason)),
         }
     }
+    let mut mail = Mail::default();
+    let now = Instant::now();
+    for (id, bytes) in loaded.space(Space::OUTBOX) {
+        match decode_row::<OutgoingRow>(key, id, bytes, Kind::Outgoing, transforms) {
+            Ok(row) => {
+                let out = Outgoing {
+                    to: row.to,
+                    channel: row.channel,
+                    seq: row.seq,
+                    fingerprint: row.fingerprint,
+                    payload: row.payload.into(),
+                    due: now,
+                    posts: 0,
+                };
+                mail.outbox.insert(id, out);
+            }
+            Err(reason) => errors.push(bad(RecordRef::Outgoing(id), reason)),
+        }
+    }
+    for (id, bytes) in loaded.space(Space::CHANNELS) {
+        match decode_row::<ChannelRow>(key, id, bytes, Kind::Channel, transforms) {
+            Ok(row) => {
+                let channel = delivery::Channel { id, last: row.last };
+                mail.channels.insert(row.to, channel);
+            }
+            Err(reason) => errors.push(bad(RecordRef::Channel(id), reason)),
+        }
+    }
+    for (slot, bytes) in loaded.space(Space::INBOX) {
+        match decode_row::<InboxRow>(key, slot, bytes, Kind::Inbox, transforms) {
+            Ok(row) => {
+                let entry = InboxEntry {
+                    slot,
+                    channel: row.channel,
+                    applied: row.applied,
+                };
+                mail.inbox.insert(row.from, entry);
+            }
+            Err(reason) => errors.push(bad(RecordRef::Inbox(slot), reason)),
+        }
+    }
+    for (slot, bytes) in loaded.space(Space::REQUESTS) {
+        match decode_row::<RequestRow>(key, slot, bytes, Kind::Request, transforms) {
+            Ok(row) => {
+                mail.request_order.insert(slot, row.key.clone());
+                let stored = StoredReply {
+                    digest: row.digest,
+                    fingerprint: row.fingerprint,
+                    reply: row.reply,
+                };
+                mail.requests.insert(row.key, stored);
+            }
+            Err(reason) => errors.push(bad(RecordRef::Request(slot), reason)),
+        }
+    }
     let worst = errors
         .iter()
         .position(|e| !e.reason.is_damage())
         .unwrap_or(0);
     if errors.is_empty() {
-        Ok((snapshot, pending, dead))
+        Ok((snapshot, pending, dead, mail))
     } else {
         Err(Box::new(LoadError::Decode(errors.swap_remove(worst))))
     }
@@ -374,10 +483,10 @@ fn decode_op<A: Persistent>(
     let (attempts, body) = match kind {
         Kind::Op | Kind::DeadOp => (0, &body[..]),
         Kind::RetriedOp | Kind::CountedDeadOp => envelope::split_attempts(&body)?,
-        Kind::Snapshot => {
+        other => {
             return Err(DecodeReason::WrongKind {
                 expected: "operation",
-                found: Kind::Snapshot as u8,
+                found: other as u8,
             });
         }
     };
@@ -389,6 +498,27 @@ fn decode_op<A: Persistent>(
     }
     let op = decode_versioned(A::VERSION, header, body, A::migrate_op)?;
     Ok((kind, attempts, op))
+}
+
+/// The version of the runtime's own rows (outbox, channels, inbox, stored replies).
+const ROW_VERSION: u32 = 1;
+
+/// Decodes one of the runtime's own rows, of `kind`, stored under `id`.
+fn decode_row<T: serde::de::DeserializeOwned>(
+    key: &ActorKey,
+    id: u64,
+    bytes: &[u8],
+    kind: Kind,
+    transforms: &Transforms,
+) -> Result<T, DecodeReason> {
+    let (header, body) = envelope::open(bytes, kind, ROW_VERSION, transforms, Place { key, id })?;
+    if header.sequence != id {
+        return Err(DecodeReason::SequenceMismatch {
+            expected: id,
+            found: header.sequence,
+        });
+    }
+    envelope::payload(&body)
 }
 
 /// Decodes a payload of the current schema `version` (only if its shape is the type's) or
@@ -416,14 +546,30 @@ enum Input<A: PersistentActor> {
 
 /// Runs the user's start hook as a message cycle; the operations left pending by the previous
 /// incarnation are performed after its commit, in sequence order, before its own and before
-/// the first message.
+/// the first message. Then the actor takes letters from other persistent actors, and its
+/// outbox is posted again.
 pub async fn post_start<A: Persistent>(
     actor: &A,
     myself: ActorRef<A::Msg>,
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
     let replay: BTreeSet<u64> = rt.pending.keys().copied().collect();
-    cycle(actor, &myself, rt, Input::Started, replay).await
+    cycle(actor, &myself, rt, Input::Started, replay, None).await?;
+    if A::wrap_control(Control::RedeliverDue).is_some() {
+        let me = myself.clone();
+        let slot: delivery::Slot = Arc::new(move |wire: Wire| {
+            let control = match wire {
+                Wire::Letter(letter) => Control::Letter(letter),
+                Wire::Arrived(key) => Control::Arrived(key),
+            };
+            A::wrap_control(control).is_some_and(|msg| me.send_message(msg).is_ok())
+        });
+        rt.storage.postbox().register(&rt.key, rt.epoch, slot);
+    }
+    let all: Vec<u64> = rt.mail.outbox.keys().copied().collect();
+    post_again(rt, all);
+    arm_redelivery_timer(&myself, rt);
+    Ok(())
 }
 
 /// A supervision event from a linked child, handled as a message cycle.
@@ -439,6 +585,7 @@ pub async fn handle_supervisor_evt<A: Persistent>(
         rt,
         Input::Supervision(event),
         BTreeSet::new(),
+        None,
     )
     .await
 }
@@ -449,10 +596,11 @@ pub async fn post_stop<A: Persistent>(
     myself: ActorRef<A::Msg>,
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
+    rt.storage.postbox().unregister(&rt.key, rt.epoch);
     PersistentActor::post_stop(actor, myself, &rt.state).await
 }
 
-/// Handles a runtime [`Control`] message: no handler runs and nothing is committed.
+/// Handles a runtime [`Control`] message.
 async fn control<A: Persistent>(
     actor: &A,
     myself: &ActorRef<A::Msg>,
@@ -460,15 +608,265 @@ async fn control<A: Persistent>(
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
     let mut order = due_retries(rt);
-    if let Control::Resume(filter) = control {
-        order.extend(
+    match control {
+        Control::Resume(filter) => order.extend(
             rt.pending
                 .values()
                 .filter(|p| filter(p))
                 .map(|p| p.id.seq()),
-        );
+        ),
+        Control::RetryDue => {}
+        Control::Letter(letter) => return receive(actor, myself, rt, letter, order).await,
+        Control::RedeliverDue => {
+            let now = Instant::now();
+            let due: Vec<u64> = rt
+                .mail
+                .outbox
+                .iter()
+                .filter(|(_, o)| o.due <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            post_again(rt, due);
+            // Operations kept until confirmation whose redelivery is due are performed
+            // again; that is not a failed attempt.
+            let kept: Vec<u64> = rt
+                .mail
+                .kept
+                .iter()
+                .filter(|(_, (at, _))| *at <= now)
+                .map(|(seq, _)| *seq)
+                .collect();
+            for seq in kept {
+                if let Some((at, n)) = rt.mail.kept.get_mut(&seq) {
+                    *n = n.saturating_add(1);
+                    *at = far_future(now);
+                }
+                order.insert(seq);
+            }
+            rt.mail.timer = None;
+        }
+        Control::Arrived(key) => {
+            let to: Vec<u64> = rt
+                .mail
+                .outbox
+                .iter()
+                .filter(|(_, o)| o.to == key)
+                .map(|(id, _)| *id)
+                .collect();
+            post_again(rt, to);
+        }
     }
-    perform(actor, myself, rt, order.into_iter().collect()).await
+    let result = perform(actor, myself, rt, order.into_iter().collect()).await;
+    arm_redelivery_timer(myself, rt);
+    result
+}
+
+/// Far enough ahead to mean "not scheduled" until `perform` schedules it.
+fn far_future(now: Instant) -> Instant {
+    now + std::time::Duration::from_secs(86_400 * 365)
+}
+
+/// Posts the outbox messages `ids` again, in order of their channels' sequence numbers,
+/// and schedules their next redelivery.
+fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>) {
+    ids.sort_by_key(|id| rt.mail.outbox.get(id).map(|o| (o.channel, o.seq)));
+    let now = Instant::now();
+    for id in ids {
+        let unit = rt.unit();
+        let Some(out) = rt.mail.outbox.get_mut(&id) else {
+            continue;
+        };
+        out.posts = out.posts.saturating_add(1);
+        out.due = now + rt.redelivery.delay(out.posts, unit);
+        let letter = Letter {
+            from: (*rt.key).clone(),
+            to: out.to.clone(),
+            channel: out.channel,
+            seq: out.seq,
+            body: Body::Message {
+                id,
+                fingerprint: out.fingerprint,
+                payload: out.payload.clone(),
+            },
+        };
+        rt.storage.postbox().post(letter);
+    }
+}
+
+/// Makes sure a timer wakes the actor when its earliest redelivery is due.
+fn arm_redelivery_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runtime<A>) {
+    let Some(due) = rt.mail.next_due() else {
+        return;
+    };
+    let now = Instant::now();
+    if rt.mail.timer.is_some_and(|armed| armed > now && armed <= due) {
+        return;
+    }
+    if A::wrap_control(Control::RedeliverDue).is_none() {
+        return;
+    }
+    rt.mail.timer = Some(due);
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(due.saturating_duration_since(Instant::now())).await;
+        if let Some(msg) = A::wrap_control(Control::RedeliverDue) {
+            // The actor may have stopped meanwhile; then there is nothing to redeliver.
+            let _ = myself.send_message(msg);
+        }
+    });
+}
+
+/// A message from another persistent actor, or an acknowledgement.
+async fn receive<A: Persistent>(
+    actor: &A,
+    myself: &ActorRef<A::Msg>,
+    rt: &mut Runtime<A>,
+    letter: Letter,
+    again: BTreeSet<u64>,
+) -> Result<(), ActorProcessingErr> {
+    let postbox = rt.storage.postbox().clone();
+    if letter.to != *rt.key {
+        // Misaddressed: not ours to apply or to acknowledge.
+        postbox.refuse(Refusal::Unreadable {
+            from: letter.from.clone(),
+            to: (*rt.key).clone(),
+            channel: letter.channel,
+            seq: letter.seq,
+            reason: format!("the letter is addressed to `{}`", letter.to),
+        });
+        return perform(actor, myself, rt, again.into_iter().collect()).await;
+    }
+    let Body::Message {
+        id,
+        fingerprint,
+        payload,
+    } = letter.body
+    else {
+        acknowledged(rt, &letter);
+        return perform(actor, myself, rt, again.into_iter().collect()).await;
+    };
+    let from = letter.from;
+    let (channel, seq) = (letter.channel, letter.seq);
+    let ack = |rt: &Runtime<A>, applied: u64| {
+        postbox.post(Letter::ack((*rt.key).clone(), from.clone(), channel, applied));
+    };
+    let entry = rt.mail.inbox.get(&from).copied();
+    let verdict = match entry {
+        None if seq == 1 => Ok(None),
+        None => Err(Refusal::UnknownSender {
+            from: from.clone(),
+            to: (*rt.key).clone(),
+            channel,
+            seq,
+        }),
+        Some(e) if channel < e.channel => Err(Refusal::StaleChannel {
+            from: from.clone(),
+            to: (*rt.key).clone(),
+            channel,
+            seq,
+            current: e.channel,
+        }),
+        Some(e) if channel > e.channel && seq == 1 => Ok(Some(e.slot)),
+        Some(e) if channel > e.channel => Err(Refusal::Gap {
+            from: from.clone(),
+            to: (*rt.key).clone(),
+            channel,
+            seq,
+            expected: 1,
+        }),
+        Some(e) if seq <= e.applied => {
+            // A duplicate: applied before; acknowledge it again.
+            ack(rt, e.applied);
+            return perform(actor, myself, rt, again.into_iter().collect()).await;
+        }
+        Some(e) if seq == e.applied + 1 => Ok(Some(e.slot)),
+        Some(e) => Err(Refusal::Gap {
+            from: from.clone(),
+            to: (*rt.key).clone(),
+            channel,
+            seq,
+            expected: e.applied + 1,
+        }),
+    };
+    let slot = match verdict {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            postbox.refuse(refusal);
+            return perform(actor, myself, rt, again.into_iter().collect()).await;
+        }
+    };
+    let sender_id = OpId::new(from.clone(), id);
+    let msg = match A::inbound(delivery::Inbound::new(sender_id.clone(), fingerprint, payload)) {
+        Ok(msg) => msg,
+        Err(reason) => {
+            postbox.refuse(Refusal::Unreadable {
+                from: from.clone(),
+                to: (*rt.key).clone(),
+                channel,
+                seq,
+                reason: reason.to_string(),
+            });
+            return perform(actor, myself, rt, again.into_iter().collect()).await;
+        }
+    };
+    let arrival = Arrival {
+        from: from.clone(),
+        id: sender_id,
+        slot,
+        channel,
+        seq,
+    };
+    cycle(actor, myself, rt, Input::Message(msg), again, Some(arrival)).await?;
+    ack(rt, seq);
+    Ok(())
+}
+
+/// An acknowledgement from a receiver: the messages of its channel up to `letter.seq` were
+/// applied. Their removal from the outbox rides on the next commit.
+fn acknowledged<A: PersistentActor>(rt: &mut Runtime<A>, letter: &Letter) {
+    let known = rt
+        .mail
+        .channels
+        .get(&letter.from)
+        .is_some_and(|c| c.id == letter.channel && letter.seq <= c.last && letter.seq > 0);
+    if !known {
+        rt.storage.postbox().refuse(Refusal::AckForNothing {
+            from: letter.from.clone(),
+            to: (*rt.key).clone(),
+            channel: letter.channel,
+            seq: letter.seq,
+        });
+        return;
+    }
+    let done: Vec<u64> = rt
+        .mail
+        .outbox
+        .iter()
+        .filter(|(_, o)| {
+            o.to == letter.from && o.channel == letter.channel && o.seq <= letter.seq
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    if done.is_empty() {
+        return;
+    }
+    let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
+    for id in done {
+        rt.mail.outbox.remove(&id);
+        rt.mail.settle(id, Settled::Delivered);
+        commit = commit.remove(Space::OUTBOX, id);
+    }
+    rt.storage.ride(commit);
+}
+
+/// A message from another persistent actor being applied: where the inbox entry goes.
+struct Arrival {
+    from: ActorKey,
+    id: OpId,
+    /// The sender's inbox slot, or `None` for a sender heard from the first time.
+    slot: Option<u64>,
+    channel: u64,
+    seq: u64,
 }
 
 /// Takes the retries whose backoff ran out.
@@ -495,7 +893,17 @@ pub async fn handle<A: Persistent>(
 ) -> Result<(), ActorProcessingErr> {
     match A::control(msg) {
         Ok(c) => control(actor, &myself, c, rt).await,
-        Err(msg) => cycle(actor, &myself, rt, Input::Message(msg), BTreeSet::new()).await,
+        Err(msg) => {
+            cycle(
+                actor,
+                &myself,
+                rt,
+                Input::Message(msg),
+                BTreeSet::new(),
+                None,
+            )
+            .await
+        }
     }
 }
 
@@ -507,14 +915,23 @@ async fn cycle<A: Persistent>(
     rt: &mut Runtime<A>,
     input: Input<A>,
     mut again: BTreeSet<u64>,
+    arrival: Option<Arrival>,
 ) -> Result<(), ActorProcessingErr> {
+    // A sender heard from the first time gets an inbox slot, handed out like any id.
+    let (first_id, slot) = match &arrival {
+        Some(Arrival { slot: None, .. }) => (rt.next_seq + 1, Some(rt.next_seq)),
+        Some(Arrival { slot: Some(s), .. }) => (rt.next_seq, Some(*s)),
+        None => (rt.next_seq, None),
+    };
     let mut tx = Tx::new(
         &rt.key,
         myself,
         &rt.pending,
         &rt.dead,
+        &rt.mail,
+        arrival.as_ref().map(|a| &a.id),
         rt.max_pending,
-        rt.next_seq,
+        first_id,
     );
     let handled = match input {
         Input::Message(msg) => actor.handle(&mut tx, msg, &mut rt.state).await,
@@ -524,6 +941,9 @@ async fn cycle<A: Persistent>(
         }
     };
     let parts = tx.into_parts();
+    for refusal in &parts.refusals {
+        rt.storage.postbox().refuse(refusal.clone());
+    }
     if let Err(e) = handled {
         rt.rollback()?;
         return Err(e);
@@ -541,10 +961,20 @@ async fn cycle<A: Persistent>(
         }
     };
     let changed = encoded != rt.committed;
-    let ops_changed =
-        !parts.pushed.is_empty() || !parts.confirmed.is_empty() || !parts.requeued.is_empty();
+    let next_seq = parts.next_seq;
+    let ops_changed = !parts.pushed.is_empty()
+        || !parts.confirmed.is_empty()
+        || !parts.requeued.is_empty()
+        || !parts.sent.is_empty()
+        || !parts.requests.is_empty()
+        || arrival.is_some();
+    // Stored replies past the retention: the oldest go in this commit.
+    let evicted: Vec<u64> = {
+        let total = rt.mail.requests.len() + parts.requests.len();
+        let over = total.saturating_sub(rt.request_retention);
+        rt.mail.request_order.keys().take(over).copied().collect()
+    };
     if changed || ops_changed {
-        let next_seq = rt.next_seq + parts.pushed.len() as u64;
         let mut put_ops = Vec::with_capacity(parts.pushed.len() + parts.requeued.len());
         // A re-queued dead letter is rewritten as a pending operation under its own number,
         // with no failed attempts.
@@ -561,6 +991,59 @@ async fn cycle<A: Persistent>(
                 }
             }
         }
+        let mut rows: Vec<(Space, u64, Vec<u8>)> = Vec::new();
+        for sent in &parts.sent {
+            let row = OutgoingRow {
+                to: sent.to.clone(),
+                channel: sent.channel,
+                seq: sent.seq,
+                fingerprint: sent.fingerprint,
+                payload: sent.payload.clone(),
+            };
+            match rt.row_envelope(Kind::Outgoing, sent.id, &row) {
+                Ok(bytes) => rows.push((Space::OUTBOX, sent.id, bytes)),
+                Err(e) => {
+                    rt.rollback()?;
+                    return Err(e.into());
+                }
+            }
+        }
+        for (to, channel) in &parts.channels {
+            let row = ChannelRow {
+                to: to.clone(),
+                last: channel.last,
+            };
+            match rt.row_envelope(Kind::Channel, channel.id, &row) {
+                Ok(bytes) => rows.push((Space::CHANNELS, channel.id, bytes)),
+                Err(e) => {
+                    rt.rollback()?;
+                    return Err(e.into());
+                }
+            }
+        }
+        if let (Some(arrival), Some(slot)) = (&arrival, slot) {
+            let row = InboxRow {
+                from: arrival.from.clone(),
+                channel: arrival.channel,
+                applied: arrival.seq,
+            };
+            match rt.row_envelope(Kind::Inbox, slot, &row) {
+                Ok(bytes) => rows.push((Space::INBOX, slot, bytes)),
+                Err(e) => {
+                    rt.rollback()?;
+                    return Err(e.into());
+                }
+            }
+        }
+        for (slot, row) in &parts.requests {
+            match rt.row_envelope(Kind::Request, *slot, row) {
+                Ok(bytes) => rows.push((Space::REQUESTS, *slot, bytes)),
+                Err(e) => {
+                    rt.rollback()?;
+                    return Err(e.into());
+                }
+            }
+        }
         // The snapshot carries the next sequence number: an intact one is where the next
         // incarnation goes on, with no gap.
         let head = Header {
@@ -568,7 +1051,7 @@ async fn cycle<A: Persistent>(
             sequence: next_seq,
             fingerprint: rt.state_shape,
         };
-        let snapshot = (changed || !parts.pushed.is_empty()).then(|| {
+        let snapshot = (changed || next_seq != rt.next_seq).then(|| {
             let place = Place {
                 key: &rt.key,
                 id: 0,
@@ -579,7 +1062,7 @@ async fn cycle<A: Persistent>(
         let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
         commit
             .writes
-            .reserve(1 + put_ops.len() + parts.confirmed.len());
+            .reserve(1 + put_ops.len() + parts.confirmed.len() + rows.len());
         if let Some(snapshot) = snapshot {
             commit = commit.put(Space::SNAPSHOT, 0, snapshot);
         }
@@ -588,6 +1071,12 @@ async fn cycle<A: Persistent>(
         }
         for seq in &parts.confirmed {
             commit = commit.remove(Space::OPS, *seq);
+        }
+        for (space, id, bytes) in rows {
+            commit = commit.put(space, id, bytes);
+        }
+        for slot in &evicted {
+            commit = commit.remove(Space::REQUESTS, *slot);
         }
         // The store's floor stays ahead of every id handed out, so no delete, quarantine or
         // damaged snapshot can make an id come back. It moves a block at a time, so only
@@ -611,12 +1100,38 @@ async fn cycle<A: Persistent>(
         for seq in &parts.confirmed {
             rt.pending.remove(seq);
             rt.retry.remove(seq);
+            rt.mail.kept.remove(seq);
         }
         for seq in &parts.requeued {
             if let Some(mut p) = rt.dead.remove(seq) {
                 p.attempts = 0;
                 rt.pending.insert(*seq, p);
             }
+        }
+        if let (Some(arrival), Some(slot)) = (&arrival, slot) {
+            let entry = InboxEntry {
+                slot,
+                channel: arrival.channel,
+                applied: arrival.seq,
+            };
+            rt.mail.inbox.insert(arrival.from.clone(), entry);
+        }
+        for (to, channel) in parts.channels {
+            rt.mail.channels.insert(to, channel);
+        }
+        for slot in evicted {
+            if let Some(key) = rt.mail.request_order.remove(&slot) {
+                rt.mail.requests.remove(&key);
+            }
+        }
+        for (slot, row) in parts.requests {
+            rt.mail.request_order.insert(slot, row.key.clone());
+            let stored = StoredReply {
+                digest: row.digest,
+                fingerprint: row.fingerprint,
+                reply: row.reply,
+            };
+            rt.mail.requests.insert(row.key, stored);
         }
     }
     for reply in parts.replies {
@@ -634,13 +1149,45 @@ async fn cycle<A: Persistent>(
         );
         order.push(seq);
     }
+    let now = Instant::now();
+    let mut posted = Vec::with_capacity(parts.sent.len());
+    for sent in parts.sent {
+        let out = Outgoing {
+            to: sent.to,
+            channel: sent.channel,
+            seq: sent.seq,
+            fingerprint: sent.fingerprint,
+            payload: sent.payload.into(),
+            due: now,
+            posts: 0,
+        };
+        rt.mail.outbox.insert(sent.id, out);
+        posted.push(sent.id);
+    }
+    post_again(rt, posted);
+    for (seq, waiter) in parts.watch {
+        if rt.pending.contains_key(&seq) || rt.mail.outbox.contains_key(&seq) {
+            rt.mail.watchers.entry(seq).or_default().push(waiter);
+        } else if parts.confirmed.contains(&seq) {
+            let _ = waiter.send(Settled::Confirmed);
+        } else if rt.dead.contains_key(&seq) {
+            let _ = waiter.send(Settled::DeadLetter);
+        } else {
+            let _ = waiter.send(Settled::NotPending);
+        }
+    }
+    for seq in &parts.confirmed {
+        rt.mail.settle(*seq, Settled::Confirmed);
+    }
     // Replayed, resumed, re-queued and due operations were committed before this message's:
     // they go first, in sequence order.
     again.extend(parts.resumed);
     again.extend(parts.requeued);
     again.extend(due_retries(rt));
     let order: Vec<u64> = again.into_iter().chain(order).collect();
-    perform(actor, myself, rt, order).await
+    let result = perform(actor, myself, rt, order).await;
+    arm_redelivery_timer(myself, rt);
+    result
 }
 
 /// Performs the operations `seqs`, in that order. Queues, to ride on the next commit, the
@@ -674,11 +1221,18 @@ async fn perform<A: Persistent>(
             Ok(Outcome::Done) => {
                 rt.pending.remove(&seq);
                 rt.retry.remove(&seq);
+                rt.mail.kept.remove(&seq);
+                rt.mail.settle(seq, Settled::Done);
                 done.push(seq);
                 continue;
             }
             Ok(Outcome::KeepUntilConfirmed) => {
                 rt.retry.remove(&seq);
+                // Performed again on the redelivery timer until a message confirms it.
+                let n = rt.mail.kept.get(&seq).map_or(1, |(_, n)| *n);
+                let unit = rt.unit();
+                let at = Instant::now() + rt.redelivery.delay(n, unit);
+                rt.mail.kept.insert(seq, (at, n));
                 continue;
             }
             Ok(Outcome::Retry) => Ok(()),
@@ -686,6 +1240,7 @@ async fn perform<A: Persistent>(
         };
         // Only a failed attempt counts: a replay, a resume or a kept operation does not.
         rt.retry.remove(&seq);
+        rt.mail.kept.remove(&seq);
         let Some(p) = rt.pending.get_mut(&seq) else {
             continue;
         };
@@ -705,6 +1260,7 @@ async fn perform<A: Persistent>(
             if let Some(p) = rt.pending.remove(&seq) {
                 rt.dead.insert(seq, p);
             }
+            rt.mail.settle(seq, Settled::DeadLetter);
         } else {
             rewrites.push((seq, rt.pending_envelope(seq, attempts, &bytes)));
             if failed.is_ok() {

@@ -18,8 +18,9 @@ use crate::key::ActorKey;
 use crate::store::{ActorCommit, Loaded, Space, Store};
 use crate::transform::Transforms;
 
-/// Limits of one group commit, and the transforms applied to every record.
-#[derive(Clone, Debug)]
+/// Limits of one group commit, the transforms applied to every record, and how letters
+/// between persistent actors travel.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct StorageConfig {
     /// Most actor commits written in one transaction.
@@ -29,6 +30,20 @@ pub struct StorageConfig {
     /// Compression and encryption of the records the actors on this storage write (and the
     /// keys they read with). None by default.
     pub transforms: Transforms,
+    /// What carries letters between the persistent actors of this storage (see
+    /// [`crate::Courier`]); `None` (the default) hands them over directly.
+    pub courier: Option<Arc<dyn crate::delivery::Courier>>,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("max_batch", &self.max_batch)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("transforms", &self.transforms)
+            .field("courier", &self.courier.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 impl Default for StorageConfig {
@@ -37,6 +52,7 @@ impl Default for StorageConfig {
             max_batch: 4096,
             max_batch_bytes: 32 * 1024 * 1024,
             transforms: Transforms::default(),
+            courier: None,
         }
     }
 }
@@ -48,6 +64,12 @@ impl StorageConfig {
             transforms,
             ..Self::default()
         }
+    }
+
+    /// The same configuration with letters between persistent actors carried by `courier`.
+    pub fn with_courier(mut self, courier: impl crate::delivery::Courier) -> Self {
+        self.courier = Some(Arc::new(courier));
+        self
     }
 }
 
@@ -119,6 +141,7 @@ struct Inner {
     requests: Sender<Request>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
+    postbox: crate::delivery::Postbox,
 }
 
 /// A store shared by many actors, with its group committer. Cheap to clone.
@@ -152,6 +175,7 @@ impl Storage {
         let (requests, rx) = channel();
         let counters = Arc::new(Counters::default());
         let transforms = config.transforms.clone();
+        let postbox = crate::delivery::Postbox::new(config.courier.clone());
         let committer = Committer {
             store: Box::new(store),
             name: name.clone(),
@@ -171,8 +195,15 @@ impl Storage {
                 requests,
                 thread: Mutex::new(Some(thread)),
                 counters,
+                postbox,
             }),
         }
+    }
+
+    /// The persistent actors running on this storage that take letters, and the letters
+    /// refused (see [`crate::Tx::send`]).
+    pub fn postbox(&self) -> &crate::delivery::Postbox {
+        &self.inner.postbox
     }
 
     /// The transforms applied to the records written through this storage.
@@ -601,11 +632,14 @@ pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
     loaded.floor.max(after_ops(loaded)).max(header.unwrap_or(0))
 }
 
-/// The sequence number after every stored operation of `loaded` (0 when there is none).
+/// The sequence number after every id stored in `loaded` under one: operations, outgoing
+/// messages, channels, inbox slots, stored replies (0 when there is none).
 fn after_ops(loaded: &Loaded) -> u64 {
     loaded
-        .space(Space::OPS)
-        .map(|(s, _)| s.saturating_add(1))
+        .rows
+        .iter()
+        .filter(|r| r.space != Space::SNAPSHOT && r.space != Space::QUARANTINE)
+        .map(|r| r.id.saturating_add(1))
         .max()
         .unwrap_or(0)
 }

@@ -36,10 +36,28 @@ impl Space {
     /// Records moved aside because they could not be decoded, by the epoch that moved them.
     /// Deleting an actor keeps them.
     pub const QUARANTINE: Space = Space(2);
+    /// Messages to other persistent actors not yet acknowledged (the outbox), by the id the
+    /// sender handed out.
+    pub const OUTBOX: Space = Space(3);
+    /// The sender's side of each channel it ever sent on: the destination and the last
+    /// sequence number used, by channel id.
+    pub const CHANNELS: Space = Space(4);
+    /// The receiver's side of each channel (the inbox): the sender, its channel and the
+    /// highest sequence applied, one row per sender.
+    pub const INBOX: Space = Space(5);
+    /// Replies to idempotent requests, kept for a repeat of the request, oldest first.
+    pub const REQUESTS: Space = Space(6);
 
     /// The spaces that make up an actor's record: what a load reads and a delete or a
     /// quarantine removes. (Quarantined rows are evidence, not record.)
-    pub const RECORD: [Space; 2] = [Space::SNAPSHOT, Space::OPS];
+    pub const RECORD: [Space; 6] = [
+        Space::SNAPSHOT,
+        Space::OPS,
+        Space::OUTBOX,
+        Space::CHANNELS,
+        Space::INBOX,
+        Space::REQUESTS,
+    ];
 
     /// The space numbered `id`.
     pub const fn new(id: u8) -> Space {
@@ -57,6 +75,10 @@ impl Space {
             0 => Some("snapshot"),
             1 => Some("ops"),
             2 => Some("quarantine"),
+            3 => Some("outbox"),
+            4 => Some("channels"),
+            5 => Some("inbox"),
+            6 => Some("requests"),
             _ => None,
         }
     }

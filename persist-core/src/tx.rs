@@ -1,13 +1,19 @@
 //! The transaction context a handler writes its effects into.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ractor::{ActorRef, RpcReplyPort};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
-use crate::error::{NotDeadLetter, OverCapacity, RequeueError};
+use crate::delivery::{
+    Channel, FirstRequest, Mail, Once, RequestRefused, RequestRow, Settled, Settlement,
+};
+use crate::error::{CommitError, NotDeadLetter, OverCapacity, RequeueError, SendError};
 use crate::key::ActorKey;
-use crate::model::{OpId, Pending, PersistentActor};
+use crate::model::{Control, OpId, Pending, Persistent, PersistentActor};
 
 type Reply = Box<dyn FnOnce() + Send>;
 
@@ -17,14 +23,31 @@ type Reply = Box<dyn FnOnce() + Send>;
 /// * [`confirm`](Tx::confirm) a pending operation: it is removed in the same commit.
 /// * [`reply`](Tx::reply) to a caller: the reply leaves only after the commit returned.
 /// * [`resume`](Tx::resume) pending operations: they are performed again after the commit.
+/// * [`send`](Tx::send) a message to another persistent actor: it is stored in the outbox
+///   with the commit, delivered after it, and applied there exactly once in effect.
+/// * [`settlement`](Tx::settlement): a future of how an operation or message ends, for the
+///   caller to wait on.
+/// * [`once`](Tx::once): apply a request from outside once, and answer repeats with the
+///   first reply.
 pub struct Tx<'a, A: PersistentActor> {
     key: &'a Arc<ActorKey>,
     myself: &'a ActorRef<A::Msg>,
     pending: &'a BTreeMap<u64, Pending<A::Op>>,
     dead: &'a BTreeMap<u64, Pending<A::Op>>,
+    mail: &'a Mail,
+    received: Option<&'a OpId>,
     max_pending: usize,
-    next_seq: u64,
     parts: TxParts<A::Op>,
+}
+
+/// A message a handler sent, numbered on its channel.
+pub(crate) struct Sent {
+    pub(crate) id: u64,
+    pub(crate) to: ActorKey,
+    pub(crate) channel: u64,
+    pub(crate) seq: u64,
+    pub(crate) fingerprint: u64,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// What a [`Tx`] collected, taken apart by the runtime after the handler returned.
@@ -35,14 +58,26 @@ pub(crate) struct TxParts<Op> {
     pub(crate) resumed: BTreeSet<u64>,
     pub(crate) requeued: BTreeSet<u64>,
     pub(crate) unknown_confirms: usize,
+    /// The next id to hand out (operations, messages, channels, stored replies).
+    pub(crate) next_seq: u64,
+    pub(crate) sent: Vec<Sent>,
+    /// The channels this message sent on, with their new last sequence numbers.
+    pub(crate) channels: HashMap<ActorKey, Channel>,
+    pub(crate) watch: Vec<(u64, oneshot::Sender<Settled>)>,
+    /// Replies to idempotent requests to store, by the slot handed out.
+    pub(crate) requests: Vec<(u64, RequestRow)>,
+    pub(crate) refusals: Vec<crate::delivery::Refusal>,
 }
 
 impl<'a, A: PersistentActor> Tx<'a, A> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         key: &'a Arc<ActorKey>,
         myself: &'a ActorRef<A::Msg>,
         pending: &'a BTreeMap<u64, Pending<A::Op>>,
         dead: &'a BTreeMap<u64, Pending<A::Op>>,
+        mail: &'a Mail,
+        received: Option<&'a OpId>,
         max_pending: usize,
         next_seq: u64,
     ) -> Self {
@@ -51,8 +86,9 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             myself,
             pending,
             dead,
+            mail,
+            received,
             max_pending,
-            next_seq,
             parts: TxParts {
                 pushed: Vec::new(),
                 confirmed: BTreeSet::new(),
@@ -60,8 +96,21 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
                 resumed: BTreeSet::new(),
                 requeued: BTreeSet::new(),
                 unknown_confirms: 0,
+                next_seq,
+                sent: Vec::new(),
+                channels: HashMap::new(),
+                watch: Vec::new(),
+                requests: Vec::new(),
+                refusals: Vec::new(),
             },
         }
+    }
+
+    /// Hands out the next id.
+    fn next_id(&mut self) -> u64 {
+        let id = self.parts.next_seq;
+        self.parts.next_seq += 1;
+        id
     }
 
     pub(crate) fn into_parts(self) -> TxParts<A::Op> {
@@ -83,8 +132,7 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
     /// pending operations (see [`crate::Start::max_pending`]).
     pub fn push(&mut self, op: A::Op) -> Result<OpId, OverCapacity> {
         self.room()?;
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.next_id();
         self.parts.pushed.push((seq, op));
         Ok(OpId::shared(self.key.clone(), seq))
     }
@@ -92,7 +140,11 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
     /// Refuses one more pending operation when the actor holds its maximum, counting what
     /// this message pushed, re-queued and confirmed.
     fn room(&self) -> Result<(), OverCapacity> {
-        let pending = self.pending.len() + self.parts.pushed.len() + self.parts.requeued.len()
+        let pending = self.pending.len()
+            + self.mail.outbox.len()
+            + self.parts.pushed.len()
+            + self.parts.sent.len()
+            + self.parts.requeued.len()
             - self.parts.confirmed.len();
         if pending >= self.max_pending {
             return Err(OverCapacity {
@@ -166,6 +218,206 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
     /// commit, in sequence order (for example those addressed to a peer that reconnected).
     pub fn resume(&mut self, pred: impl FnMut(&Pending<A::Op>) -> bool) -> usize {
         mark(self.pending, &mut self.parts.resumed, pred)
+    }
+
+    /// Sends `msg` to the persistent actor `to` (on this storage, or wherever the storage's
+    /// [`crate::Courier`] carries it), exactly once in effect, and returns its id.
+    ///
+    /// The message is stored in this actor's outbox in this message's commit, numbered on
+    /// the channel from this actor to `to`, and posted after the commit. The receiver applies
+    /// it (through its [`PersistentActor::inbound`] and `handle`) only if it is the next of
+    /// the channel, records that in its own commit, and acknowledges it; the acknowledgement
+    /// removes it from the outbox. Until then it is posted again on the actor's
+    /// [`crate::Redelivery`] timer and after every restart; a destination that is not running
+    /// yet gets it when it starts. [`settlement`](Self::settlement) waits for the
+    /// acknowledgement.
+    ///
+    /// Refused, adding nothing: a message that does not encode, an actor whose message type
+    /// has no control variant (acknowledgements could not reach it), or one that holds its
+    /// maximum of pending operations and messages ([`crate::Start::max_pending`]).
+    pub fn send<M>(&mut self, to: ActorKey, msg: &M) -> Result<OpId, SendError>
+    where
+        M: Serialize + DeserializeOwned + 'static,
+    {
+        if A::wrap_control(Control::RedeliverDue).is_none() {
+            return Err(SendError::NoControlVariant {
+                actor_type: std::any::type_name::<A>(),
+            });
+        }
+        self.room()?;
+        let payload = crate::envelope::to_payload(msg).map_err(|source| SendError::Encode {
+            key: (**self.key).clone(),
+            to: to.clone(),
+            source,
+        })?;
+        let fingerprint = crate::shape::shape_fingerprint::<M>().unwrap_or(0);
+        let id = self.next_id();
+        let channel = match self.parts.channels.get(&to).or(self.mail.channels.get(&to)) {
+            Some(channel) => *channel,
+            None => Channel {
+                id: self.next_id(),
+                last: 0,
+            },
+        };
+        let channel = Channel {
+            last: channel.last + 1,
+            ..channel
+        };
+        self.parts.channels.insert(to.clone(), channel);
+        self.parts.sent.push(crate::tx::Sent {
+            id,
+            to,
+            channel: channel.id,
+            seq: channel.last,
+            fingerprint,
+            payload,
+        });
+        Ok(OpId::shared(self.key.clone(), id))
+    }
+
+    /// [`send`](Self::send) to the actor of type `B` under `key`.
+    pub fn send_to<B, M>(&mut self, key: &str, msg: &M) -> Result<OpId, SendError>
+    where
+        B: Persistent,
+        M: Serialize + DeserializeOwned + 'static,
+    {
+        self.send(ActorKey::new(B::NAME, key), msg)
+    }
+
+    /// The sender's id of the message being handled, when it came from another persistent
+    /// actor through [`send`](Self::send); `None` otherwise.
+    pub fn received(&self) -> Option<&OpId> {
+        self.received
+    }
+
+    /// A future of how the operation or message `id` of this actor ends: performed
+    /// ([`Settled::Done`]), confirmed, acknowledged by its receiver, or set aside as a dead
+    /// letter. Ids pushed or sent by this message count. Hand it to the caller in the reply;
+    /// it resolves without polling. If the actor stops first it resolves to
+    /// [`Settled::Stopped`] (the id is still pending in the store).
+    pub fn settlement(&mut self, id: &OpId) -> Settlement {
+        if id.actor() != &**self.key {
+            return Settlement::now(Settled::NotPending);
+        }
+        let seq = id.seq();
+        if self.dead.contains_key(&seq) && !self.parts.requeued.contains(&seq) {
+            return Settlement::now(Settled::DeadLetter);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.parts.watch.push((seq, tx));
+        Settlement::later(rx)
+    }
+
+    /// Applies a request from outside at most once: `key` names it (a client's idempotency
+    /// key), `payload` is what it asks (compared with the first request of the key by a
+    /// 64-bit digest of its encoding), `port` is where the reply goes.
+    ///
+    /// * [`Once::First`]: do the work, then answer with [`reply_once`](Self::reply_once); the
+    ///   reply is stored in this message's commit.
+    /// * [`Once::Repeated`]: a repeat (a caller that timed out and tried again): the first
+    ///   reply goes to `port` after this message, and nothing else should change.
+    /// * [`Once::Refused`]: the key was used with another payload (also logged and counted
+    ///   as a [`crate::Refusal::RequestKeyReused`]), or the stored reply does not read as
+    ///   `V`; the port comes back to answer with.
+    ///
+    /// The actor keeps the replies of its last [`crate::Start::request_retention`] requests
+    /// (1,024 by default). A repeat of an older request is not recognised: it reads as
+    /// [`Once::First`] and is applied again.
+    pub fn once<P, V>(&mut self, key: &str, payload: &P, port: RpcReplyPort<V>) -> Once<V>
+    where
+        P: Serialize + ?Sized,
+        V: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let bytes = match postcard::to_stdvec(payload) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let reason = RequestRefused::Encode {
+                    key: key.to_owned(),
+                    reason: e.to_string(),
+                };
+                return Once::Refused(port, reason);
+            }
+        };
+        let digest = crate::delivery::digest(&bytes);
+        let stored = self
+            .parts
+            .requests
+            .iter()
+            .map(|(_, r)| r)
+            .find(|r| r.key == key)
+            .map(|r| (r.digest, r.fingerprint, r.reply.as_slice()))
+            .or_else(|| {
+                self.mail
+                    .requests
+                    .get(key)
+                    .map(|r| (r.digest, r.fingerprint, r.reply.as_slice()))
+            });
+        let Some((first, fingerprint, reply)) = stored else {
+            return Once::First(FirstRequest {
+                key: key.to_owned(),
+                digest,
+                port,
+            });
+        };
+        if first != digest {
+            self.parts.refusals.push(crate::delivery::Refusal::RequestKeyReused {
+                actor: (**self.key).clone(),
+                request: key.to_owned(),
+            });
+            let reason = RequestRefused::KeyReused {
+                key: key.to_owned(),
+            };
+            return Once::Refused(port, reason);
+        }
+        let expected = crate::shape::shape_fingerprint::<V>().unwrap_or(0);
+        let value = if expected == fingerprint {
+            crate::envelope::payload::<V>(reply)
+        } else {
+            Err(crate::error::DecodeReason::MessageShape {
+                type_name: std::any::type_name::<V>(),
+                sent: fingerprint,
+                expected,
+            })
+        };
+        match value {
+            Ok(value) => {
+                self.reply(port, value);
+                Once::Repeated
+            }
+            Err(reason) => Once::Refused(
+                port,
+                RequestRefused::StoredReply {
+                    key: key.to_owned(),
+                    reason,
+                },
+            ),
+        }
+    }
+
+    /// Answers a request seen for the first time ([`once`](Self::once)): `value` is stored
+    /// with this message's commit (for repeats) and sent once the commit returned. Fails,
+    /// storing nothing, when `value` does not encode.
+    pub fn reply_once<V>(&mut self, first: FirstRequest<V>, value: V) -> Result<(), CommitError>
+    where
+        V: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let reply = crate::envelope::to_payload(&value).map_err(|source| CommitError::Encode {
+            key: (**self.key).clone(),
+            what: "request reply",
+            source,
+        })?;
+        let slot = self.next_id();
+        self.parts.requests.push((
+            slot,
+            RequestRow {
+                key: first.key,
+                digest: first.digest,
+                fingerprint: crate::shape::shape_fingerprint::<V>().unwrap_or(0),
+                reply,
+            },
+        ));
+        self.reply(first.port, value);
+        Ok(())
     }
 
     /// Sends `value` to the caller once this message's commit has returned.

@@ -427,7 +427,7 @@ impl Sim {
             }
             Did::Duplicate { id, delivery } => {
                 self.stats.duplicates_absorbed += 1;
-                if delivery == Delivery::Forgotten {
+                if delivery == Delivery::Unknown {
                     self.stats.forgotten += 1;
                 }
                 if self.applied.get(&id) != Some(&1) {

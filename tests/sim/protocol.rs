@@ -38,7 +38,7 @@ pub const MAX_IN_FLIGHT: usize = 6;
 /// The runtime's capacity: the updates in flight and the one signature a message may add.
 pub const MAX_PENDING: usize = MAX_IN_FLIGHT + 1;
 /// How many update ids the receiver's [`Seen`] remembers: small, so that old duplicates
-/// arrive below its floor and read as [`Delivery::Forgotten`].
+/// arrive below its floor and read as [`Delivery::Unknown`].
 pub const SEEN_WINDOW: u32 = 4;
 
 /// A TLC: (the party that offered it, its number there).
