@@ -61,11 +61,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use persist_core::{
-    ActorCommit, ActorKey, BoxError, CommitError, CommitStats, Control, DEFAULT_MAX_PENDING,
-    DecodeError, DecodeReason, Delivery, Error, Fence, ImportMode, KEY_LEN, KeyError, Keyring,
-    LoadError, Loaded, MAX_ROW_LEN, Marks, NotDeadLetter, OpId, Outcome, OverCapacity, Pending,
-    Persistent, PersistentActor, Quarantined, RecordRef, RequeueError, ResumeError, RetryPolicy,
-    RetryPolicyError, Row, RowWrite, Runtime, Seen, Space, SpawnPersistent, Start, Storage,
+    ActorCommit, ActorKey, BoxError, CommitError, CommitStats, Control, Courier,
+    DEFAULT_MAX_PENDING, DEFAULT_REQUEST_RETENTION, DecodeError, DecodeReason, Delivery, Error,
+    Fence, FirstRequest, ImportMode, Inbound, KEY_LEN, KeyError, Keyring, Letter, LoadError,
+    Loaded, MAX_ROW_LEN, Marks, NotDeadLetter, Once, OpId, Outcome, OverCapacity, Pending,
+    Persistent, PersistentActor, Postbox, Quarantined, RecordRef, Redelivery, Refusal,
+    RequestRefused, RequeueError, ResumeError, RetryPolicy, RetryPolicyError, Row, RowWrite,
+    Runtime, Seen, SendError, Settled, Settlement, Space, SpawnPersistent, Start, Storage,
     StorageConfig, Store, StoreError, Stored, TransferError, TransferStats, Transforms, Tx,
     assert_shape, check_epochs, export, import, next_epoch, shape_fingerprint, transfer,
 };
@@ -105,8 +107,8 @@ pub mod prelude {
     #[cfg(feature = "sqlite")]
     pub use crate::SqliteStore;
     pub use crate::{
-        Control, Delivery, OpId, Outcome, Pending, Persistent, PersistentActor, Seen,
-        SpawnPersistent, Storage, Tx,
+        Control, DecodeReason, Delivery, Inbound, Once, OpId, Outcome, Pending, Persistent,
+        PersistentActor, Seen, Settled, Settlement, SpawnPersistent, Storage, Tx,
     };
     pub use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 }

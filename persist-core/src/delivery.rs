@@ -456,8 +456,9 @@ pub enum Settled {
     Delivered,
     /// The operation failed too often and was set aside as a dead letter.
     DeadLetter,
-    /// Nothing with that id was pending when the settlement was asked for: it settled before,
-    /// or never existed.
+    /// Nothing with that id was pending when the settlement was asked for, and it is not
+    /// among the last 1,024 ids this instance of the actor settled: it settled long before
+    /// (or before a restart), or never existed.
     NotPending,
     /// The actor stopped (or failed) first. The operation or message is still pending in the
     /// store and settles after a restart, but this settlement will not hear of it.
@@ -714,6 +715,10 @@ pub(crate) struct StoredReply {
     pub(crate) reply: Vec<u8>,
 }
 
+/// How many settled ids an actor remembers (in memory) for settlements asked for after
+/// the fact.
+pub(crate) const RECENT_SETTLED: usize = 1024;
+
 /// An actor's delivery state: outbox, channels, inbox, stored replies, operations kept until
 /// confirmation, and who waits for what to settle.
 #[derive(Default)]
@@ -728,6 +733,8 @@ pub(crate) struct Mail {
     /// redeliveries they had.
     pub(crate) kept: BTreeMap<u64, (Instant, u32)>,
     pub(crate) watchers: HashMap<u64, Vec<oneshot::Sender<Settled>>>,
+    /// How the last [`RECENT_SETTLED`] ids settled, for settlements asked for late.
+    pub(crate) recent: VecDeque<(u64, Settled)>,
     /// When the redelivery timer armed last fires.
     pub(crate) timer: Option<Instant>,
 }
@@ -735,6 +742,10 @@ pub(crate) struct Mail {
 impl Mail {
     /// Tells whoever waits for `id` how it ended.
     pub(crate) fn settle(&mut self, id: u64, how: Settled) {
+        if self.recent.len() == RECENT_SETTLED {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((id, how));
         if let Some(waiters) = self.watchers.remove(&id) {
             for w in waiters {
                 let _ = w.send(how);

@@ -1173,7 +1173,8 @@ async fn cycle<A: Persistent>(
         } else if rt.dead.contains_key(&seq) {
             let _ = waiter.send(Settled::DeadLetter);
         } else {
-            let _ = waiter.send(Settled::NotPending);
+            let recent = rt.mail.recent.iter().rev().find(|(id, _)| *id == seq);
+            let _ = waiter.send(recent.map_or(Settled::NotPending, |(_, how)| *how));
         }
     }
     for seq in &parts.confirmed {

@@ -1,0 +1,364 @@
+//! Messages between persistent actors (`Tx::send`): applied once in effect, acknowledged,
+//! removed from the outbox, posted again until then (also to a destination that starts
+//! late), refused when they make no sense; idempotent requests; settlements.
+
+mod bank;
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bank::{Account, AccountMsg, Balance, Credit, account};
+use common::Faults;
+use ractor::{ActorRef, call, call_t};
+use ractor_persist::{
+    ActorKey, Courier, Letter, MemoryStore, Postbox, Redelivery, Refusal, Settled, Space,
+    Start, Storage, StorageConfig, Store,
+};
+
+async fn spawn(storage: &Storage, key: &str, opening: u64) -> ActorRef<AccountMsg> {
+    let start = Start::<Account>::new(storage, key, opening)
+        .redelivery(Redelivery::new(Duration::from_millis(5), Duration::from_millis(40)));
+    let (actor, _) = ractor::Actor::spawn(None, Account, start).await.unwrap();
+    actor
+}
+
+async fn balance(actor: &ActorRef<AccountMsg>) -> Balance {
+    call!(actor, AccountMsg::Get).unwrap()
+}
+
+async fn transfer(
+    from: &ActorRef<AccountMsg>,
+    transfer: u64,
+    to: &str,
+    amount: u64,
+) -> Result<ractor_persist::OpId, String> {
+    call!(from, |reply| AccountMsg::Transfer {
+        transfer,
+        to: to.to_owned(),
+        amount,
+        reply,
+    })
+    .unwrap()
+}
+
+async fn settle(actor: &ActorRef<AccountMsg>, id: &ractor_persist::OpId) -> Settled {
+    let settlement = call!(actor, AccountMsg::Settle, id.clone()).unwrap();
+    settlement.await
+}
+
+fn rows(store: &MemoryStore, key: &str, space: Space) -> usize {
+    store.read(&account(key), Some(space), 0..=u64::MAX).unwrap().len()
+}
+
+/// Stops an actor and waits until it is gone.
+async fn stop(actor: ActorRef<AccountMsg>) {
+    actor.stop_and_wait(None, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_transfer_is_applied_once_acknowledged_and_leaves_the_outbox() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let a = spawn(&storage, "a", 100).await;
+    let b = spawn(&storage, "b", 0).await;
+    let id = transfer(&a, 1, "b", 30).await.unwrap();
+    assert_eq!(settle(&a, &id).await, Settled::Delivered);
+    assert_eq!(balance(&a).await.balance, 70);
+    let got = balance(&b).await;
+    assert_eq!((got.balance, got.credited.clone()), (30, vec![(1, 30)]));
+    // The outbox removal rode on a later commit: any commit writes it.
+    transfer(&b, 2, "a", 1).await.unwrap();
+    stop(a).await;
+    stop(b).await;
+    storage.close().await.unwrap();
+    assert_eq!(rows(&store, "a", Space::OUTBOX), 0, "acknowledged, removed");
+    assert_eq!(rows(&store, "b", Space::INBOX), 1, "one inbox row for one sender");
+    assert_eq!(rows(&store, "a", Space::CHANNELS), 1);
+}
+
+#[tokio::test]
+async fn a_destination_that_starts_after_the_senders_restart_gets_its_message() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let a = spawn(&storage, "a", 100).await;
+    let id = transfer(&a, 7, "late", 25).await.unwrap();
+    stop(a).await;
+    assert_eq!(rows(&store, "a", Space::OUTBOX), 1, "kept while unacknowledged");
+    // The sender comes back; the destination is still not there.
+    let a = spawn(&storage, "a", 100).await;
+    let settlement = call!(a, AccountMsg::Settle, id.clone()).unwrap();
+    // Now the destination starts, and nobody calls resume.
+    let late = spawn(&storage, "late", 0).await;
+    assert_eq!(settlement.await, Settled::Delivered);
+    assert_eq!(balance(&late).await.credited, vec![(7, 25)]);
+    assert_eq!(balance(&a).await.balance, 75);
+}
+
+/// Carries every letter twice, and reverses each pair of messages it holds.
+#[derive(Clone, Default)]
+struct Twice {
+    held: Arc<Mutex<Option<Letter>>>,
+}
+
+impl Courier for Twice {
+    fn carry(&self, letter: Letter, postbox: &Postbox) {
+        let earlier = self.held.lock().unwrap().take();
+        match earlier {
+            None if !letter.is_ack() => *self.held.lock().unwrap() = Some(letter),
+            None => {
+                postbox.deliver(letter.clone());
+                postbox.deliver(letter);
+            }
+            Some(earlier) => {
+                postbox.deliver(letter.clone());
+                postbox.deliver(earlier.clone());
+                postbox.deliver(letter);
+                postbox.deliver(earlier);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn duplicated_and_reordered_letters_are_applied_once_each() {
+    let store = MemoryStore::new();
+    let config = StorageConfig::default().with_courier(Twice::default());
+    let storage = Storage::with_config(store.clone(), config);
+    let a = spawn(&storage, "a", 1_000).await;
+    let b = spawn(&storage, "b", 0).await;
+    let mut ids = Vec::new();
+    for t in 1..=20 {
+        ids.push(transfer(&a, t, "b", t).await.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(settle(&a, id).await, Settled::Delivered);
+    }
+    let got = balance(&b).await;
+    let want: Vec<(u64, u64)> = (1..=20).map(|t| (t, t)).collect();
+    assert_eq!(got.credited, want, "each once, in order");
+    assert_eq!(got.balance, 210);
+    assert_eq!(balance(&a).await.balance, 1_000 - 210);
+    let refusals = storage.postbox().refusals();
+    assert!(
+        refusals.iter().any(|r| matches!(r, Refusal::Gap { .. })),
+        "the reordering was seen and refused: {refusals:?}"
+    );
+}
+
+fn credit_letter(from: &str, to: &str, channel: u64, seq: u64) -> Letter {
+    let payload = postcard::to_stdvec(&Credit {
+        transfer: 999,
+        amount: 1_000_000,
+    })
+    .unwrap();
+    let fingerprint = ractor_persist::shape_fingerprint::<Credit>().unwrap();
+    Letter::message(account(from), account(to), channel, seq, 1, fingerprint, payload)
+}
+
+#[tokio::test]
+async fn letters_that_make_no_sense_are_refused_and_change_nothing() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let a = spawn(&storage, "a", 100).await;
+    let b = spawn(&storage, "b", 0).await;
+    let id = transfer(&a, 1, "b", 10).await.unwrap();
+    assert_eq!(settle(&a, &id).await, Settled::Delivered);
+    let before_a = balance(&a).await;
+    let before_b = balance(&b).await;
+    let postbox = storage.postbox().clone();
+    let channel = postbox
+        .refusals()
+        .len();
+    assert_eq!(channel, 0, "nothing refused yet");
+
+    // A first message from a sender b never heard from, not numbered 1.
+    assert!(postbox.deliver(credit_letter("stranger", "b", 5, 3)));
+    // A sequence from the future on a's channel (b applied 1; 5 skips ahead). The channel
+    // id is the one a uses: read it from b's inbox row.
+    let inbox = store
+        .read(&account("b"), Some(Space::INBOX), 0..=u64::MAX)
+        .unwrap();
+    assert_eq!(inbox.len(), 1);
+    let a_channel = {
+        // The inbox row names the channel; a's channel row has it as its id.
+        let channels = store
+            .read(&account("a"), Some(Space::CHANNELS), 0..=u64::MAX)
+            .unwrap();
+        channels[0].id
+    };
+    assert!(postbox.deliver(credit_letter("a", "b", a_channel, 5)));
+    // An old channel of a (below the one b follows).
+    assert!(postbox.deliver(credit_letter("a", "b", a_channel - 1, 1)));
+    // An acknowledgement for nothing: b never sent on this channel.
+    assert!(postbox.deliver(Letter::ack(account("a"), account("b"), 42, 1)));
+    // An acknowledgement of a message a never sent.
+    assert!(postbox.deliver(Letter::ack(account("b"), account("a"), a_channel, 9)));
+    // A duplicate of the applied message: dropped (and acknowledged again), not refused.
+    assert!(postbox.deliver(credit_letter("a", "b", a_channel, 1)));
+
+    // Wait for the actors to have handled them: a call is handled after them.
+    let after_b = balance(&b).await;
+    let after_a = balance(&a).await;
+    assert_eq!(after_b, before_b, "b's state is unchanged");
+    assert_eq!(after_a, before_a, "a's state is unchanged");
+    let refusals = postbox.refusals();
+    let kinds: Vec<&str> = refusals
+        .iter()
+        .map(|r| match r {
+            Refusal::UnknownSender { .. } => "unknown sender",
+            Refusal::Gap { .. } => "gap",
+            Refusal::StaleChannel { .. } => "stale channel",
+            Refusal::AckForNothing { .. } => "ack for nothing",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "unknown sender",
+            "gap",
+            "stale channel",
+            "ack for nothing",
+            "ack for nothing"
+        ]
+    );
+    // Each refusal names who and what.
+    let text = refusals[0].to_string();
+    assert!(text.contains("account/stranger") && text.contains("account/b"), "{text}");
+}
+
+#[tokio::test]
+async fn a_request_key_reused_with_another_payload_is_refused() {
+    let storage = Storage::new(MemoryStore::new());
+    let a = spawn(&storage, "a", 0).await;
+    let deposit = |request: &str, amount: u64| {
+        let a = a.clone();
+        let request = request.to_owned();
+        async move {
+            call!(a, |reply| AccountMsg::Deposit {
+                request,
+                amount,
+                reply
+            })
+            .unwrap()
+        }
+    };
+    assert_eq!(deposit("d1", 10).await, Ok(10));
+    assert_eq!(deposit("d1", 10).await, Ok(10), "a repeat gets the first reply");
+    let refused = deposit("d1", 11).await.unwrap_err();
+    assert!(refused.contains("d1"), "{refused}");
+    assert_eq!(balance(&a).await.balance, 10);
+    assert!(matches!(
+        storage.postbox().refusals().last(),
+        Some(Refusal::RequestKeyReused { request, .. }) if request == "d1"
+    ));
+}
+
+#[tokio::test]
+async fn a_deposit_repeated_after_a_call_timeout_is_applied_once_with_the_first_reply() {
+    let faults = Faults::default();
+    let inner = MemoryStore::new();
+    let storage = Storage::new(faults.wrap(inner.clone()));
+    let a = spawn(&storage, "a", 5).await;
+    // Hold the deposit's commit in the store until the caller has given up.
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    *faults.gate.lock().unwrap() = Some(common::Gate {
+        entered: entered_tx,
+        release: release_rx,
+    });
+    let slow = a.clone();
+    let first = tokio::spawn(async move {
+        call_t!(
+            slow,
+            |reply| AccountMsg::Deposit {
+                request: "dep-17".to_owned(),
+                amount: 10,
+                reply
+            },
+            50
+        )
+    });
+    tokio::task::spawn_blocking(move || entered.recv().unwrap())
+        .await
+        .unwrap();
+    let timed_out = first.await.unwrap();
+    assert!(timed_out.is_err(), "the caller timed out: {timed_out:?}");
+    release.send(()).unwrap();
+    // The client tries again with the same request key.
+    let again = call!(a, |reply| AccountMsg::Deposit {
+        request: "dep-17".to_owned(),
+        amount: 10,
+        reply
+    })
+    .unwrap();
+    assert_eq!(again, Ok(15), "the first reply");
+    let got = balance(&a).await;
+    assert_eq!(got.balance, 15, "applied once");
+    assert_eq!(got.deposits.len(), 1);
+    // And after a restart the repeat is still recognised.
+    stop(a).await;
+    let a = spawn(&storage, "a", 5).await;
+    let again = call!(a, |reply| AccountMsg::Deposit {
+        request: "dep-17".to_owned(),
+        amount: 10,
+        reply
+    })
+    .unwrap();
+    assert_eq!(again, Ok(15));
+    assert_eq!(balance(&a).await.balance, 15);
+}
+
+#[tokio::test]
+async fn request_replies_past_the_retention_are_dropped_oldest_first() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let start = Start::<Account>::new(&storage, "r", 0).request_retention(3);
+    let (a, _) = ractor::Actor::spawn(None, Account, start).await.unwrap();
+    for n in 1..=5u64 {
+        let got = call!(a, |reply| AccountMsg::Deposit {
+            request: format!("d{n}"),
+            amount: n,
+            reply
+        })
+        .unwrap();
+        assert!(got.is_ok());
+    }
+    assert_eq!(
+        rows(&store, "r", Space::REQUESTS),
+        3,
+        "three replies kept, whatever the number of requests"
+    );
+    // d5 is kept: a repeat is answered, not applied.
+    let again = call!(a, |reply| AccountMsg::Deposit {
+        request: "d5".to_owned(),
+        amount: 5,
+        reply
+    })
+    .unwrap();
+    assert_eq!(again, Ok(15));
+    // d1 was dropped: as documented, a repeat of it is applied again.
+    let again = call!(a, |reply| AccountMsg::Deposit {
+        request: "d1".to_owned(),
+        amount: 1,
+        reply
+    })
+    .unwrap();
+    assert_eq!(again, Ok(16));
+}
+
+#[tokio::test]
+async fn settlements_report_dead_letters_and_stops() {
+    let storage = Storage::new(MemoryStore::new());
+    let a = spawn(&storage, "a", 100).await;
+    // A message to nobody stays pending: its settlement ends when the actor stops.
+    let id = transfer(&a, 1, "nobody", 1).await.unwrap();
+    let settlement = call!(a, AccountMsg::Settle, id.clone()).unwrap();
+    stop(a).await;
+    assert_eq!(settlement.await, Settled::Stopped);
+    // An id that is not pending settles at once.
+    let a = spawn(&storage, "a", 100).await;
+    let other = ractor_persist::OpId::new(ActorKey::new("account", "a"), 999_999);
+    assert_eq!(settle(&a, &other).await, Settled::NotPending);
+}
