@@ -103,6 +103,9 @@ pub struct Quarantined {
     pub snapshot: Option<Vec<u8>>,
     /// The pending operation envelopes as they were stored.
     pub ops: Vec<(u64, Vec<u8>)>,
+    /// The record's other rows as they were stored: (space, id, envelope) of its outbox,
+    /// channels, inbox and stored replies.
+    pub rows: Vec<(Space, u64, Vec<u8>)>,
 }
 
 /// How a quarantined record is stored.
@@ -111,6 +114,30 @@ struct QuarantineBody {
     reason: String,
     snapshot: Option<Vec<u8>>,
     ops: Vec<(u64, Vec<u8>)>,
+    /// (space, id, bytes) of the record's rows outside the snapshot and the operations.
+    rows: Vec<(u8, u64, Vec<u8>)>,
+}
+
+/// How a quarantined record was stored before the delivery spaces existed.
+#[derive(serde::Deserialize)]
+struct QuarantineBodyV1 {
+    reason: String,
+    snapshot: Option<Vec<u8>>,
+    ops: Vec<(u64, Vec<u8>)>,
+}
+
+impl QuarantineBody {
+    fn decode(blob: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes::<QuarantineBody>(blob).or_else(|_| {
+            let v1: QuarantineBodyV1 = postcard::from_bytes(blob)?;
+            Ok(QuarantineBody {
+                reason: v1.reason,
+                snapshot: v1.snapshot,
+                ops: v1.ops,
+                rows: Vec::new(),
+            })
+        })
+    }
 }
 
 /// Work run on the committer thread against the store, or told why it may not run.
@@ -382,8 +409,8 @@ impl Storage {
             .await?;
         rows.into_iter()
             .map(|(key, epoch, blob)| {
-                let body: QuarantineBody =
-                    postcard::from_bytes(&blob).map_err(|e| StoreError::Corrupt {
+                let body =
+                    QuarantineBody::decode(&blob).map_err(|e| StoreError::Corrupt {
                         store: name.clone(),
                         detail: format!("quarantined record of `{namespace}/{key}`: {e}"),
                     })?;
@@ -393,6 +420,11 @@ impl Storage {
                     reason: body.reason,
                     snapshot: body.snapshot,
                     ops: body.ops,
+                    rows: body
+                        .rows
+                        .into_iter()
+                        .map(|(space, id, bytes)| (Space::new(space), id, bytes))
+                        .collect(),
                 })
             })
             .collect()
@@ -412,6 +444,12 @@ impl Storage {
             reason,
             snapshot: loaded.snapshot().map(<[u8]>::to_vec),
             ops: loaded.ops(),
+            rows: loaded
+                .rows
+                .iter()
+                .filter(|r| r.space != Space::SNAPSHOT && r.space != Space::OPS)
+                .map(|r| (r.space.id(), r.id, r.bytes.clone()))
+                .collect(),
         };
         let blob = postcard::to_stdvec(&body).map_err(|e| StoreError::backend(self.name(), e))?;
         let commit = ActorCommit::new(key.clone(), epoch)
