@@ -3,13 +3,15 @@
 //!
 //! Run with `cargo bench --bench throughput`; `BENCH_QUICK=1 cargo bench --bench throughput`
 //! (or `-- quick`) runs a shorter version. Naming sections after `--` runs only those:
-//! `durable`, `unchanged`, `cycle`, `resident`, `recovery`, `transforms`; `BENCH_ACTORS=1,1024` limits
+//! `durable`, `unchanged`, `cycle`, `resident`, `recovery`, `transforms`, `delivery`; `BENCH_ACTORS=1,1024` limits
 //! `durable` to those actor counts (for profiling). See docs/performance.md.
 
 #[path = "throughput/actors.rs"]
 mod actors;
 #[path = "throughput/cycle.rs"]
 mod cycle;
+#[path = "throughput/delivery.rs"]
+mod delivery;
 #[path = "throughput/durable.rs"]
 mod durable;
 #[path = "throughput/measure.rs"]
@@ -254,6 +256,19 @@ fn main() {
                 dur(c.p99),
             );
             verdict("unchanged / changed, 1 actor", u.rate / c.rate, 50.0, "x");
+        }
+
+        if run("delivery") {
+            println!("\n== 8. delivery between persistent actors: bytes written per receiver commit (one message applied per commit), as the number of senders it knows grows");
+            println!("   inbox: Tx::send, the runtime's inbox (one row per sender touched); baseline: the receiver deduplicates with a Seen in its state (encoded whole every commit); MemoryStore, bytes of the rows put");
+            let msgs = if plan.reps == 1 { 50 } else { 200 };
+            for senders in [10, 100, 1000] {
+                let (inbox, seen) = delivery::bytes_per_commit(senders, msgs).await;
+                println!(
+                    "   {senders:>5} senders  inbox {inbox:>8.0} B/commit   Seen in state {seen:>8.0} B/commit   -> Seen / inbox {:>6.1}x  [{msgs} msgs]",
+                    seen / inbox
+                );
+            }
         }
 
         if run("transforms") {
