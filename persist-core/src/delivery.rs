@@ -737,6 +737,9 @@ pub(crate) struct Mail {
     pub(crate) recent: VecDeque<(u64, Settled)>,
     /// When the redelivery timer armed last fires.
     pub(crate) timer: Option<Instant>,
+    /// The earliest redelivery scheduled since the timer was last armed (so arming does not
+    /// scan the outbox on every message).
+    pub(crate) scheduled: Option<Instant>,
 }
 
 impl Mail {
@@ -753,7 +756,12 @@ impl Mail {
         }
     }
 
-    /// When the earliest redelivery is due.
+    /// Notes a redelivery scheduled at `at`, for the timer.
+    pub(crate) fn schedule(&mut self, at: Instant) {
+        self.scheduled = Some(self.scheduled.map_or(at, |s| s.min(at)));
+    }
+
+    /// When the earliest redelivery is due (a scan of the outbox and the kept operations).
     pub(crate) fn next_due(&self) -> Option<Instant> {
         let outbox = self.outbox.values().map(|o| o.due).min();
         let kept = self.kept.values().map(|(at, _)| *at).min();

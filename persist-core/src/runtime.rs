@@ -644,6 +644,11 @@ async fn control<A: Persistent>(
                 order.insert(seq);
             }
             rt.mail.timer = None;
+            // The earliest of everything still waiting (kept operations performed now
+            // schedule themselves again in `perform`).
+            if let Some(next) = rt.mail.next_due().filter(|at| *at < far_future(now)) {
+                rt.mail.schedule(next);
+            }
         }
         Control::Arrived(key) => {
             let to: Vec<u64> = rt
@@ -678,6 +683,7 @@ fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>) {
         };
         out.posts = out.posts.saturating_add(1);
         out.due = now + rt.redelivery.delay(out.posts, unit);
+        let due = out.due;
         let letter = Letter {
             from: (*rt.key).clone(),
             to: out.to.clone(),
@@ -689,13 +695,15 @@ fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>) {
                 payload: out.payload.clone(),
             },
         };
+        rt.mail.schedule(due);
         rt.storage.postbox().post(letter);
     }
 }
 
-/// Makes sure a timer wakes the actor when its earliest redelivery is due.
+/// Makes sure a timer wakes the actor when the earliest redelivery scheduled since the
+/// last call is due (the timer's own wake schedules the earliest of all again).
 fn arm_redelivery_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runtime<A>) {
-    let Some(due) = rt.mail.next_due() else {
+    let Some(due) = rt.mail.scheduled.take() else {
         return;
     };
     let now = Instant::now();
@@ -1234,6 +1242,7 @@ async fn perform<A: Persistent>(
                 let unit = rt.unit();
                 let at = Instant::now() + rt.redelivery.delay(n, unit);
                 rt.mail.kept.insert(seq, (at, n));
+                rt.mail.schedule(at);
                 continue;
             }
             Ok(Outcome::Retry) => Ok(()),

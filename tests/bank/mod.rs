@@ -10,7 +10,7 @@
 
 use ractor::{ActorProcessingErr, RpcReplyPort};
 use ractor_persist::{
-    ActorKey, Control, DecodeReason, Inbound, OpId, Once, Persistent, PersistentActor, Settlement,
+    ActorKey, Control, DecodeReason, Inbound, Once, OpId, Persistent, PersistentActor, Settlement,
     Tx,
 };
 use serde::{Deserialize, Serialize};

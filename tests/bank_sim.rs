@@ -1,0 +1,1143 @@
+//! The bank simulation: 64 persistent accounts (`bank::Account`) move money with
+//! `Tx::send` under random deposits and transfers, crashes of single actors (some in the
+//! middle of a request), crashes of the whole store (every actor killed, the `Storage`
+//! dropped or closed, a new one opened over the same `MemoryStore`), and a courier that
+//! drops, duplicates, holds back (delays) and reorders letters, messages and
+//! acknowledgements alike. After each schedule the faults stop, every account runs, and the
+//! simulation waits until every outbox is empty in the store (quiescence).
+//!
+//! What each schedule proves, from the final states and the replies the client saw:
+//! - money is exact: the sum of the balances is the opening money plus the deposits applied,
+//!   and each account's balance is its opening plus its deposits and credits minus its
+//!   debits (`created` and `lost` count money units made or destroyed, and applications
+//!   that made or destroyed money: a credit without a debit, a debit never credited, an
+//!   acknowledged deposit or transfer missing);
+//! - every transfer is applied exactly once: debited at most once, at its source, credited
+//!   at most once, at its destination, with the same amount, and credited iff debited
+//!   (`double_applied` counts every second application of a transfer or deposit);
+//! - an acknowledged request was applied, a refused one was not, a repeat of a request got
+//!   the first reply and was not applied again, a key reused with another payload was
+//!   refused;
+//! - nothing is pending after quiescence: no outbox row is left in the store (`stuck` counts
+//!   the schedules that did not get there within 20 s, left rows, or whose calls to a
+//!   running actor timed out).
+//!
+//! It ends with one line, `bank-sim: schedules=N transfers=N created=0 lost=0
+//! double_applied=0 stuck=0` (`transfers`: transfers applied), and a second one with the
+//! faults injected; the test also fails if any kind of fault never happened.
+//!
+//! `BANK_SIM_SCHEDULES=n` runs `n` schedules (default 1000, seeds `BASE + i`);
+//! `BANK_SIM_SEED=s` reruns the one schedule of seed `s` (decimal or `0x` hex), as printed by
+//! a failure: `BANK_SIM_SEED=s cargo test --test bank_sim -- --nocapture`. The sequence of
+//! actions of a schedule and the stream of courier decisions are a pure function of its
+//! seed; the thread interleavings are not (which letter a given courier decision falls on,
+//! where in a handler a kill lands), so a rerun replays the same schedule, not the same
+//! interleaving.
+
+mod bank;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bank::{Account, AccountMsg, Balance, account};
+use ractor::concurrency::JoinHandle;
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, RpcReplyPort};
+use ractor_persist::{
+    Courier, Letter, MemoryStore, OpId, Postbox, Redelivery, Space, Start, Storage, StorageConfig,
+    Store,
+};
+
+/// Seeds are `BASE + i`, so a CI run is the same every time.
+const BASE: u64 = 0xba4c_0000;
+const ACCOUNTS: usize = 64;
+const OPENING: u64 = 1_000;
+/// More than the bank ever holds: a transfer of it is always refused.
+const TOO_MUCH: u64 = 1 << 40;
+/// A call to a running actor that takes this long counts as stuck.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a schedule may take to become quiescent once the faults stop.
+const QUIESCENCE: Duration = Duration::from_secs(20);
+/// The held letters past which the courier lets one go at once.
+const MAX_HELD: usize = 64;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    let parsed = match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    Some(parsed.unwrap_or_else(|_| panic!("{name}={v} is not a number")))
+}
+
+/// xorshift64*, seeded through splitmix64 so that neighbouring seeds give unrelated streams.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        Rng(z | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.index(i + 1));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The courier.
+
+#[derive(Default)]
+struct ChaosState {
+    rng: Option<Rng>,
+    faults: bool,
+    held: Vec<Letter>,
+    /// The postbox of the current storage: held letters go there when they are let go, also
+    /// after the store was reopened (a letter delayed across a restart).
+    postbox: Option<Postbox>,
+    carried: u64,
+    drops: u64,
+    duplicates: u64,
+    holds: u64,
+}
+
+/// Drops, duplicates or holds back letters, from its own stream of the schedule's seed.
+/// Never blocks: `carry` runs on actor tasks, and the lock is never held while delivering.
+#[derive(Clone, Default)]
+struct Chaos {
+    state: Arc<Mutex<ChaosState>>,
+}
+
+enum Fate {
+    Now,
+    Drop,
+    Twice,
+    Hold,
+}
+
+impl Chaos {
+    fn new(seed: u64) -> Self {
+        let chaos = Chaos::default();
+        {
+            let mut s = chaos.lock();
+            s.rng = Some(Rng::new(seed ^ 0xc0ff_ee00_dead_beef));
+            s.faults = true;
+        }
+        chaos
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChaosState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_postbox(&self, postbox: Postbox) {
+        self.lock().postbox = Some(postbox);
+    }
+
+    /// Lets go the held letters (all, or each with even odds), in a random order.
+    fn release(&self, all: bool) -> usize {
+        let (letters, postbox) = {
+            let mut guard = self.lock();
+            let s = &mut *guard;
+            let mut held = std::mem::take(&mut s.held);
+            let rng = s.rng.as_mut().expect("seeded");
+            rng.shuffle(&mut held);
+            let mut go = Vec::with_capacity(held.len());
+            for letter in held {
+                if all || rng.one_in(2) {
+                    go.push(letter);
+                } else {
+                    s.held.push(letter);
+                }
+            }
+            (go, s.postbox.clone())
+        };
+        let n = letters.len();
+        if let Some(postbox) = postbox {
+            for letter in letters {
+                postbox.deliver(letter);
+            }
+        }
+        n
+    }
+
+    /// Forgets the held letters (lost in a crash).
+    fn lose_held(&self) -> usize {
+        std::mem::take(&mut self.lock().held).len()
+    }
+
+    /// Stops injecting faults and lets every held letter go.
+    fn heal(&self) {
+        self.lock().faults = false;
+        self.release(true);
+    }
+}
+
+impl Courier for Chaos {
+    fn carry(&self, letter: Letter, postbox: &Postbox) {
+        let (fate, overflow) = {
+            let mut s = self.lock();
+            s.carried += 1;
+            if !s.faults {
+                (Fate::Now, None)
+            } else {
+                let rng = s.rng.as_mut().expect("seeded");
+                let fate = match rng.below(16) {
+                    0 | 1 => Fate::Drop,
+                    2 | 3 => Fate::Twice,
+                    4..=7 => Fate::Hold,
+                    _ => Fate::Now,
+                };
+                let overflow =
+                    (matches!(fate, Fate::Hold) && s.held.len() >= MAX_HELD).then(|| {
+                        let i = s.rng.as_mut().expect("seeded").index(MAX_HELD);
+                        s.held.swap_remove(i)
+                    });
+                match fate {
+                    Fate::Drop => s.drops += 1,
+                    Fate::Twice => s.duplicates += 1,
+                    Fate::Hold => s.holds += 1,
+                    Fate::Now => {}
+                }
+                (fate, overflow)
+            }
+        };
+        if let Some(old) = overflow {
+            postbox.deliver(old);
+        }
+        match fate {
+            Fate::Now => {
+                postbox.deliver(letter);
+            }
+            Fate::Drop => {}
+            Fate::Twice => {
+                postbox.deliver(letter.clone());
+                postbox.deliver(letter);
+            }
+            Fate::Hold => self.lock().held.push(letter),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Counters.
+
+#[derive(Clone, Debug, Default)]
+struct Stats {
+    schedules: u64,
+    /// Transfers applied (debited and credited).
+    transfers: u64,
+    created: u64,
+    lost: u64,
+    double_applied: u64,
+    stuck: u64,
+    steps: u64,
+    deposits: u64,
+    transfer_requests: u64,
+    refused_transfers: u64,
+    repeated_requests: u64,
+    reused_keys: u64,
+    actor_crashes: u64,
+    crashes_mid_request: u64,
+    store_crashes: u64,
+    store_closes: u64,
+    unknown_outcomes: u64,
+    letters: u64,
+    drops: u64,
+    duplicates: u64,
+    held: u64,
+    released: u64,
+    lost_in_crash: u64,
+    flushes: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.schedules += o.schedules;
+        self.transfers += o.transfers;
+        self.created += o.created;
+        self.lost += o.lost;
+        self.double_applied += o.double_applied;
+        self.stuck += o.stuck;
+        self.steps += o.steps;
+        self.deposits += o.deposits;
+        self.transfer_requests += o.transfer_requests;
+        self.refused_transfers += o.refused_transfers;
+        self.repeated_requests += o.repeated_requests;
+        self.reused_keys += o.reused_keys;
+        self.actor_crashes += o.actor_crashes;
+        self.crashes_mid_request += o.crashes_mid_request;
+        self.store_crashes += o.store_crashes;
+        self.store_closes += o.store_closes;
+        self.unknown_outcomes += o.unknown_outcomes;
+        self.letters += o.letters;
+        self.drops += o.drops;
+        self.duplicates += o.duplicates;
+        self.held += o.held;
+        self.released += o.released;
+        self.lost_in_crash += o.lost_in_crash;
+        self.flushes += o.flushes;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The client's ledger.
+
+/// How a call ended.
+enum Outcome<T> {
+    Reply(T),
+    /// The actor was gone or died before replying: applied or not, nobody knows.
+    Failed,
+    /// No reply within `CALL_TIMEOUT` from an actor that runs.
+    TimedOut,
+}
+
+struct DepositRec {
+    account: usize,
+    amount: u64,
+    /// The first reply the client saw (`None`: none yet).
+    reply: Option<Result<u64, String>>,
+}
+
+struct TransferRec {
+    from: usize,
+    to: usize,
+    amount: u64,
+    reply: Option<Result<OpId, String>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Req {
+    Deposit(u64),
+    Transfer(u64),
+}
+
+fn name(i: usize) -> String {
+    format!("acct-{i}")
+}
+
+fn deposit_key(n: u64) -> String {
+    format!("dep-{n}")
+}
+
+type Running = (ActorRef<AccountMsg>, JoinHandle<()>);
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    store: MemoryStore,
+    storage: Storage,
+    chaos: Chaos,
+    redelivery: Redelivery,
+    actors: Vec<Option<Running>>,
+    deposits: BTreeMap<u64, DepositRec>,
+    transfers: BTreeMap<u64, TransferRec>,
+    history: Vec<Req>,
+    next_deposit: u64,
+    next_transfer: u64,
+    stats: Stats,
+    failures: Vec<String>,
+    trace: Vec<String>,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let store = MemoryStore::new();
+        let chaos = Chaos::new(seed);
+        let storage = Self::open(&store, &chaos);
+        Sim {
+            seed,
+            rng: Rng::new(seed),
+            store,
+            storage,
+            chaos,
+            redelivery: Redelivery::new(Duration::from_millis(2), Duration::from_millis(16)),
+            actors: (0..ACCOUNTS).map(|_| None).collect(),
+            deposits: BTreeMap::new(),
+            transfers: BTreeMap::new(),
+            history: Vec::new(),
+            next_deposit: 0,
+            next_transfer: 0,
+            stats: Stats {
+                schedules: 1,
+                ..Stats::default()
+            },
+            failures: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    fn open(store: &MemoryStore, chaos: &Chaos) -> Storage {
+        let config = StorageConfig::default().with_courier(chaos.clone());
+        let storage = Storage::with_config(store.clone(), config);
+        chaos.set_postbox(storage.postbox().clone());
+        storage
+    }
+
+    fn fail(&mut self, why: String) {
+        self.failures.push(why);
+    }
+
+    fn note(&mut self, step: String) {
+        self.trace.push(step);
+    }
+
+    async fn spawn(&mut self, i: usize) {
+        if self.actors[i].is_some() {
+            return;
+        }
+        let start =
+            Start::<Account>::new(&self.storage, name(i), OPENING).redelivery(self.redelivery);
+        match ractor::Actor::spawn(None, Account, start).await {
+            Ok(running) => self.actors[i] = Some(running),
+            Err(e) => self.fail(format!("spawning {} failed: {e}", name(i))),
+        }
+    }
+
+    async fn spawn_all(&mut self) {
+        for i in 0..ACCOUNTS {
+            self.spawn(i).await;
+        }
+    }
+
+    /// Kills account `i` (no stop hook, the handler in progress is dropped) and waits
+    /// until its task is gone.
+    async fn kill(&mut self, i: usize) {
+        if let Some((actor, handle)) = self.actors[i].take() {
+            actor.kill();
+            let _ = handle.await;
+        }
+    }
+
+    async fn kill_all(&mut self) {
+        let running: Vec<Running> = self.actors.iter_mut().filter_map(Option::take).collect();
+        for (actor, _) in &running {
+            actor.kill();
+        }
+        for (_, handle) in running {
+            let _ = handle.await;
+        }
+    }
+
+    fn down(&self) -> Vec<usize> {
+        (0..ACCOUNTS)
+            .filter(|i| self.actors[*i].is_none())
+            .collect()
+    }
+
+    /// Calls account `i` (spawning it first if it is down). With `crash`, kills it right
+    /// after the request is sent, at a random point of its handling.
+    async fn call<T: Send + 'static>(
+        &mut self,
+        i: usize,
+        crash: bool,
+        msg: impl FnOnce(RpcReplyPort<T>) -> AccountMsg + Send + 'static,
+    ) -> Outcome<T> {
+        self.spawn(i).await;
+        let Some((actor, _)) = &self.actors[i] else {
+            return Outcome::Failed;
+        };
+        let actor = actor.clone();
+        let outcome = if crash {
+            let task = tokio::spawn(async move { actor.call(msg, Some(CALL_TIMEOUT)).await });
+            for _ in 0..self.rng.below(4) {
+                tokio::task::yield_now().await;
+            }
+            self.stats.crashes_mid_request += 1;
+            self.stats.actor_crashes += 1;
+            self.kill(i).await;
+            if self.rng.one_in(2) {
+                self.spawn(i).await;
+            }
+            match task.await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fail(format!("a call task panicked: {e}"));
+                    return Outcome::Failed;
+                }
+            }
+        } else {
+            actor.call(msg, Some(CALL_TIMEOUT)).await
+        };
+        match outcome {
+            Ok(CallResult::Success(v)) => Outcome::Reply(v),
+            Ok(CallResult::Timeout) if !crash => {
+                self.stats.stuck += 1;
+                self.fail(format!("a call to {} timed out", name(i)));
+                Outcome::TimedOut
+            }
+            _ => {
+                self.stats.unknown_outcomes += 1;
+                Outcome::Failed
+            }
+        }
+    }
+
+    async fn deposit(&mut self, n: u64, amount: u64, crash: bool) -> Outcome<Result<u64, String>> {
+        let i = self.deposits[&n].account;
+        let request = deposit_key(n);
+        self.call(i, crash, move |reply| AccountMsg::Deposit {
+            request,
+            amount,
+            reply,
+        })
+        .await
+    }
+
+    async fn transfer(
+        &mut self,
+        id: u64,
+        amount: u64,
+        crash: bool,
+    ) -> Outcome<Result<OpId, String>> {
+        let (from, to) = (self.transfers[&id].from, self.transfers[&id].to);
+        let to = name(to);
+        self.call(from, crash, move |reply| AccountMsg::Transfer {
+            transfer: id,
+            to,
+            amount,
+            reply,
+        })
+        .await
+    }
+
+    /// Records a reply to deposit `n`: a repeat must get the first reply.
+    fn deposit_replied(&mut self, n: u64, outcome: Outcome<Result<u64, String>>) {
+        let Outcome::Reply(got) = outcome else { return };
+        let rec = self.deposits.get_mut(&n).expect("recorded");
+        match &rec.reply {
+            None => rec.reply = Some(got),
+            Some(first) if *first == got => {}
+            Some(first) => {
+                let why =
+                    format!("deposit {n}: a repeat got {got:?}, the first reply was {first:?}");
+                self.stats.double_applied += 1;
+                self.fail(why);
+            }
+        }
+    }
+
+    fn transfer_replied(&mut self, id: u64, outcome: Outcome<Result<OpId, String>>) {
+        let Outcome::Reply(got) = outcome else { return };
+        let rec = self.transfers.get_mut(&id).expect("recorded");
+        let first_time = rec.reply.is_none();
+        match &rec.reply {
+            None => rec.reply = Some(got.clone()),
+            Some(first) if *first == got => {}
+            Some(first) => {
+                let why =
+                    format!("transfer {id}: a repeat got {got:?}, the first reply was {first:?}");
+                self.stats.double_applied += 1;
+                self.fail(why);
+                return;
+            }
+        }
+        let rec = &self.transfers[&id];
+        match &got {
+            Err(e) if e == "insufficient funds" => {
+                if first_time {
+                    self.stats.refused_transfers += 1;
+                }
+            }
+            Err(e) => {
+                let why = format!("transfer {id} refused for an unexpected reason: {e}");
+                self.fail(why);
+            }
+            Ok(_) if rec.amount == TOO_MUCH => {
+                let why = format!("transfer {id} of more than the bank holds was accepted");
+                self.stats.created += 1;
+                self.fail(why);
+            }
+            Ok(_) => {}
+        }
+    }
+
+    // ---- The steps.
+
+    async fn step_deposit(&mut self) {
+        let account = self.rng.index(ACCOUNTS);
+        let amount = 1 + self.rng.below(200);
+        let crash = self.rng.one_in(10);
+        let n = self.next_deposit;
+        self.next_deposit += 1;
+        self.deposits.insert(
+            n,
+            DepositRec {
+                account,
+                amount,
+                reply: None,
+            },
+        );
+        self.history.push(Req::Deposit(n));
+        self.stats.deposits += 1;
+        self.note(format!(
+            "deposit {n}: {amount} to {}{}",
+            name(account),
+            crash_tag(crash)
+        ));
+        let outcome = self.deposit(n, amount, crash).await;
+        self.deposit_replied(n, outcome);
+    }
+
+    async fn step_transfer(&mut self) {
+        let from = self.rng.index(ACCOUNTS);
+        let down = self.down();
+        let to = if !down.is_empty() && self.rng.one_in(3) {
+            // A destination that is not running: the credit waits for it.
+            down[self.rng.index(down.len())]
+        } else if self.rng.one_in(50) {
+            from
+        } else {
+            (from + 1 + self.rng.index(ACCOUNTS - 1)) % ACCOUNTS
+        };
+        let amount = if self.rng.one_in(10) {
+            TOO_MUCH
+        } else {
+            1 + self.rng.below(400)
+        };
+        let crash = self.rng.one_in(10);
+        let id = self.next_transfer;
+        self.next_transfer += 1;
+        self.transfers.insert(
+            id,
+            TransferRec {
+                from,
+                to,
+                amount,
+                reply: None,
+            },
+        );
+        self.history.push(Req::Transfer(id));
+        self.stats.transfer_requests += 1;
+        self.note(format!(
+            "transfer {id}: {amount} from {} to {}{}",
+            name(from),
+            name(to),
+            crash_tag(crash)
+        ));
+        let outcome = self.transfer(id, amount, crash).await;
+        self.transfer_replied(id, outcome);
+    }
+
+    /// Repeats an earlier request with the same key and payload.
+    async fn step_repeat(&mut self) {
+        if self.history.is_empty() {
+            return self.step_deposit().await;
+        }
+        let req = self.history[self.rng.index(self.history.len())];
+        let crash = self.rng.one_in(10);
+        self.stats.repeated_requests += 1;
+        match req {
+            Req::Deposit(n) => {
+                let amount = self.deposits[&n].amount;
+                self.note(format!("repeat deposit {n}{}", crash_tag(crash)));
+                let outcome = self.deposit(n, amount, crash).await;
+                self.deposit_replied(n, outcome);
+            }
+            Req::Transfer(id) => {
+                let amount = self.transfers[&id].amount;
+                self.note(format!("repeat transfer {id}{}", crash_tag(crash)));
+                let outcome = self.transfer(id, amount, crash).await;
+                self.transfer_replied(id, outcome);
+            }
+        }
+    }
+
+    /// Reuses the key of an answered request with another amount: refused.
+    async fn step_reuse(&mut self) {
+        let answered: Vec<Req> = self
+            .history
+            .iter()
+            .copied()
+            .filter(|r| match r {
+                Req::Deposit(n) => self.deposits[n].reply.is_some(),
+                Req::Transfer(id) => self.transfers[id].reply.is_some(),
+            })
+            .collect();
+        if answered.is_empty() {
+            return self.step_transfer().await;
+        }
+        let req = answered[self.rng.index(answered.len())];
+        self.stats.reused_keys += 1;
+        let got = match req {
+            Req::Deposit(n) => {
+                let amount = self.deposits[&n].amount + 1;
+                self.note(format!("reuse deposit {n} with {amount}"));
+                match self.deposit(n, amount, false).await {
+                    Outcome::Reply(r) => {
+                        Some(r.map(|_| ()).map_err(|e| (e, format!("deposit {n}"))))
+                    }
+                    _ => None,
+                }
+            }
+            Req::Transfer(id) => {
+                let amount = self.transfers[&id].amount ^ 1;
+                self.note(format!("reuse transfer {id} with {amount}"));
+                match self.transfer(id, amount, false).await {
+                    Outcome::Reply(r) => {
+                        Some(r.map(|_| ()).map_err(|e| (e, format!("transfer {id}"))))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        match got {
+            Some(Err((e, _))) if e.contains("used before") => {}
+            Some(Err((e, what))) => self.fail(format!("{what} reused: unexpected refusal {e}")),
+            Some(Ok(())) => {
+                self.stats.double_applied += 1;
+                self.fail(format!("{req:?} reused with another payload was applied"));
+            }
+            None => {}
+        }
+    }
+
+    async fn step_crash(&mut self) {
+        let i = self.rng.index(ACCOUNTS);
+        let again = self.rng.one_in(2);
+        if self.actors[i].is_none() {
+            self.note(format!("start {}", name(i)));
+            return self.spawn(i).await;
+        }
+        self.note(format!(
+            "crash {}{}",
+            name(i),
+            if again { ", restart" } else { "" }
+        ));
+        self.stats.actor_crashes += 1;
+        self.kill(i).await;
+        if again {
+            self.spawn(i).await;
+        }
+    }
+
+    async fn step_respawn(&mut self) {
+        let down = self.down();
+        if down.is_empty() {
+            return;
+        }
+        let i = down[self.rng.index(down.len())];
+        self.note(format!("start {}", name(i)));
+        self.spawn(i).await;
+    }
+
+    /// Kills every actor and reopens the store: the storage dropped (its committer finishes
+    /// what it has on its own, after the new one started) or closed, held letters lost or
+    /// kept for the new incarnation.
+    async fn step_store_crash(&mut self) {
+        let close = self.rng.one_in(2);
+        let lose = self.rng.one_in(2);
+        self.note(format!(
+            "store crash ({}, held letters {})",
+            if close { "closed" } else { "dropped" },
+            if lose { "lost" } else { "kept" }
+        ));
+        self.stats.store_crashes += 1;
+        self.kill_all().await;
+        if close {
+            self.stats.store_closes += 1;
+            if let Err(e) = self.storage.close().await {
+                self.fail(format!("closing the store failed: {e}"));
+            }
+        }
+        if lose {
+            self.stats.lost_in_crash += self.chaos.lose_held() as u64;
+        }
+        self.storage = Self::open(&self.store, &self.chaos);
+        self.spawn_all().await;
+    }
+
+    fn step_release(&mut self) {
+        let all = self.rng.one_in(2);
+        let n = self.chaos.release(all);
+        self.stats.released += n as u64;
+        self.note(format!(
+            "release {} held letters ({n})",
+            if all { "all" } else { "some" }
+        ));
+    }
+
+    async fn run_steps(&mut self) {
+        let steps = 20 + self.rng.below(21);
+        for _ in 0..steps {
+            self.stats.steps += 1;
+            match self.rng.below(200) {
+                0..=49 => self.step_deposit().await,
+                50..=119 => self.step_transfer().await,
+                120..=135 => self.step_repeat().await,
+                136..=139 => self.step_reuse().await,
+                140..=159 => self.step_crash().await,
+                160..=169 => self.step_respawn().await,
+                170..=172 => self.step_store_crash().await,
+                _ => self.step_release(),
+            }
+            if self.failures.len() > 20 {
+                return;
+            }
+        }
+    }
+
+    // ---- Quiescence and the checks.
+
+    fn outbox_rows(&self) -> usize {
+        (0..ACCOUNTS)
+            .map(|i| {
+                self.store
+                    .read(&account(&name(i)), Some(Space::OUTBOX), 0..=u64::MAX)
+                    .map_or(usize::MAX / 2, |rows| rows.len())
+            })
+            .sum()
+    }
+
+    /// Stops the faults, starts every account and waits until no outbox row is left in the
+    /// store. The removal of acknowledged messages rides on a later commit: a small deposit
+    /// (in the ledger like any other) now and then writes it.
+    async fn quiesce(&mut self) -> bool {
+        self.chaos.heal();
+        self.spawn_all().await;
+        self.note("heal".to_owned());
+        let deadline = Instant::now() + QUIESCENCE;
+        let mut flushed = Instant::now();
+        loop {
+            if self.outbox_rows() == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if flushed.elapsed() >= Duration::from_millis(3) {
+                let account = self.rng.index(ACCOUNTS);
+                let n = self.next_deposit;
+                self.next_deposit += 1;
+                self.deposits.insert(
+                    n,
+                    DepositRec {
+                        account,
+                        amount: 1,
+                        reply: None,
+                    },
+                );
+                self.stats.flushes += 1;
+                let outcome = self.deposit(n, 1, false).await;
+                self.deposit_replied(n, outcome);
+                flushed = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn states(&mut self) -> Option<Vec<Balance>> {
+        let mut states = Vec::with_capacity(ACCOUNTS);
+        for i in 0..ACCOUNTS {
+            match self.call(i, false, AccountMsg::Get).await {
+                Outcome::Reply(b) => states.push(b),
+                _ => {
+                    self.fail(format!("no state from {}", name(i)));
+                    return None;
+                }
+            }
+        }
+        Some(states)
+    }
+
+    fn check(&mut self, states: &[Balance], quiescent: bool) {
+        let mut s = Stats::default();
+        let mut why = Vec::new();
+        // Deposits: each key at most once, at its account, with its amount; every
+        // acknowledged one present.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut deposited = 0u64;
+        for (i, b) in states.iter().enumerate() {
+            for (key, amount) in &b.deposits {
+                *seen.entry(key.clone()).or_default() += 1;
+                let rec = key
+                    .strip_prefix("dep-")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .and_then(|n| self.deposits.get(&n));
+                match rec {
+                    Some(rec) if rec.account == i && rec.amount == *amount => {}
+                    _ => {
+                        s.created += 1;
+                        why.push(format!(
+                            "{}: deposit {key} ({amount}) was never asked for",
+                            name(i)
+                        ));
+                    }
+                }
+            }
+        }
+        for (key, count) in &seen {
+            if *count > 1 {
+                s.double_applied += *count as u64 - 1;
+                why.push(format!("deposit {key} applied {count} times"));
+            }
+        }
+        for (n, rec) in &self.deposits {
+            let key = deposit_key(*n);
+            let applied = seen.contains_key(&key);
+            if applied {
+                deposited += rec.amount;
+            }
+            if matches!(rec.reply, Some(Ok(_))) && !applied {
+                s.lost += 1;
+                why.push(format!("deposit {key} was acknowledged but is not applied"));
+            }
+        }
+        // Transfers.
+        let mut debited: BTreeMap<u64, Vec<(usize, u64)>> = BTreeMap::new();
+        let mut credited: BTreeMap<u64, Vec<(usize, u64)>> = BTreeMap::new();
+        for (i, b) in states.iter().enumerate() {
+            for (id, amount) in &b.debited {
+                debited.entry(*id).or_default().push((i, *amount));
+            }
+            for (id, amount) in &b.credited {
+                credited.entry(*id).or_default().push((i, *amount));
+            }
+        }
+        for (id, rec) in &self.transfers {
+            let d = debited.remove(id).unwrap_or_default();
+            let c = credited.remove(id).unwrap_or_default();
+            if d.len() > 1 {
+                s.double_applied += d.len() as u64 - 1;
+                why.push(format!("transfer {id} debited {} times: {d:?}", d.len()));
+            }
+            if c.len() > 1 {
+                s.double_applied += c.len() as u64 - 1;
+                why.push(format!("transfer {id} credited {} times: {c:?}", c.len()));
+            }
+            if d.iter().any(|x| *x != (rec.from, rec.amount)) {
+                why.push(format!(
+                    "transfer {id} debited as {d:?}, asked {:?}",
+                    (rec.from, rec.amount)
+                ));
+            }
+            if c.iter().any(|x| *x != (rec.to, rec.amount)) {
+                why.push(format!(
+                    "transfer {id} credited as {c:?}, asked {:?}",
+                    (rec.to, rec.amount)
+                ));
+            }
+            match &rec.reply {
+                Some(Ok(_)) if d.is_empty() => {
+                    s.lost += 1;
+                    why.push(format!("transfer {id} was acknowledged but not debited"));
+                }
+                Some(Err(_)) if !d.is_empty() => {
+                    s.created += 1;
+                    why.push(format!("transfer {id} was refused but debited"));
+                }
+                _ => {}
+            }
+            if quiescent {
+                if !d.is_empty() && c.is_empty() {
+                    s.lost += 1;
+                    why.push(format!("transfer {id} debited {d:?} but never credited"));
+                }
+                if d.is_empty() && !c.is_empty() {
+                    s.created += 1;
+                    why.push(format!("transfer {id} credited {c:?} but never debited"));
+                }
+            }
+            if !d.is_empty() && !c.is_empty() {
+                s.transfers += 1;
+            }
+        }
+        for (id, d) in debited {
+            why.push(format!("transfer {id} was never asked for, debited {d:?}"));
+        }
+        for (id, c) in credited {
+            s.created += 1;
+            why.push(format!("transfer {id} was never asked for, credited {c:?}"));
+        }
+        // Money.
+        for (i, b) in states.iter().enumerate() {
+            let ins: u64 = b.deposits.iter().map(|(_, a)| a).sum::<u64>()
+                + b.credited.iter().map(|(_, a)| a).sum::<u64>();
+            let outs: u64 = b.debited.iter().map(|(_, a)| a).sum();
+            if OPENING + ins != b.balance + outs {
+                why.push(format!(
+                    "{}: balance {} is not opening {OPENING} + in {ins} - out {outs}",
+                    name(i),
+                    b.balance
+                ));
+            }
+        }
+        if quiescent {
+            let expected = ACCOUNTS as u64 * OPENING + deposited;
+            let actual: u64 = states.iter().map(|b| b.balance).sum();
+            if actual != expected {
+                s.created += actual.saturating_sub(expected);
+                s.lost += expected.saturating_sub(actual);
+                why.push(format!("the bank holds {actual}, expected {expected}"));
+            }
+        }
+        self.stats.transfers += s.transfers;
+        self.stats.created += s.created;
+        self.stats.lost += s.lost;
+        self.stats.double_applied += s.double_applied;
+        self.failures.extend(why);
+    }
+
+    async fn run(mut self) -> (Stats, Vec<String>, Vec<String>) {
+        self.spawn_all().await;
+        self.run_steps().await;
+        let quiescent = self.quiesce().await;
+        if !quiescent {
+            self.stats.stuck += 1;
+            let rows = self.outbox_rows();
+            self.fail(format!(
+                "not quiescent after {QUIESCENCE:?}: {rows} outbox rows left"
+            ));
+        }
+        if let Some(states) = self.states().await {
+            self.check(&states, quiescent);
+        }
+        self.kill_all().await;
+        if let Err(e) = self.storage.close().await {
+            self.fail(format!("closing the store failed: {e}"));
+        }
+        let rows = self.outbox_rows();
+        if quiescent && rows != 0 {
+            self.stats.stuck += 1;
+            self.fail(format!("{rows} outbox rows left after closing the store"));
+        }
+        {
+            let c = self.chaos.lock();
+            self.stats.letters += c.carried;
+            self.stats.drops += c.drops;
+            self.stats.duplicates += c.duplicates;
+            self.stats.held += c.holds;
+        }
+        let _ = self.seed;
+        (self.stats, self.failures, self.trace)
+    }
+}
+
+fn crash_tag(crash: bool) -> &'static str {
+    if crash { ", crashed mid-request" } else { "" }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_is_exact_and_transfers_apply_once_under_crashes_and_letter_faults() {
+    let seeds: Vec<u64> = match env_u64("BANK_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let n = env_u64("BANK_SIM_SCHEDULES").unwrap_or(1000).max(1);
+            (0..n).map(|i| BASE + i).collect()
+        }
+    };
+    let started = Instant::now();
+    let mut total = Stats::default();
+    let mut failed: Vec<u64> = Vec::new();
+    let mut report = String::new();
+    for seed in seeds {
+        let (stats, failures, trace) = Sim::new(seed).run().await;
+        total.add(&stats);
+        if !failures.is_empty() {
+            failed.push(seed);
+            if failed.len() <= 5 {
+                let tail = trace.len().saturating_sub(40);
+                let _ = write!(
+                    report,
+                    "\nschedule seed={seed} ({seed:#x}) FAILED (rerun: BANK_SIM_SEED={seed} cargo \
+                     test --test bank_sim -- --nocapture):\n  {}\n  last steps:\n    {}",
+                    failures
+                        .iter()
+                        .take(20)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n  "),
+                    trace[tail..].join("\n    ")
+                );
+            }
+        }
+    }
+    let t = &total;
+    println!(
+        "bank-sim: schedules={} transfers={} created={} lost={} double_applied={} stuck={}",
+        t.schedules, t.transfers, t.created, t.lost, t.double_applied, t.stuck
+    );
+    println!(
+        "bank-sim faults: steps={} deposits={} transfer_requests={} refused_transfers={} \
+         repeated_requests={} reused_keys={} actor_crashes={} crashes_mid_request={} \
+         store_crashes={} (closed={}) unknown_outcomes={} letters={} drops={} duplicates={} \
+         held={} released={} lost_in_crash={} flushes={} in {:.1?}",
+        t.steps,
+        t.deposits,
+        t.transfer_requests,
+        t.refused_transfers,
+        t.repeated_requests,
+        t.reused_keys,
+        t.actor_crashes,
+        t.crashes_mid_request,
+        t.store_crashes,
+        t.store_closes,
+        t.unknown_outcomes,
+        t.letters,
+        t.drops,
+        t.duplicates,
+        t.held,
+        t.released,
+        t.lost_in_crash,
+        t.flushes,
+        started.elapsed()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} schedule(s) failed, seeds {:?}{report}",
+        failed.len(),
+        failed
+    );
+    assert_eq!(t.created, 0, "money created");
+    assert_eq!(t.lost, 0, "money lost");
+    assert_eq!(t.double_applied, 0, "applied twice");
+    assert_eq!(t.stuck, 0, "stuck");
+    // The faults really happened (a single rerun schedule may miss some).
+    if t.schedules >= 100 {
+        for (what, n) in [
+            ("drops", t.drops),
+            ("duplicates", t.duplicates),
+            ("held letters", t.held),
+            ("released letters", t.released),
+            ("actor crashes", t.actor_crashes),
+            ("crashes mid-request", t.crashes_mid_request),
+            ("store crashes", t.store_crashes),
+            ("refused transfers", t.refused_transfers),
+            ("repeated requests", t.repeated_requests),
+            ("reused keys", t.reused_keys),
+            ("transfers applied", t.transfers),
+        ] {
+            assert!(n > 0, "no {what} in {} schedules", t.schedules);
+        }
+    }
+}
