@@ -3,16 +3,25 @@
 //! performed, so that a driver that kills the process at any moment can check the history
 //! afterwards.
 //!
-//! Run with `cargo run --example torture -- PATH [SEED] [ACTORS] [--check] [--backend B]`: it
-//! recovers every actor from the store at PATH (a `RedbStore`, or with `--backend sqlite` a
-//! `SqliteStore`), prints what it found, then loads them until it is killed (`--check` stops
-//! after the recovery). `tests/crash_kill_loop.rs` is the driver; it runs this same code in a
-//! child process, kills it with SIGKILL and checks each restart.
+//! Run with `cargo run --example torture -- PATH [SEED] [ACTORS] [--check] [--backend B]
+//! [--accounts N] [--bank-base ID] [--resend SPEC]...`: it recovers every actor from the
+//! store at PATH (a `RedbStore`, or with `--backend sqlite` a `SqliteStore`), prints what it
+//! found, then loads them until it is killed (`--check` stops after the recovery).
+//! `tests/crash_kill_loop.rs` is the driver; it runs this same code in a child process, kills
+//! it with SIGKILL and checks each restart.
 //!
 //! Each actor holds a [`Tally`]: how many values it appended and a hash chain over them, so a
 //! recovered state names exactly which prefix of the values sent it holds. Each append pushes
 //! one operation; every third is kept until a later append confirms it, the others are done
 //! once performed.
+//!
+//! Beside them, `--accounts N` (default 8) [`Account`]s move money to each other with
+//! `Tx::send`: two clients send deposits and transfers between random accounts, each with an
+//! id of its own (from `--bank-base` on; deposit ids and transfer ids are also the requests'
+//! idempotency keys), and first send again the requests named by `--resend` (a restarted
+//! client repeating what it sent before). With `--check`, the accounts are brought to rest
+//! (every credit message settled), their ledgers are printed, and after the store is closed
+//! the outbox rows left are counted.
 //!
 //! Lines (one per event, flushed as written):
 //!
@@ -22,6 +31,23 @@
 //! READY                               recovery is over, the load starts
 //! SEND <actor> <idx> <value>          about to send append number idx
 //! ACK <actor> <idx> <len> <chain>     the reply for append idx: it is committed
+//!
+//! DSEND <id> <account> <amount>           about to send deposit id (maybe again)
+//! DACK <id> ok <balance>                  its reply: applied, the balance after it
+//! DACK <id> refused <why>                 its reply: refused
+//! TSEND <id> <from> <to> <amount>         about to send transfer id (maybe again)
+//! TACK <id> ok <message>                  its reply: debited, the credit message's number
+//! TACK <id> refused <why>                 its reply: refused (insufficient funds)
+//! BANKERR <error>                         a bank client failed
+//!
+//! With --check, after READY:
+//! UNSETTLED <account> <message> <how>     a credit message not acknowledged in time
+//! BAL <account> <balance>                 the ledger of each account at rest:
+//! DEP <account> <request> <amount>          a deposit applied
+//! DEB <account> <transfer> <amount> <message> a transfer debited, and its credit message
+//! CRED <account> <transfer> <amount>        a transfer credited
+//! OUTBOX <rows>                           outbox rows left in the closed store
+//! BANKDONE                                the bank check is over
 //! ```
 
 use std::io::Write;
@@ -29,7 +55,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call};
 use ractor_persist::{
-    Outcome, Pending, Persistent, PersistentActor, RedbStore, SqliteStore, Start, Storage, Tx,
+    ActorKey, Control, DecodeReason, Inbound, Once, OpId, Outcome, Pending, Persistent,
+    PersistentActor, RedbStore, Redelivery, Settled, Settlement, Space, SqliteStore, Start,
+    Storage, Store, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -196,6 +224,26 @@ impl Backend {
             Backend::Sqlite => Storage::new(SqliteStore::open(path)?),
         })
     }
+
+    /// The outbox rows of every account in the store at `path`, read directly from the
+    /// store (closed by its `Storage` before).
+    pub fn outbox_rows(
+        self,
+        path: &std::path::Path,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        fn count(store: &dyn Store) -> Result<usize, ractor_persist::StoreError> {
+            let mut rows = 0;
+            for key in store.keys(ACCOUNT_NS, Space::OUTBOX)? {
+                let key = ActorKey::new(ACCOUNT_NS, key);
+                rows += store.read(&key, Some(Space::OUTBOX), 0..=u64::MAX)?.len();
+            }
+            Ok(rows)
+        }
+        Ok(match self {
+            Backend::Redb => count(&RedbStore::open(path)?)?,
+            Backend::Sqlite => count(&SqliteStore::open(path)?)?,
+        })
+    }
 }
 
 /// What one run does.
@@ -206,14 +254,25 @@ pub struct Options {
     /// Stop after the recovery instead of loading until killed.
     pub check: bool,
     pub backend: Backend,
+    /// How many accounts move money to each other (0: none).
+    pub accounts: usize,
+    /// The first id the bank clients give a new request.
+    pub bank_base: u64,
+    /// Requests sent before (by an earlier run) to send again first.
+    pub resend: Vec<Request>,
 }
 
 impl Options {
-    /// Reads `PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite]`.
+    /// Reads `PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite] [--accounts N]
+    /// [--bank-base ID] [--resend SPEC]...`.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
-        let usage = "usage: torture PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite]";
+        let usage = "usage: torture PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite] \
+                     [--accounts N] [--bank-base ID] [--resend SPEC]...";
         let mut check = false;
         let mut backend = Backend::Redb;
+        let mut accounts = 8;
+        let mut bank_base = 0;
+        let mut resend = Vec::new();
         let mut rest = Vec::new();
         let mut args = args.into_iter();
         while let Some(a) = args.next() {
@@ -225,6 +284,19 @@ impl Options {
                         Some("sqlite") => Backend::Sqlite,
                         _ => return Err(usage.into()),
                     }
+                }
+                "--accounts" => {
+                    accounts = args.next().and_then(|n| n.parse().ok()).ok_or(usage)?;
+                    if accounts == 1 {
+                        return Err("--accounts: 0, or 2 or more".into());
+                    }
+                }
+                "--bank-base" => {
+                    bank_base = args.next().and_then(|n| n.parse().ok()).ok_or(usage)?;
+                }
+                "--resend" => {
+                    let spec = args.next().ok_or(usage)?;
+                    resend.push(Request::parse(&spec).ok_or(format!("--resend {spec}"))?);
                 }
                 _ => rest.push(a),
             }
@@ -245,11 +317,15 @@ impl Options {
             actors,
             check,
             backend,
+            accounts,
+            bank_base,
+            resend,
         })
     }
 }
 
-/// Recovers every actor, prints what it found, then appends to all of them until killed.
+/// Recovers every actor, prints what it found, then appends to all of them and moves money
+/// between the accounts until killed.
 pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let storage = opts.backend.open(&opts.path)?;
     let mut actors: Vec<(String, ActorRef<TallyMsg>)> = Vec::new();
@@ -258,6 +334,10 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
         let actor = TallyActor { sink: Sink::Stdout };
         let (r, _) = Actor::spawn(None, actor, Start::new(&storage, key.clone(), ())).await?;
         actors.push((key, r));
+    }
+    let mut accounts = Vec::new();
+    for i in 0..opts.accounts {
+        accounts.push(spawn_account(&storage, i).await?);
     }
     // Replays run in each actor's post_start, which ends before the actor handles a message.
     let mut recovered = Vec::new();
@@ -271,13 +351,46 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
         for (_, r) in actors {
             r.stop_and_wait(None, None).await?;
         }
+        if !accounts.is_empty() {
+            bring_to_rest(&accounts).await?;
+        }
+        for r in accounts.drain(..) {
+            r.stop_and_wait(None, None).await?;
+        }
         storage.close().await?;
+        if opts.accounts > 0 {
+            // The removals of acknowledged messages ride on later commits; closing wrote them.
+            line(format_args!(
+                "OUTBOX {}",
+                opts.backend.outbox_rows(&opts.path)?
+            ));
+            line(format_args!("BANKDONE"));
+        }
         return Ok(());
     }
     let mut clients = Vec::new();
     for (i, ((key, r), t)) in actors.into_iter().zip(recovered).enumerate() {
         let seed = mix(opts.seed ^ mix(i as u64));
         clients.push(tokio::spawn(append_forever(key, r, t.len, seed)));
+    }
+    if !accounts.is_empty() {
+        let accounts = Arc::new(accounts);
+        let mut resend = opts.resend;
+        for c in 0..BANK_CLIENTS {
+            let client = BankClient {
+                accounts: accounts.clone(),
+                next_id: opts.bank_base + c,
+                rng: mix(opts.seed ^ mix(u64::MAX - c)),
+            };
+            // The first client repeats what was sent before, then both send new requests.
+            let again = std::mem::take(&mut resend);
+            clients.push(tokio::spawn(async move {
+                if let Err(e) = client.run(again).await {
+                    line(format_args!("BANKERR {e}"));
+                }
+                Ok(())
+            }));
+        }
     }
     for c in clients {
         c.await??;
@@ -299,6 +412,346 @@ async fn append_forever(
         line(format_args!("ACK {key} {idx} {} {}", t.len, t.chain));
         idx += 1;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bank: accounts that move money to each other with `Tx::send`
+
+/// The namespace of the accounts.
+pub const ACCOUNT_NS: &str = "account";
+
+/// What every account holds when it is created.
+pub const OPENING: u64 = 1_000;
+
+/// How many clients send deposits and transfers at once.
+pub const BANK_CLIENTS: u64 = 2;
+
+/// How long `--check` waits for every credit message to be acknowledged.
+pub const REST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// An account's durable state: its balance and every request it applied, so that a check can
+/// count what was applied and how often.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub balance: u64,
+    /// Deposits applied: (request id, amount).
+    pub deposits: Vec<(u64, u64)>,
+    /// Transfers debited here: (transfer id, amount, sequence number of the credit message).
+    pub debited: Vec<(u64, u64, u64)>,
+    /// Transfers credited here: (transfer id, amount).
+    pub credited: Vec<(u64, u64)>,
+}
+
+/// What one account sends another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    pub transfer: u64,
+    pub amount: u64,
+}
+
+pub enum AccountMsg {
+    /// Adds `amount`, once per request id; replies with the balance after it.
+    Deposit {
+        id: u64,
+        amount: u64,
+        reply: RpcReplyPort<Result<u64, String>>,
+    },
+    /// Moves `amount` to the account `to`, once per transfer id; replies with the sequence
+    /// number of the credit message, or why it was refused.
+    Transfer {
+        id: u64,
+        to: String,
+        amount: u64,
+        reply: RpcReplyPort<Result<u64, String>>,
+    },
+    /// A credit from another account (through `inbound`).
+    Credit(Credit),
+    /// Futures of how this account's messages with these sequence numbers end.
+    Settle(Vec<u64>, RpcReplyPort<Vec<Settlement>>),
+    Get(RpcReplyPort<Ledger>),
+    Persist(Control<()>),
+}
+
+/// An account (a copy of the one of `tests/bank`, which also records the message each debit
+/// sent, so a check can wait for it).
+#[derive(Default, Persistent)]
+#[persistent(name = "account")]
+pub struct Account;
+
+impl PersistentActor for Account {
+    type Msg = AccountMsg;
+    type State = Ledger;
+    type Op = ();
+    type Arguments = u64;
+
+    async fn init(&self, opening: u64) -> Result<Ledger, ActorProcessingErr> {
+        Ok(Ledger {
+            balance: opening,
+            ..Ledger::default()
+        })
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        msg: AccountMsg,
+        state: &mut Ledger,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AccountMsg::Deposit { id, amount, reply } => {
+                match tx.once(&format!("d{id}"), &amount, reply) {
+                    Once::First(first) => {
+                        state.balance += amount;
+                        state.deposits.push((id, amount));
+                        tx.reply_once(first, Ok(state.balance))?;
+                    }
+                    Once::Repeated => {}
+                    Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
+                }
+            }
+            AccountMsg::Transfer {
+                id,
+                to,
+                amount,
+                reply,
+            } => match tx.once(&format!("t{id}"), &(&to, amount), reply) {
+                Once::First(first) => {
+                    if state.balance < amount {
+                        tx.reply_once(first, Err("insufficient funds".to_owned()))?;
+                        return Ok(());
+                    }
+                    let sent = tx.send_to::<Account, _>(
+                        &to,
+                        &Credit {
+                            transfer: id,
+                            amount,
+                        },
+                    )?;
+                    state.balance -= amount;
+                    state.debited.push((id, amount, sent.seq()));
+                    tx.reply_once(first, Ok(sent.seq()))?;
+                }
+                Once::Repeated => {}
+                Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
+            },
+            AccountMsg::Credit(credit) => {
+                state.balance += credit.amount;
+                state.credited.push((credit.transfer, credit.amount));
+            }
+            AccountMsg::Settle(seqs, reply) => {
+                let me = tx.key().clone();
+                let settlements = seqs
+                    .into_iter()
+                    .map(|seq| tx.settlement(&OpId::new(me.clone(), seq)))
+                    .collect();
+                tx.reply(reply, settlements);
+            }
+            AccountMsg::Get(reply) => tx.reply(reply, state.clone()),
+            AccountMsg::Persist(_) => {}
+        }
+        Ok(())
+    }
+
+    fn control(msg: AccountMsg) -> Result<Control<()>, AccountMsg> {
+        match msg {
+            AccountMsg::Persist(c) => Ok(c),
+            other => Err(other),
+        }
+    }
+
+    fn wrap_control(c: Control<()>) -> Option<AccountMsg> {
+        Some(AccountMsg::Persist(c))
+    }
+
+    fn inbound(msg: Inbound) -> Result<AccountMsg, DecodeReason> {
+        Ok(AccountMsg::Credit(msg.decode()?))
+    }
+}
+
+/// The key of account number `i`.
+pub fn account_key(i: usize) -> String {
+    format!("acct{i}")
+}
+
+/// Spawns account number `i`, with a quick redelivery so a message lost in a kill is posted
+/// again soon.
+async fn spawn_account(
+    storage: &Storage,
+    i: usize,
+) -> Result<ActorRef<AccountMsg>, ractor::SpawnErr> {
+    let redelivery = Redelivery::new(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_millis(50),
+    );
+    let start = Start::<Account>::new(storage, account_key(i), OPENING).redelivery(redelivery);
+    let (r, _) = Actor::spawn(None, Account, start).await?;
+    Ok(r)
+}
+
+/// A request of a bank client, as `--resend` names it: `D:<id>:<account>:<amount>` or
+/// `T:<id>:<from>:<to>:<amount>` (accounts by number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Deposit {
+        id: u64,
+        to: usize,
+        amount: u64,
+    },
+    Transfer {
+        id: u64,
+        from: usize,
+        to: usize,
+        amount: u64,
+    },
+}
+
+impl Request {
+    pub fn parse(spec: &str) -> Option<Request> {
+        let w: Vec<&str> = spec.split(':').collect();
+        let n = |i: usize| -> Option<u64> { w.get(i)?.parse().ok() };
+        let a = |i: usize| -> Option<usize> { w.get(i)?.parse().ok() };
+        match (w.first().copied(), w.len()) {
+            (Some("D"), 4) => Some(Request::Deposit {
+                id: n(1)?,
+                to: a(2)?,
+                amount: n(3)?,
+            }),
+            (Some("T"), 5) => Some(Request::Transfer {
+                id: n(1)?,
+                from: a(2)?,
+                to: a(3)?,
+                amount: n(4)?,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn spec(&self) -> String {
+        match *self {
+            Request::Deposit { id, to, amount } => format!("D:{id}:{to}:{amount}"),
+            Request::Transfer {
+                id,
+                from,
+                to,
+                amount,
+            } => format!("T:{id}:{from}:{to}:{amount}"),
+        }
+    }
+}
+
+/// One client of the bank: sends a request, waits for its reply, and so on.
+struct BankClient {
+    accounts: Arc<Vec<ActorRef<AccountMsg>>>,
+    next_id: u64,
+    rng: u64,
+}
+
+impl BankClient {
+    /// Sends `again` first, then new requests (a quarter deposits, the rest transfers between
+    /// two random accounts) until killed.
+    async fn run(
+        mut self,
+        again: Vec<Request>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        for r in again {
+            self.send(r).await?;
+        }
+        let n = self.accounts.len() as u64;
+        loop {
+            self.rng = mix(self.rng);
+            let r = self.rng;
+            let id = self.next_id;
+            self.next_id += BANK_CLIENTS;
+            let from = (r >> 8) % n;
+            let request = if r % 4 == 0 {
+                Request::Deposit {
+                    id,
+                    to: from as usize,
+                    amount: 1 + (r >> 24) % 100,
+                }
+            } else {
+                Request::Transfer {
+                    id,
+                    from: from as usize,
+                    to: ((from + 1 + (r >> 16) % (n - 1)) % n) as usize,
+                    amount: 1 + (r >> 24) % 200,
+                }
+            };
+            self.send(request).await?;
+        }
+    }
+
+    async fn send(&self, request: Request) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        match request {
+            Request::Deposit { id, to, amount } => {
+                line(format_args!("DSEND {id} {to} {amount}"));
+                let got = call!(self.accounts[to], |reply| AccountMsg::Deposit {
+                    id,
+                    amount,
+                    reply
+                })?;
+                match got {
+                    Ok(balance) => line(format_args!("DACK {id} ok {balance}")),
+                    Err(why) => line(format_args!("DACK {id} refused {why}")),
+                }
+            }
+            Request::Transfer {
+                id,
+                from,
+                to,
+                amount,
+            } => {
+                line(format_args!("TSEND {id} {from} {to} {amount}"));
+                let got = call!(self.accounts[from], |reply| AccountMsg::Transfer {
+                    id,
+                    to: account_key(to),
+                    amount,
+                    reply
+                })?;
+                match got {
+                    Ok(message) => line(format_args!("TACK {id} ok {message}")),
+                    Err(why) => line(format_args!("TACK {id} refused {why}")),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits (up to [`REST_DEADLINE`]) until every credit message every account sent is
+/// acknowledged, so every credit is applied, then prints each account's ledger.
+async fn bring_to_rest(
+    accounts: &[ActorRef<AccountMsg>],
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let deadline = tokio::time::Instant::now() + REST_DEADLINE;
+    for (i, a) in accounts.iter().enumerate() {
+        let ledger = call!(a, AccountMsg::Get)?;
+        let seqs: Vec<u64> = ledger.debited.iter().map(|d| d.2).collect();
+        let settlements = call!(a, AccountMsg::Settle, seqs.clone())?;
+        for (seq, settlement) in seqs.into_iter().zip(settlements) {
+            // NotPending: acknowledged before this run (or before this call).
+            match tokio::time::timeout_at(deadline, settlement.wait()).await {
+                Ok(Settled::Delivered | Settled::NotPending) => {}
+                Ok(other) => line(format_args!("UNSETTLED {i} {seq} {other:?}")),
+                Err(_) => line(format_args!("UNSETTLED {i} {seq} timeout")),
+            }
+        }
+    }
+    // A credit is committed before it is acknowledged: every credit is in the ledgers now.
+    for (i, a) in accounts.iter().enumerate() {
+        let l = call!(a, AccountMsg::Get)?;
+        line(format_args!("BAL {i} {}", l.balance));
+        for (id, amount) in &l.deposits {
+            line(format_args!("DEP {i} {id} {amount}"));
+        }
+        for (id, amount, message) in &l.debited {
+            line(format_args!("DEB {i} {id} {amount} {message}"));
+        }
+        for (id, amount) in &l.credited {
+            line(format_args!("CRED {i} {id} {amount}"));
+        }
+    }
+    Ok(())
 }
 
 #[allow(dead_code)]

@@ -272,6 +272,10 @@ struct Stats {
     store_crashes: u64,
     store_closes: u64,
     unknown_outcomes: u64,
+    /// Requests killed mid-way whose reply still came.
+    crash_replied: u64,
+    /// Requests with no reply ever that were applied all the same.
+    unknown_applied: u64,
     letters: u64,
     drops: u64,
     duplicates: u64,
@@ -300,6 +304,8 @@ impl Stats {
         self.store_crashes += o.store_crashes;
         self.store_closes += o.store_closes;
         self.unknown_outcomes += o.unknown_outcomes;
+        self.crash_replied += o.crash_replied;
+        self.unknown_applied += o.unknown_applied;
         self.letters += o.letters;
         self.drops += o.drops;
         self.duplicates += o.duplicates;
@@ -455,8 +461,8 @@ impl Sim {
             .collect()
     }
 
-    /// Calls account `i` (spawning it first if it is down). With `crash`, kills it right
-    /// after the request is sent, at a random point of its handling.
+    /// Calls account `i` (spawning it first if it is down). With `crash`, kills it after the
+    /// request is sent, at a random point of its handling.
     async fn call<T: Send + 'static>(
         &mut self,
         i: usize,
@@ -469,8 +475,28 @@ impl Sim {
         };
         let actor = actor.clone();
         let outcome = if crash {
+            let key = account(&name(i));
+            let before = self.store.snapshot(&key);
             let task = tokio::spawn(async move { actor.call(msg, Some(CALL_TIMEOUT)).await });
-            for _ in 0..self.rng.below(4) {
+            // Where the kill lands: at once (mostly before the handler runs), a few yields
+            // later, or once the handler's commit is in the store (before or after the reply
+            // goes out). The condition is polled without sleeping.
+            let yields = match self.rng.below(3) {
+                0 => 0,
+                1 => self.rng.below(64),
+                _ => {
+                    let mut polls = 0u32;
+                    while self.store.snapshot(&key) == before
+                        && !task.is_finished()
+                        && polls < 100_000
+                    {
+                        tokio::task::yield_now().await;
+                        polls += 1;
+                    }
+                    self.rng.below(3)
+                }
+            };
+            for _ in 0..yields {
                 tokio::task::yield_now().await;
             }
             self.stats.crashes_mid_request += 1;
@@ -490,7 +516,12 @@ impl Sim {
             actor.call(msg, Some(CALL_TIMEOUT)).await
         };
         match outcome {
-            Ok(CallResult::Success(v)) => Outcome::Reply(v),
+            Ok(CallResult::Success(v)) => {
+                if crash {
+                    self.stats.crash_replied += 1;
+                }
+                Outcome::Reply(v)
+            }
             Ok(CallResult::Timeout) if !crash => {
                 self.stats.stuck += 1;
                 self.fail(format!("a call to {} timed out", name(i)));
@@ -656,6 +687,10 @@ impl Sim {
         }
         let req = self.history[self.rng.index(self.history.len())];
         let crash = self.rng.one_in(10);
+        self.repeat(req, crash).await;
+    }
+
+    async fn repeat(&mut self, req: Req, crash: bool) {
         self.stats.repeated_requests += 1;
         match req {
             Req::Deposit(n) => {
@@ -675,19 +710,20 @@ impl Sim {
 
     /// Reuses the key of an answered request with another amount: refused.
     async fn step_reuse(&mut self) {
-        let answered: Vec<Req> = self
-            .history
-            .iter()
-            .copied()
-            .filter(|r| match r {
-                Req::Deposit(n) => self.deposits[n].reply.is_some(),
-                Req::Transfer(id) => self.transfers[id].reply.is_some(),
-            })
-            .collect();
-        if answered.is_empty() {
+        if self.history.is_empty() {
             return self.step_transfer().await;
         }
-        let req = answered[self.rng.index(answered.len())];
+        let req = self.history[self.rng.index(self.history.len())];
+        let answered = match req {
+            Req::Deposit(n) => self.deposits[&n].reply.is_some(),
+            Req::Transfer(id) => self.transfers[&id].reply.is_some(),
+        };
+        if !answered {
+            // Whether its first call was applied is unknown, so another payload could be
+            // applied now: repeat it as it was instead (the schedule's choices stay those of
+            // the seed, whatever the timing).
+            return self.repeat(req, false).await;
+        }
         self.stats.reused_keys += 1;
         let got = match req {
             Req::Deposit(n) => {
@@ -836,8 +872,8 @@ impl Sim {
                 return false;
             }
             if flushed.elapsed() >= Duration::from_millis(3) {
-                let account = self.rng.index(ACCOUNTS);
                 let n = self.next_deposit;
+                let account = n as usize % ACCOUNTS;
                 self.next_deposit += 1;
                 self.deposits.insert(
                     n,
@@ -908,6 +944,9 @@ impl Sim {
             if applied {
                 deposited += rec.amount;
             }
+            if rec.reply.is_none() && applied {
+                s.unknown_applied += 1;
+            }
             if matches!(rec.reply, Some(Ok(_))) && !applied {
                 s.lost += 1;
                 why.push(format!("deposit {key} was acknowledged but is not applied"));
@@ -971,6 +1010,9 @@ impl Sim {
             if !d.is_empty() && !c.is_empty() {
                 s.transfers += 1;
             }
+            if rec.reply.is_none() && !d.is_empty() {
+                s.unknown_applied += 1;
+            }
         }
         for (id, d) in debited {
             why.push(format!("transfer {id} was never asked for, debited {d:?}"));
@@ -1002,6 +1044,7 @@ impl Sim {
             }
         }
         self.stats.transfers += s.transfers;
+        self.stats.unknown_applied += s.unknown_applied;
         self.stats.created += s.created;
         self.stats.lost += s.lost;
         self.stats.double_applied += s.double_applied;
@@ -1090,7 +1133,7 @@ async fn money_is_exact_and_transfers_apply_once_under_crashes_and_letter_faults
     println!(
         "bank-sim faults: steps={} deposits={} transfer_requests={} refused_transfers={} \
          repeated_requests={} reused_keys={} actor_crashes={} crashes_mid_request={} \
-         store_crashes={} (closed={}) unknown_outcomes={} letters={} drops={} duplicates={} \
+         store_crashes={} (closed={}) unknown_outcomes={} (applied={}) crash_replied={} letters={} drops={} duplicates={} \
          held={} released={} lost_in_crash={} flushes={} in {:.1?}",
         t.steps,
         t.deposits,
@@ -1103,6 +1146,8 @@ async fn money_is_exact_and_transfers_apply_once_under_crashes_and_letter_faults
         t.store_crashes,
         t.store_closes,
         t.unknown_outcomes,
+        t.unknown_applied,
+        t.crash_replied,
         t.letters,
         t.drops,
         t.duplicates,
@@ -1131,6 +1176,7 @@ async fn money_is_exact_and_transfers_apply_once_under_crashes_and_letter_faults
             ("released letters", t.released),
             ("actor crashes", t.actor_crashes),
             ("crashes mid-request", t.crashes_mid_request),
+            ("requests applied with no reply", t.unknown_applied),
             ("store crashes", t.store_crashes),
             ("refused transfers", t.refused_transfers),
             ("repeated requests", t.repeated_requests),

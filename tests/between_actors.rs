@@ -362,3 +362,229 @@ async fn settlements_report_dead_letters_and_stops() {
     let other = ractor_persist::OpId::new(ActorKey::new("account", "a"), 999_999);
     assert_eq!(settle(&a, &other).await, Settled::NotPending);
 }
+
+/// Drops the first `n` letters it is given, then carries the rest.
+#[derive(Clone)]
+struct DropFirst(Arc<Mutex<usize>>);
+
+impl Courier for DropFirst {
+    fn carry(&self, letter: Letter, postbox: &Postbox) {
+        let mut left = self.0.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            return;
+        }
+        drop(left);
+        postbox.deliver(letter);
+    }
+}
+
+#[tokio::test]
+async fn lost_letters_are_posted_again_on_the_timer_without_a_restart() {
+    let dropped = Arc::new(Mutex::new(3));
+    let config = StorageConfig::default().with_courier(DropFirst(dropped.clone()));
+    let storage = Storage::with_config(MemoryStore::new(), config);
+    let a = spawn(&storage, "a", 100).await;
+    let b = spawn(&storage, "b", 0).await;
+    let id = transfer(&a, 1, "b", 40).await.unwrap();
+    // The first post and the first two redeliveries are lost; the third arrives.
+    assert_eq!(settle(&a, &id).await, Settled::Delivered);
+    assert_eq!(*dropped.lock().unwrap(), 0, "three letters were lost on the way");
+    assert_eq!(balance(&b).await.credited, vec![(1, 40)]);
+}
+
+mod kept {
+    //! An operation kept until confirmation, for an external peer: performed again on the
+    //! redelivery timer, never counted as a failed attempt.
+
+    use ractor::{ActorProcessingErr, RpcReplyPort};
+    use ractor_persist::{
+        Control, OpId, Outcome, Pending, Persistent, PersistentActor, Settlement, Tx,
+    };
+    use tokio::sync::mpsc::UnboundedSender;
+
+    pub enum PeerMsg {
+        Send(RpcReplyPort<(OpId, Settlement)>),
+        Confirm(OpId),
+        Persist(Control<u32>),
+    }
+
+    #[derive(Persistent)]
+    #[persistent(name = "peer")]
+    pub struct Peer(pub UnboundedSender<(u64, u32)>);
+
+    impl PersistentActor for Peer {
+        type Msg = PeerMsg;
+        type State = u32;
+        type Op = u32;
+        type Arguments = ();
+
+        async fn init(&self, _: ()) -> Result<u32, ActorProcessingErr> {
+            Ok(0)
+        }
+
+        async fn handle(
+            &self,
+            tx: &mut Tx<'_, Self>,
+            msg: PeerMsg,
+            sent: &mut u32,
+        ) -> Result<(), ActorProcessingErr> {
+            match msg {
+                PeerMsg::Send(reply) => {
+                    *sent += 1;
+                    let id = tx.push(*sent)?;
+                    let settlement = tx.settlement(&id);
+                    tx.reply(reply, (id, settlement));
+                }
+                PeerMsg::Confirm(id) => {
+                    tx.confirm(&id);
+                }
+                PeerMsg::Persist(_) => {}
+            }
+            Ok(())
+        }
+
+        async fn perform(
+            &self,
+            op: &Pending<u32>,
+            _: &u32,
+        ) -> Result<Outcome, ActorProcessingErr> {
+            let _ = self.0.send((op.id().seq(), op.attempts()));
+            Ok(Outcome::KeepUntilConfirmed)
+        }
+
+        fn control(msg: PeerMsg) -> Result<Control<u32>, PeerMsg> {
+            match msg {
+                PeerMsg::Persist(c) => Ok(c),
+                other => Err(other),
+            }
+        }
+
+        fn wrap_control(c: Control<u32>) -> Option<PeerMsg> {
+            Some(PeerMsg::Persist(c))
+        }
+    }
+}
+
+#[tokio::test]
+async fn kept_operations_are_performed_again_on_the_timer_and_no_attempt_is_counted() {
+    let storage = Storage::new(MemoryStore::new());
+    let (performed, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let start = Start::<kept::Peer>::new(&storage, "p", ())
+        .redelivery(Redelivery::new(Duration::from_millis(2), Duration::from_millis(10)));
+    let (peer, _) = ractor::Actor::spawn(None, kept::Peer(performed), start)
+        .await
+        .unwrap();
+    let (id, settlement) = call!(peer, kept::PeerMsg::Send).unwrap();
+    // Performed after the commit, then again and again on the timer: no resume, no restart.
+    for _ in 0..4 {
+        let (seq, attempts) = seen.recv().await.unwrap();
+        assert_eq!(seq, id.seq());
+        assert_eq!(attempts, 0, "a redelivery is not a failed attempt");
+    }
+    peer.send_message(kept::PeerMsg::Confirm(id)).unwrap();
+    assert_eq!(settlement.await, Settled::Confirmed);
+}
+
+/// Holds messages (not acknowledgements) until the test hands them over.
+#[derive(Clone, Default)]
+struct Hold(Arc<Mutex<Vec<Letter>>>);
+
+impl Courier for Hold {
+    fn carry(&self, letter: Letter, postbox: &Postbox) {
+        if letter.is_ack() {
+            postbox.deliver(letter);
+        } else {
+            self.0.lock().unwrap().push(letter);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_acknowledgement_leaves_only_after_the_receivers_commit() {
+    let faults = Faults::default();
+    let hold = Hold::default();
+    let config = StorageConfig::default().with_courier(hold.clone());
+    let storage = Storage::with_config(faults.wrap(MemoryStore::new()), config);
+    let slow = Redelivery::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let start = |key: &str, opening: u64| {
+        Start::<Account>::new(&storage, key, opening).redelivery(slow)
+    };
+    let (a, _) = ractor::Actor::spawn(None, Account, start("a", 100)).await.unwrap();
+    let (b, _) = ractor::Actor::spawn(None, Account, start("b", 0)).await.unwrap();
+    let id = transfer(&a, 1, "b", 5).await.unwrap();
+    let settlement = call!(a, AccountMsg::Settle, id.clone()).unwrap();
+    let letter = hold.0.lock().unwrap().pop().expect("the credit, held by the courier");
+    // Hold b's commit of the credit inside the store.
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    *faults.gate.lock().unwrap() = Some(common::Gate {
+        entered: entered_tx,
+        release: release_rx,
+    });
+    assert!(storage.postbox().deliver(letter));
+    tokio::task::spawn_blocking(move || entered.recv().unwrap())
+        .await
+        .unwrap();
+    // b is inside its commit. An acknowledgement sent before it would already be in a's
+    // mailbox, ahead of this call.
+    let _ = call!(a, AccountMsg::Get).unwrap();
+    let mut settlement = std::pin::pin!(settlement.wait());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        settlement.as_mut().poll(&mut cx).is_pending(),
+        "no acknowledgement before the receiver's commit returned"
+    );
+    release.send(()).unwrap();
+    assert_eq!(settlement.await, Settled::Delivered);
+    assert_eq!(balance(&b).await.balance, 5);
+}
+
+/// Carries letters and keeps a copy of each message.
+#[derive(Clone, Default)]
+struct Copy(Arc<Mutex<Vec<Letter>>>);
+
+impl Courier for Copy {
+    fn carry(&self, letter: Letter, postbox: &Postbox) {
+        if !letter.is_ack() {
+            self.0.lock().unwrap().push(letter.clone());
+        }
+        postbox.deliver(letter);
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_after_the_receivers_crash_is_not_applied_again() {
+    let copies = Copy::default();
+    let store = MemoryStore::new();
+    let config = StorageConfig::default().with_courier(copies.clone());
+    let storage = Storage::with_config(store.clone(), config);
+    let a = spawn(&storage, "a", 100).await;
+    let b = spawn(&storage, "b", 0).await;
+    let id = transfer(&a, 1, "b", 30).await.unwrap();
+    assert_eq!(settle(&a, &id).await, Settled::Delivered);
+    // b dies (no stop hook) and comes back from the store.
+    b.kill();
+    let b = spawn(&storage, "b", 0).await;
+    for letter in copies.0.lock().unwrap().clone() {
+        assert!(storage.postbox().deliver(letter));
+    }
+    let got = balance(&b).await;
+    assert_eq!((got.balance, got.credited), (30, vec![(1, 30)]), "applied once");
+}
+
+#[tokio::test]
+async fn a_senders_channel_numbers_go_on_after_its_restart() {
+    let storage = Storage::new(MemoryStore::new());
+    let a = spawn(&storage, "a", 100).await;
+    let b = spawn(&storage, "b", 0).await;
+    let id = transfer(&a, 1, "b", 10).await.unwrap();
+    assert_eq!(settle(&a, &id).await, Settled::Delivered);
+    a.kill();
+    let a = spawn(&storage, "a", 100).await;
+    let id = transfer(&a, 2, "b", 20).await.unwrap();
+    assert_eq!(settle(&a, &id).await, Settled::Delivered);
+    let got = balance(&b).await;
+    assert_eq!(got.credited, vec![(1, 10), (2, 20)], "the second is a new message, not a duplicate");
+    assert_eq!(got.balance, 30);
+}

@@ -250,7 +250,7 @@ impl<A: PersistentActor> Runtime<A> {
 /// Loads the actor's record (taking a new epoch), or builds its first state with `init`.
 pub async fn pre_start<A: Persistent>(
     actor: &A,
-    _myself: ActorRef<A::Msg>,
+    myself: ActorRef<A::Msg>,
     start: Start<A>,
 ) -> Result<Runtime<A>, ActorProcessingErr> {
     let key = Arc::new(ActorKey::new(A::NAME, start.key));
@@ -305,6 +305,17 @@ pub async fn pre_start<A: Persistent>(
         .fold(loaded.epoch ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
+    // Reachable by key from now on: letters wait in the mailbox until the start hook ran.
+    if A::wrap_control(Control::RedeliverDue).is_some() {
+        let slot: delivery::Slot = Arc::new(move |wire: Wire| {
+            let control = match wire {
+                Wire::Letter(letter) => Control::Letter(letter),
+                Wire::Arrived(key) => Control::Arrived(key),
+            };
+            A::wrap_control(control).is_some_and(|msg| myself.send_message(msg).is_ok())
+        });
+        start.storage.postbox().register(&key, loaded.epoch, slot);
+    }
     Ok(Runtime {
         key,
         storage: start.storage,
@@ -546,8 +557,8 @@ enum Input<A: PersistentActor> {
 
 /// Runs the user's start hook as a message cycle; the operations left pending by the previous
 /// incarnation are performed after its commit, in sequence order, before its own and before
-/// the first message. Then the actor takes letters from other persistent actors, and its
-/// outbox is posted again.
+/// the first message. Then its outbox is posted again. (It takes letters from other
+/// persistent actors from the end of `pre_start`: they wait in the mailbox until now.)
 pub async fn post_start<A: Persistent>(
     actor: &A,
     myself: ActorRef<A::Msg>,
@@ -555,17 +566,6 @@ pub async fn post_start<A: Persistent>(
 ) -> Result<(), ActorProcessingErr> {
     let replay: BTreeSet<u64> = rt.pending.keys().copied().collect();
     cycle(actor, &myself, rt, Input::Started, replay, None).await?;
-    if A::wrap_control(Control::RedeliverDue).is_some() {
-        let me = myself.clone();
-        let slot: delivery::Slot = Arc::new(move |wire: Wire| {
-            let control = match wire {
-                Wire::Letter(letter) => Control::Letter(letter),
-                Wire::Arrived(key) => Control::Arrived(key),
-            };
-            A::wrap_control(control).is_some_and(|msg| me.send_message(msg).is_ok())
-        });
-        rt.storage.postbox().register(&rt.key, rt.epoch, slot);
-    }
     let all: Vec<u64> = rt.mail.outbox.keys().copied().collect();
     post_again(rt, all);
     arm_redelivery_timer(&myself, rt);
