@@ -42,9 +42,17 @@ async fn transfer(
     .unwrap()
 }
 
+/// How the message `id` of `actor` ends. A deadline turns "never" into a failure instead
+/// of a hang; it is not a timing assertion.
 async fn settle(actor: &ActorRef<AccountMsg>, id: &ractor_persist::OpId) -> Settled {
     let settlement = call!(actor, AccountMsg::Settle, id.clone()).unwrap();
-    settlement.await
+    within(settlement.wait()).await
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("it never happened")
 }
 
 fn rows(store: &MemoryStore, key: &str, space: Space) -> usize {
@@ -81,16 +89,22 @@ async fn a_transfer_is_applied_once_acknowledged_and_leaves_the_outbox() {
 async fn a_destination_that_starts_after_the_senders_restart_gets_its_message() {
     let store = MemoryStore::new();
     let storage = Storage::new(store.clone());
-    let a = spawn(&storage, "a", 100).await;
+    // No timer redelivers within the test: the destination's start must bring the message.
+    let slow = Redelivery::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let spawn = |key: &'static str, opening: u64| {
+        let start = Start::<Account>::new(&storage, key, opening).redelivery(slow);
+        async move { ractor::Actor::spawn(None, Account, start).await.unwrap().0 }
+    };
+    let a = spawn("a", 100).await;
     let id = transfer(&a, 7, "late", 25).await.unwrap();
     stop(a).await;
     assert_eq!(rows(&store, "a", Space::OUTBOX), 1, "kept while unacknowledged");
     // The sender comes back; the destination is still not there.
-    let a = spawn(&storage, "a", 100).await;
+    let a = spawn("a", 100).await;
     let settlement = call!(a, AccountMsg::Settle, id.clone()).unwrap();
     // Now the destination starts, and nobody calls resume.
-    let late = spawn(&storage, "late", 0).await;
-    assert_eq!(settlement.await, Settled::Delivered);
+    let late = spawn("late", 0).await;
+    assert_eq!(within(settlement.wait()).await, Settled::Delivered);
     assert_eq!(balance(&late).await.credited, vec![(7, 25)]);
     assert_eq!(balance(&a).await.balance, 75);
 }
@@ -478,12 +492,12 @@ async fn kept_operations_are_performed_again_on_the_timer_and_no_attempt_is_coun
     let (id, settlement) = call!(peer, kept::PeerMsg::Send).unwrap();
     // Performed after the commit, then again and again on the timer: no resume, no restart.
     for _ in 0..4 {
-        let (seq, attempts) = seen.recv().await.unwrap();
+        let (seq, attempts) = within(seen.recv()).await.unwrap();
         assert_eq!(seq, id.seq());
         assert_eq!(attempts, 0, "a redelivery is not a failed attempt");
     }
     peer.send_message(kept::PeerMsg::Confirm(id)).unwrap();
-    assert_eq!(settlement.await, Settled::Confirmed);
+    assert_eq!(within(settlement.wait()).await, Settled::Confirmed);
 }
 
 /// Holds messages (not acknowledgements) until the test hands them over.
@@ -536,7 +550,7 @@ async fn the_acknowledgement_leaves_only_after_the_receivers_commit() {
         "no acknowledgement before the receiver's commit returned"
     );
     release.send(()).unwrap();
-    assert_eq!(settlement.await, Settled::Delivered);
+    assert_eq!(within(settlement).await, Settled::Delivered);
     assert_eq!(balance(&b).await.balance, 5);
 }
 

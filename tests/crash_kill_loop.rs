@@ -8,6 +8,25 @@
 //! - `missed_replays`: an operation pending at the kill that was not performed again before
 //!   the first new message, or one performed again that was not pending (P3).
 //!
+//! Beside the tally actors, 8 accounts on the same store move money to each other
+//! (`Tx::send`), driven by two clients in the child that send deposits and transfers with ids
+//! of their own; a restarted child first sends again the requests left unanswered at the kill
+//! and a few answered ones (the same ids: idempotent requests). Every hundredth start, and the
+//! last, is a check run: the accounts are brought to rest (every credit message
+//! acknowledged), their ledgers are printed and judged, and the outbox rows left in the closed
+//! store counted:
+//!
+//! - `money_created`, `money_lost`: the accounts hold more, or less, than the opening balances
+//!   plus the deposits applied;
+//! - `double_applied`: a deposit, or a transfer's debit or credit, applied twice;
+//! - `unmatched`: a debit with no credit of the same amount at its destination, or a credit
+//!   with no debit;
+//! - `outbox_left`: outbox rows left once every message was acknowledged;
+//! - and in `lost`: an acknowledged deposit not applied, or a transfer whose success was
+//!   acknowledged not debited; in `unexpected`: a ledger or a reply no sent request explains
+//!   (a deposit or debit never sent, a refused transfer debited, a repeated request answered
+//!   differently from the first time).
+//!
 //! A kill keeps the OS page cache, so this proves the process side (nothing acknowledged
 //! before its commit returned, recovery of a store left open); power loss is the simulator's
 //! job (`crash_power_loss.rs`). The loop runs on redb and on SQLite (`--backend sqlite`), each
@@ -16,12 +35,12 @@
 
 mod crash;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use crash::torture::{self, Backend, Tally};
+use crash::torture::{self, Backend, OPENING, Request, Tally};
 use crash::{Rng, count, kept, kept_pending, seed};
 
 const ACTORS: usize = 8;
@@ -29,6 +48,12 @@ const ACTORS: usize = 8;
 /// replays, READY); the others after a uniform number of lines below `MAX_LINES`.
 const EARLY_LINES: u64 = 24;
 const MAX_LINES: u64 = 400;
+const ACCOUNTS: usize = 8;
+/// Every `CHECK_EVERY`-th start (and the last) is a check run.
+const CHECK_EVERY: u64 = 100;
+/// How many of the most recently answered requests may be sent again after a restart (well
+/// within an account's request retention, 1,024).
+const RECENT: usize = 64;
 
 /// Runs the torture program when this binary is started as the loop's child.
 #[test]
@@ -71,10 +96,61 @@ struct Figures {
     replayed: u64,
     recovered_inflight: u64,
     kills_in_recovery: u64,
+    transfers: u64,
+    deposits: u64,
+    resent: u64,
+    bank_checks: u64,
+    money_created: u64,
+    money_lost: u64,
+    double_applied: u64,
+    unmatched: u64,
+    outbox_left: u64,
+}
+
+/// A reply to a bank request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reply {
+    /// Applied: the balance after a deposit, the credit message of a transfer.
+    Ok(u64),
+    Refused(String),
+}
+
+/// A request a bank client sent, and the reply it got (if any).
+struct Sent {
+    request: Request,
+    reply: Option<Reply>,
+}
+
+/// An account's ledger, as a check run prints it.
+#[derive(Default)]
+struct Ledger {
+    balance: u64,
+    deposits: Vec<(u64, u64)>,
+    debited: Vec<(u64, u64, u64)>,
+    credited: Vec<(u64, u64)>,
+}
+
+#[derive(Default)]
+struct Bank {
+    /// Every request sent, by id (deposits and transfers share the ids).
+    sent: BTreeMap<u64, Sent>,
+    /// Requests sent and not answered: sent again at the next start.
+    unanswered: BTreeSet<u64>,
+    /// The most recently answered requests.
+    answered: VecDeque<u64>,
+    /// One past the highest id sent.
+    next_id: u64,
+    /// The ledgers a check run printed so far.
+    ledgers: BTreeMap<usize, Ledger>,
+    /// Whether the running check run finished its bank check.
+    done: bool,
+    /// Violations already counted (a check sees those of the previous checks again).
+    reported: BTreeSet<String>,
 }
 
 struct Model {
     actors: Vec<ActorModel>,
+    bank: Bank,
     f: Figures,
     ready: bool,
     backend: &'static str,
@@ -90,9 +166,23 @@ impl Model {
         );
     }
 
+    /// Prints a bank violation the first time it is seen; tells whether it is new.
+    fn bank_violation(&mut self, what: String) -> bool {
+        if !self.bank.reported.insert(what.clone()) {
+            return false;
+        }
+        eprintln!(
+            "kill-loop: backend={} seed={} cycle={}: bank: {what}",
+            self.backend, self.seed, self.cycle
+        );
+        true
+    }
+
     fn start_incarnation(&mut self, cycle: u64) {
         self.cycle = cycle;
         self.ready = false;
+        self.bank.done = false;
+        self.bank.ledgers.clear();
         for a in &mut self.actors {
             let now = std::mem::take(&mut a.performed_now);
             a.performed_before.extend(now);
@@ -125,6 +215,10 @@ impl Model {
             }
             Some("STATE") => self.recovered(actor(1), num(2), num(3), line),
             Some("READY") => self.ready = true,
+            Some(
+                "DSEND" | "DACK" | "TSEND" | "TACK" | "BANKERR" | "UNSETTLED" | "BAL" | "DEP"
+                | "DEB" | "CRED" | "OUTBOX" | "BANKDONE",
+            ) => self.feed_bank(&w, line),
             Some("SEND") => {
                 let (a, idx, value) = (actor(1), num(2), num(3));
                 let m = &mut self.actors[a];
@@ -151,6 +245,257 @@ impl Model {
             }
             _ => {}
         }
+    }
+
+    fn feed_bank(&mut self, w: &[&str], line: &str) {
+        let num = |i: usize| -> u64 { w[i].parse().expect("a number") };
+        let reply = || match w[2] {
+            "ok" => Reply::Ok(num(3)),
+            _ => Reply::Refused(w[3..].join(" ")),
+        };
+        match w[0] {
+            "DSEND" | "TSEND" => {
+                let (id, a) = (num(1), num(2) as usize);
+                let request = if w[0] == "DSEND" {
+                    Request::Deposit {
+                        id,
+                        to: a,
+                        amount: num(3),
+                    }
+                } else {
+                    Request::Transfer {
+                        id,
+                        from: a,
+                        to: num(3) as usize,
+                        amount: num(4),
+                    }
+                };
+                self.bank.next_id = self.bank.next_id.max(id + 1);
+                self.bank.unanswered.insert(id);
+                match self.bank.sent.get(&id) {
+                    Some(s) if s.request == request => self.f.resent += 1,
+                    Some(_) => {
+                        self.f.unexpected += 1;
+                        self.violation("a request id used again for another request", line);
+                    }
+                    None => {
+                        match request {
+                            Request::Deposit { .. } => self.f.deposits += 1,
+                            Request::Transfer { .. } => self.f.transfers += 1,
+                        }
+                        let reply = None;
+                        self.bank.sent.insert(id, Sent { request, reply });
+                    }
+                }
+            }
+            "DACK" | "TACK" => {
+                let (id, got) = (num(1), reply());
+                let Some(s) = self.bank.sent.get_mut(&id) else {
+                    self.f.unexpected += 1;
+                    self.violation("a reply to a request never sent", line);
+                    return;
+                };
+                let first = s.reply.get_or_insert(got.clone()).clone();
+                let deposit = matches!(s.request, Request::Deposit { .. });
+                self.bank.unanswered.remove(&id);
+                self.bank.answered.push_back(id);
+                if self.bank.answered.len() > RECENT {
+                    self.bank.answered.pop_front();
+                }
+                if first != got {
+                    self.f.unexpected += 1;
+                    self.violation("a repeated request answered differently", line);
+                } else if let Reply::Refused(why) = &got
+                    && (deposit || why != "insufficient funds")
+                {
+                    self.f.unexpected += 1;
+                    self.violation("a request refused", line);
+                }
+            }
+            "BANKERR" | "UNSETTLED" => {
+                // An unsettled message also shows as an outbox row and an unmatched debit.
+                self.f.unexpected += u64::from(w[0] == "BANKERR");
+                self.violation("the bank", line);
+            }
+            "BAL" => {
+                self.bank
+                    .ledgers
+                    .entry(num(1) as usize)
+                    .or_default()
+                    .balance = num(2)
+            }
+            "DEP" => {
+                let l = self.bank.ledgers.entry(num(1) as usize).or_default();
+                l.deposits.push((num(2), num(3)));
+            }
+            "DEB" => {
+                let l = self.bank.ledgers.entry(num(1) as usize).or_default();
+                l.debited.push((num(2), num(3), num(4)));
+            }
+            "CRED" => {
+                let l = self.bank.ledgers.entry(num(1) as usize).or_default();
+                l.credited.push((num(2), num(3)));
+            }
+            "OUTBOX" => {
+                let rows = num(1);
+                if rows > 0 {
+                    self.f.outbox_left += rows;
+                    self.violation("outbox rows left at rest", line);
+                }
+            }
+            "BANKDONE" => self.judge_bank(),
+            _ => {}
+        }
+    }
+
+    /// Judges the ledgers a check run printed, at rest, against the requests sent.
+    fn judge_bank(&mut self) {
+        self.bank.done = true;
+        self.f.bank_checks += 1;
+        let ledgers = std::mem::take(&mut self.bank.ledgers);
+        let mut bad: Vec<(&str, String)> = Vec::new();
+        if ledgers.len() != ACCOUNTS {
+            bad.push(("unexpected", format!("{} ledgers printed", ledgers.len())));
+        }
+        // Deposits: each applied once, as sent, and every acknowledged one applied.
+        let mut applied: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut expected = OPENING * ACCOUNTS as u64;
+        for (&a, l) in &ledgers {
+            for &(id, amount) in &l.deposits {
+                *applied.entry(id).or_default() += 1;
+                if applied[&id] > 1 {
+                    bad.push(("double", format!("deposit {id} applied again at {a}")));
+                    continue;
+                }
+                expected += amount;
+                let sent = self.bank.sent.get(&id).map(|s| s.request);
+                if sent != Some(Request::Deposit { id, to: a, amount }) {
+                    let what = format!("deposit {id} of {amount} at {a} applied, sent: {sent:?}");
+                    bad.push(("unexpected", what));
+                }
+            }
+        }
+        // Transfers: each debited once, as sent, and credited once, at its destination.
+        let mut debits: BTreeMap<u64, Vec<(usize, u64, u64)>> = BTreeMap::new();
+        let mut credits: BTreeMap<u64, Vec<(usize, u64)>> = BTreeMap::new();
+        for (&a, l) in &ledgers {
+            for &(id, amount, message) in &l.debited {
+                debits.entry(id).or_default().push((a, amount, message));
+            }
+            for &(id, amount) in &l.credited {
+                credits.entry(id).or_default().push((a, amount));
+            }
+        }
+        for (&id, d) in &debits {
+            if d.len() > 1 {
+                bad.push(("double", format!("transfer {id} debited {} times", d.len())));
+            }
+            let (from, amount, message) = d[0];
+            let sent = self.bank.sent.get(&id);
+            let to = match sent.map(|s| (s.request, &s.reply)) {
+                Some((
+                    Request::Transfer {
+                        from: f,
+                        to,
+                        amount: m,
+                        ..
+                    },
+                    reply,
+                )) if f == from && m == amount => {
+                    match reply {
+                        Some(Reply::Refused(_)) => {
+                            bad.push(("unexpected", format!("refused transfer {id} debited")));
+                        }
+                        Some(Reply::Ok(m)) if *m != message => {
+                            let what =
+                                format!("transfer {id}: reply named message {m}, debit {message}");
+                            bad.push(("unexpected", what));
+                        }
+                        _ => {}
+                    }
+                    Some(to)
+                }
+                _ => {
+                    let sent = sent.map(|s| s.request);
+                    let what =
+                        format!("transfer {id} of {amount} debited at {from}, sent: {sent:?}");
+                    bad.push(("unexpected", what));
+                    None
+                }
+            };
+            match credits.get(&id).map(Vec::as_slice) {
+                None | Some([]) => {
+                    bad.push((
+                        "unmatched",
+                        format!("transfer {id} debited, never credited"),
+                    ));
+                }
+                Some(c) => {
+                    if c.len() > 1 {
+                        bad.push((
+                            "double",
+                            format!("transfer {id} credited {} times", c.len()),
+                        ));
+                    }
+                    if to.is_some_and(|to| c[0] != (to, amount)) {
+                        let what =
+                            format!("transfer {id} of {amount} to {to:?} credited as {:?}", c[0]);
+                        bad.push(("unmatched", what));
+                    }
+                }
+            }
+        }
+        for (&id, c) in &credits {
+            if !debits.contains_key(&id) {
+                bad.push((
+                    "unmatched",
+                    format!("transfer {id} credited {c:?}, never debited"),
+                ));
+            }
+        }
+        for (&id, s) in &self.bank.sent {
+            let applied = match s.request {
+                Request::Deposit { .. } => applied.contains_key(&id),
+                Request::Transfer { .. } => debits.contains_key(&id),
+            };
+            if matches!(s.reply, Some(Reply::Ok(_))) && !applied {
+                bad.push(("lost", format!("acknowledged {:?} not applied", s.request)));
+            }
+        }
+        // Money: the accounts hold the opening balances plus the deposits applied, exactly.
+        let total: u64 = ledgers.values().map(|l| l.balance).sum();
+        if total != expected {
+            let what = format!("the accounts hold {total}, expected {expected}");
+            if self.bank_violation(what) {
+                if total > expected {
+                    self.f.money_created = self.f.money_created.max(total - expected);
+                } else {
+                    self.f.money_lost = self.f.money_lost.max(expected - total);
+                }
+            }
+        }
+        for (kind, what) in bad {
+            if self.bank_violation(what) {
+                *match kind {
+                    "double" => &mut self.f.double_applied,
+                    "unmatched" => &mut self.f.unmatched,
+                    "lost" => &mut self.f.lost,
+                    _ => &mut self.f.unexpected,
+                } += 1;
+            }
+        }
+    }
+
+    /// The requests a restarted client sends again: every unanswered one, and a few answered.
+    fn resend(&self, rng: &mut Rng) -> Vec<Request> {
+        let mut ids: BTreeSet<u64> = self.bank.unanswered.clone();
+        for _ in 0..2 {
+            if !self.bank.answered.is_empty() {
+                let i = rng.below(self.bank.answered.len() as u64) as usize;
+                ids.insert(self.bank.answered[i]);
+            }
+        }
+        ids.iter().map(|id| self.bank.sent[id].request).collect()
     }
 
     fn recovered(&mut self, a: usize, len: u64, chain: u64, line: &str) {
@@ -232,6 +577,7 @@ fn kill_loop(backend: Backend, cycles: u64) {
     let path = dir.path().join(format!("torture.{name}"));
     let mut model = Model {
         actors: (0..ACTORS).map(|_| ActorModel::default()).collect(),
+        bank: Bank::default(),
         f: Figures::default(),
         ready: false,
         backend: name,
@@ -239,18 +585,27 @@ fn kill_loop(backend: Backend, cycles: u64) {
         cycle: 0,
     };
     let started = std::time::Instant::now();
-    // The last start only checks the last kill's recovery and exits.
+    // The last start only checks the last kill's recovery and exits; so does every
+    // CHECK_EVERY-th, and the loop goes on.
     for cycle in 0..=cycles {
-        let check = cycle == cycles;
+        let check = cycle == cycles || (cycle > 0 && cycle % CHECK_EVERY == 0);
         let mut args = vec![
             path.display().to_string(),
             rng.next_u64().to_string(),
             ACTORS.to_string(),
             "--backend".into(),
             name.into(),
+            "--accounts".into(),
+            ACCOUNTS.to_string(),
+            "--bank-base".into(),
+            model.bank.next_id.to_string(),
         ];
         if check {
             args.push("--check".into());
+        } else {
+            for r in model.resend(&mut rng) {
+                args.extend(["--resend".into(), r.spec()]);
+            }
         }
         let kill_after = if rng.one_in(4) {
             rng.below(EARLY_LINES)
@@ -286,13 +641,17 @@ fn kill_loop(backend: Backend, cycles: u64) {
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
             );
             assert!(model.ready, "kill-loop: the check run did not recover");
+            assert!(
+                model.bank.done,
+                "kill-loop: backend={name} seed={seed} cycle={cycle}: the check run did not check the bank"
+            );
         }
     }
     let f = &model.f;
     // Straight to stderr, past the test harness's capture: CI shows the figures.
     let _ = writeln!(
         std::io::stderr(),
-        "kill-loop: backend={name} cycles={cycles} acked={} lost={} unexpected={} missed_replays={} replayed={} recovered_inflight={} kills_in_recovery={} seed={seed} ({:.1}s)",
+        "kill-loop: backend={name} cycles={cycles} acked={} lost={} unexpected={} missed_replays={} replayed={} recovered_inflight={} kills_in_recovery={} transfers={} deposits={} resent={} bank_checks={} money_created={} money_lost={} double_applied={} unmatched={} outbox_left={} seed={seed} ({:.1}s)",
         f.acked,
         f.lost,
         f.unexpected,
@@ -300,6 +659,15 @@ fn kill_loop(backend: Backend, cycles: u64) {
         f.replayed,
         f.recovered_inflight,
         f.kills_in_recovery,
+        f.transfers,
+        f.deposits,
+        f.resent,
+        f.bank_checks,
+        f.money_created,
+        f.money_lost,
+        f.double_applied,
+        f.unmatched,
+        f.outbox_left,
         started.elapsed().as_secs_f64()
     );
     assert_eq!(
@@ -307,5 +675,20 @@ fn kill_loop(backend: Backend, cycles: u64) {
         (0, 0, 0),
         "kill-loop: backend={name} seed={seed}: see the lines above"
     );
+    assert_eq!(
+        (
+            f.money_created,
+            f.money_lost,
+            f.double_applied,
+            f.unmatched,
+            f.outbox_left
+        ),
+        (0, 0, 0, 0, 0),
+        "kill-loop: backend={name} seed={seed}: the bank, see the lines above"
+    );
     assert!(f.acked > 0, "kill-loop: nothing was ever acknowledged");
+    assert!(
+        f.transfers > 0 && f.bank_checks > 0,
+        "kill-loop: no transfer was sent or no bank check ran"
+    );
 }
