@@ -364,6 +364,110 @@ MUTATIONS = {
         "    if false && encoding != \"UTF-8\" {\n",
         ["-p", "persist-sqlite", "--test", "adversarial_sqlite", "a_utf16_application_file"],
     ),
+    # Delivery between persistent actors (issue 12).
+    "delivery-applies-a-duplicate": (
+        CORE + "runtime.rs",
+        """        Some(e) if seq <= e.applied => {
+            // A duplicate: applied before; acknowledge it again.
+            ack(rt, e.applied);
+            return perform(actor, myself, rt, again.into_iter().collect()).await;
+        }""",
+        """        Some(e) if seq <= e.applied => Ok(Some(e.slot)),""",
+        ["--test", "between_actors", "a_duplicate_after_the_receivers_crash"],
+    ),
+    "delivery-applies-past-a-gap": (
+        CORE + "runtime.rs",
+        """        Some(e) if seq == e.applied + 1 => Ok(Some(e.slot)),""",
+        """        Some(e) if seq > e.applied => Ok(Some(e.slot)),""",
+        ["--test", "between_actors", "duplicated_and_reordered_letters"],
+    ),
+    "delivery-acks-before-the-receivers-commit": (
+        CORE + "runtime.rs",
+        """    cycle(actor, myself, rt, Input::Message(msg), again, Some(arrival)).await?;
+    ack(rt, seq);""",
+        """    ack(rt, seq);
+    cycle(actor, myself, rt, Input::Message(msg), again, Some(arrival)).await?;""",
+        ["--test", "between_actors", "the_acknowledgement_leaves_only_after"],
+    ),
+    "delivery-inbox-row-not-in-the-commit": (
+        CORE + "runtime.rs",
+        """                Ok(bytes) => rows.push((Space::INBOX, slot, bytes)),""",
+        """                Ok(bytes) => drop(bytes),""",
+        ["--test", "between_actors", "a_duplicate_after_the_receivers_crash"],
+    ),
+    "delivery-channel-row-not-in-the-commit": (
+        CORE + "runtime.rs",
+        """                Ok(bytes) => rows.push((Space::CHANNELS, channel.id, bytes)),""",
+        """                Ok(bytes) => drop(bytes),""",
+        ["--test", "between_actors", "a_senders_channel_numbers_go_on"],
+    ),
+    "delivery-outbox-not-in-the-commit": (
+        CORE + "runtime.rs",
+        """                Ok(bytes) => rows.push((Space::OUTBOX, sent.id, bytes)),""",
+        """                Ok(bytes) => drop(bytes),""",
+        ["--test", "between_actors", "a_destination_that_starts_after"],
+    ),
+    "delivery-no-redelivery-timer": (
+        CORE + "runtime.rs",
+        """    let Some(due) = rt.mail.scheduled.take() else {""",
+        """    let Some(due) = rt.mail.scheduled.take().filter(|_| false) else {""",
+        ["--test", "between_actors", "lost_letters_are_posted_again"],
+    ),
+    "delivery-late-destination-not-woken": (
+        CORE + "delivery.rs",
+        """            slot(Wire::Arrived(key.clone()));""",
+        """            let _ = (slot, Wire::Arrived(key.clone()));""",
+        ["--test", "between_actors", "a_destination_that_starts_after"],
+    ),
+    "delivery-ack-for-nothing-accepted": (
+        CORE + "runtime.rs",
+        """        .is_some_and(|c| c.id == letter.channel && letter.seq <= c.last && letter.seq > 0);""",
+        """        .is_some_and(|_| true);""",
+        ["--test", "between_actors", "letters_that_make_no_sense"],
+    ),
+    "delivery-redelivery-counts-an-attempt": (
+        CORE + "runtime.rs",
+        """            Ok(Outcome::KeepUntilConfirmed) => {
+                rt.retry.remove(&seq);""",
+        """            Ok(Outcome::KeepUntilConfirmed) => {
+                rt.retry.remove(&seq);
+                if let Some(p) = rt.pending.get_mut(&seq) {
+                    p.attempts += 1;
+                }""",
+        ["--test", "between_actors", "kept_operations_are_performed_again"],
+    ),
+    "delivery-settles-as-done-not-delivered": (
+        CORE + "runtime.rs",
+        """        rt.mail.settle(id, Settled::Delivered);""",
+        """        rt.mail.settle(id, Settled::Done);""",
+        ["--test", "between_actors", "a_transfer_is_applied_once"],
+    ),
+    "request-reply-not-in-the-commit": (
+        CORE + "runtime.rs",
+        """                Ok(bytes) => rows.push((Space::REQUESTS, *slot, bytes)),""",
+        """                Ok(bytes) => drop(bytes),""",
+        ["--test", "between_actors", "a_deposit_repeated_after_a_call_timeout"],
+    ),
+    "request-retention-drops-the-newest": (
+        CORE + "runtime.rs",
+        """        rt.mail.request_order.keys().take(over).copied().collect()""",
+        """        rt.mail.request_order.keys().rev().take(over).copied().collect()""",
+        ["--test", "between_actors", "request_replies_past_the_retention"],
+    ),
+    "request-key-reuse-not-refused": (
+        CORE + "tx.rs",
+        """        if first != digest {""",
+        """        if false && first != digest {""",
+        ["--test", "between_actors", "a_request_key_reused"],
+    ),
+    "seen-evicted-sender-reads-new": (
+        CORE + "seen.rs",
+        """        if mark.is_some_and(|m| id.seq() <= m) {
+            return Delivery::Unknown;
+        }""",
+        "",
+        ["-p", "persist-core", "--lib", "seen::"],
+    ),
 }
 
 

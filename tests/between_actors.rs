@@ -12,13 +12,15 @@ use bank::{Account, AccountMsg, Balance, Credit, account};
 use common::Faults;
 use ractor::{ActorRef, call, call_t};
 use ractor_persist::{
-    ActorKey, Courier, Letter, MemoryStore, Postbox, Redelivery, Refusal, Settled, Space,
-    Start, Storage, StorageConfig, Store,
+    ActorKey, Courier, Letter, MemoryStore, Postbox, Redelivery, Refusal, Settled, Space, Start,
+    Storage, StorageConfig, Store,
 };
 
 async fn spawn(storage: &Storage, key: &str, opening: u64) -> ActorRef<AccountMsg> {
-    let start = Start::<Account>::new(storage, key, opening)
-        .redelivery(Redelivery::new(Duration::from_millis(5), Duration::from_millis(40)));
+    let start = Start::<Account>::new(storage, key, opening).redelivery(Redelivery::new(
+        Duration::from_millis(5),
+        Duration::from_millis(40),
+    ));
     let (actor, _) = ractor::Actor::spawn(None, Account, start).await.unwrap();
     actor
 }
@@ -56,7 +58,10 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
 }
 
 fn rows(store: &MemoryStore, key: &str, space: Space) -> usize {
-    store.read(&account(key), Some(space), 0..=u64::MAX).unwrap().len()
+    store
+        .read(&account(key), Some(space), 0..=u64::MAX)
+        .unwrap()
+        .len()
 }
 
 /// Stops an actor and waits until it is gone.
@@ -81,7 +86,11 @@ async fn a_transfer_is_applied_once_acknowledged_and_leaves_the_outbox() {
     stop(b).await;
     storage.close().await.unwrap();
     assert_eq!(rows(&store, "a", Space::OUTBOX), 0, "acknowledged, removed");
-    assert_eq!(rows(&store, "b", Space::INBOX), 1, "one inbox row for one sender");
+    assert_eq!(
+        rows(&store, "b", Space::INBOX),
+        1,
+        "one inbox row for one sender"
+    );
     assert_eq!(rows(&store, "a", Space::CHANNELS), 1);
 }
 
@@ -98,7 +107,11 @@ async fn a_destination_that_starts_after_the_senders_restart_gets_its_message() 
     let a = spawn("a", 100).await;
     let id = transfer(&a, 7, "late", 25).await.unwrap();
     stop(a).await;
-    assert_eq!(rows(&store, "a", Space::OUTBOX), 1, "kept while unacknowledged");
+    assert_eq!(
+        rows(&store, "a", Space::OUTBOX),
+        1,
+        "kept while unacknowledged"
+    );
     // The sender comes back; the destination is still not there.
     let a = spawn("a", 100).await;
     let settlement = call!(a, AccountMsg::Settle, id.clone()).unwrap();
@@ -167,7 +180,15 @@ fn credit_letter(from: &str, to: &str, channel: u64, seq: u64) -> Letter {
     })
     .unwrap();
     let fingerprint = ractor_persist::shape_fingerprint::<Credit>().unwrap();
-    Letter::message(account(from), account(to), channel, seq, 1, fingerprint, payload)
+    Letter::message(
+        account(from),
+        account(to),
+        channel,
+        seq,
+        1,
+        fingerprint,
+        payload,
+    )
 }
 
 #[tokio::test]
@@ -181,9 +202,7 @@ async fn letters_that_make_no_sense_are_refused_and_change_nothing() {
     let before_a = balance(&a).await;
     let before_b = balance(&b).await;
     let postbox = storage.postbox().clone();
-    let channel = postbox
-        .refusals()
-        .len();
+    let channel = postbox.refusals().len();
     assert_eq!(channel, 0, "nothing refused yet");
 
     // A first message from a sender b never heard from, not numbered 1.
@@ -239,7 +258,10 @@ async fn letters_that_make_no_sense_are_refused_and_change_nothing() {
     );
     // Each refusal names who and what.
     let text = refusals[0].to_string();
-    assert!(text.contains("account/stranger") && text.contains("account/b"), "{text}");
+    assert!(
+        text.contains("account/stranger") && text.contains("account/b"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -259,7 +281,11 @@ async fn a_request_key_reused_with_another_payload_is_refused() {
         }
     };
     assert_eq!(deposit("d1", 10).await, Ok(10));
-    assert_eq!(deposit("d1", 10).await, Ok(10), "a repeat gets the first reply");
+    assert_eq!(
+        deposit("d1", 10).await,
+        Ok(10),
+        "a repeat gets the first reply"
+    );
     let refused = deposit("d1", 11).await.unwrap_err();
     assert!(refused.contains("d1"), "{refused}");
     assert_eq!(balance(&a).await.balance, 10);
@@ -403,7 +429,11 @@ async fn lost_letters_are_posted_again_on_the_timer_without_a_restart() {
     let id = transfer(&a, 1, "b", 40).await.unwrap();
     // The first post and the first two redeliveries are lost; the third arrives.
     assert_eq!(settle(&a, &id).await, Settled::Delivered);
-    assert_eq!(*dropped.lock().unwrap(), 0, "three letters were lost on the way");
+    assert_eq!(
+        *dropped.lock().unwrap(),
+        0,
+        "three letters were lost on the way"
+    );
     assert_eq!(balance(&b).await.credited, vec![(1, 40)]);
 }
 
@@ -458,11 +488,7 @@ mod kept {
             Ok(())
         }
 
-        async fn perform(
-            &self,
-            op: &Pending<u32>,
-            _: &u32,
-        ) -> Result<Outcome, ActorProcessingErr> {
+        async fn perform(&self, op: &Pending<u32>, _: &u32) -> Result<Outcome, ActorProcessingErr> {
             let _ = self.0.send((op.id().seq(), op.attempts()));
             Ok(Outcome::KeepUntilConfirmed)
         }
@@ -484,8 +510,10 @@ mod kept {
 async fn kept_operations_are_performed_again_on_the_timer_and_no_attempt_is_counted() {
     let storage = Storage::new(MemoryStore::new());
     let (performed, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let start = Start::<kept::Peer>::new(&storage, "p", ())
-        .redelivery(Redelivery::new(Duration::from_millis(2), Duration::from_millis(10)));
+    let start = Start::<kept::Peer>::new(&storage, "p", ()).redelivery(Redelivery::new(
+        Duration::from_millis(2),
+        Duration::from_millis(10),
+    ));
     let (peer, _) = ractor::Actor::spawn(None, kept::Peer(performed), start)
         .await
         .unwrap();
@@ -521,14 +549,22 @@ async fn the_acknowledgement_leaves_only_after_the_receivers_commit() {
     let config = StorageConfig::default().with_courier(hold.clone());
     let storage = Storage::with_config(faults.wrap(MemoryStore::new()), config);
     let slow = Redelivery::new(Duration::from_secs(3600), Duration::from_secs(3600));
-    let start = |key: &str, opening: u64| {
-        Start::<Account>::new(&storage, key, opening).redelivery(slow)
-    };
-    let (a, _) = ractor::Actor::spawn(None, Account, start("a", 100)).await.unwrap();
-    let (b, _) = ractor::Actor::spawn(None, Account, start("b", 0)).await.unwrap();
+    let start =
+        |key: &str, opening: u64| Start::<Account>::new(&storage, key, opening).redelivery(slow);
+    let (a, _) = ractor::Actor::spawn(None, Account, start("a", 100))
+        .await
+        .unwrap();
+    let (b, _) = ractor::Actor::spawn(None, Account, start("b", 0))
+        .await
+        .unwrap();
     let id = transfer(&a, 1, "b", 5).await.unwrap();
     let settlement = call!(a, AccountMsg::Settle, id.clone()).unwrap();
-    let letter = hold.0.lock().unwrap().pop().expect("the credit, held by the courier");
+    let letter = hold
+        .0
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the credit, held by the courier");
     // Hold b's commit of the credit inside the store.
     let (entered_tx, entered) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel();
@@ -584,7 +620,11 @@ async fn a_duplicate_after_the_receivers_crash_is_not_applied_again() {
         assert!(storage.postbox().deliver(letter));
     }
     let got = balance(&b).await;
-    assert_eq!((got.balance, got.credited), (30, vec![(1, 30)]), "applied once");
+    assert_eq!(
+        (got.balance, got.credited),
+        (30, vec![(1, 30)]),
+        "applied once"
+    );
 }
 
 #[tokio::test]
@@ -599,6 +639,10 @@ async fn a_senders_channel_numbers_go_on_after_its_restart() {
     let id = transfer(&a, 2, "b", 20).await.unwrap();
     assert_eq!(settle(&a, &id).await, Settled::Delivered);
     let got = balance(&b).await;
-    assert_eq!(got.credited, vec![(1, 10), (2, 20)], "the second is a new message, not a duplicate");
+    assert_eq!(
+        got.credited,
+        vec![(1, 10), (2, 20)],
+        "the second is a new message, not a duplicate"
+    );
     assert_eq!(got.balance, 30);
 }

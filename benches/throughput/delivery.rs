@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort, call};
 use ractor_persist::{
     ActorCommit, ActorKey, Control, DecodeReason, Delivery, Inbound, Loaded, Marks, MemoryStore,
-    OpId, Persistent, PersistentActor, Row, RowWrite, Seen, Space, SpawnPersistent, Storage,
-    Store, StoreError, Tx,
+    OpId, Persistent, PersistentActor, Row, RowWrite, Seen, Space, SpawnPersistent, Storage, Store,
+    StoreError, Tx,
 };
 use serde::{Deserialize, Serialize};
 

@@ -224,7 +224,11 @@ impl Postbox {
             // The actor stopped without unregistering (it failed or was killed).
             letter = kept;
             let mut state = self.state();
-            if state.actors.get(&letter.to).is_some_and(|(e, _)| *e == epoch) {
+            if state
+                .actors
+                .get(&letter.to)
+                .is_some_and(|(e, _)| *e == epoch)
+            {
                 state.actors.remove(&letter.to);
             }
         }
@@ -355,7 +359,9 @@ pub enum Refusal {
     },
     /// An acknowledgement of a channel the sender does not have, or of a message it never
     /// sent.
-    #[error("`{to}` refused an acknowledgement from `{from}` of message {seq} on channel {channel}: it sent no such message")]
+    #[error(
+        "`{to}` refused an acknowledgement from `{from}` of message {seq} on channel {channel}: it sent no such message"
+    )]
     AckForNothing {
         /// The receiver that acknowledged.
         from: ActorKey,

@@ -282,7 +282,9 @@ pub enum DecodeReason {
     },
     /// The actor takes no messages from other persistent actors: its
     /// `PersistentActor::inbound` is the default.
-    #[error("`{actor_type}` takes no messages from other persistent actors (implement PersistentActor::inbound)")]
+    #[error(
+        "`{actor_type}` takes no messages from other persistent actors (implement PersistentActor::inbound)"
+    )]
     NotAccepted {
         /// The actor's type.
         actor_type: &'static str,

@@ -27,8 +27,8 @@ mod transform;
 mod tx;
 
 pub use delivery::{
-    Courier, DEFAULT_REQUEST_RETENTION, FirstRequest, Inbound, Letter, Once, Postbox,
-    Redelivery, Refusal, RequestRefused, Settled, Settlement,
+    Courier, DEFAULT_REQUEST_RETENTION, FirstRequest, Inbound, Letter, Once, Postbox, Redelivery,
+    Refusal, RequestRefused, Settled, Settlement,
 };
 pub use error::{
     BoxError, CommitError, DecodeError, DecodeReason, Error, LoadError, NotDeadLetter,

@@ -10,8 +10,8 @@ use std::time::Instant;
 use ractor::{ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::delivery::{
-    self, Body, ChannelRow, InboxEntry, InboxRow, Letter, Mail, Outgoing, OutgoingRow,
-    Redelivery, Refusal, RequestRow, Settled, StoredReply, Wire,
+    self, Body, ChannelRow, InboxEntry, InboxRow, Letter, Mail, Outgoing, OutgoingRow, Redelivery,
+    Refusal, RequestRow, Settled, StoredReply, Wire,
 };
 use crate::envelope::{self, Header, Kind, Place};
 use crate::error::{CommitError, DecodeError, DecodeReason, LoadError, RecordRef, StoreError};
@@ -211,7 +211,9 @@ impl<A: PersistentActor> Runtime<A> {
         };
         let place = Place { key: &self.key, id };
         let transforms = self.storage.transforms();
-        Ok(envelope::seal(kind, head, self.epoch, &payload, transforms, place))
+        Ok(envelope::seal(
+            kind, head, self.epoch, &payload, transforms, place,
+        ))
     }
 
     fn encode_error(&self, what: &'static str, source: postcard::Error) -> CommitError {
@@ -707,7 +709,11 @@ fn arm_redelivery_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runti
         return;
     };
     let now = Instant::now();
-    if rt.mail.timer.is_some_and(|armed| armed > now && armed <= due) {
+    if rt
+        .mail
+        .timer
+        .is_some_and(|armed| armed > now && armed <= due)
+    {
         return;
     }
     if A::wrap_control(Control::RedeliverDue).is_none() {
@@ -756,7 +762,12 @@ async fn receive<A: Persistent>(
     let from = letter.from;
     let (channel, seq) = (letter.channel, letter.seq);
     let ack = |rt: &Runtime<A>, applied: u64| {
-        postbox.post(Letter::ack((*rt.key).clone(), from.clone(), channel, applied));
+        postbox.post(Letter::ack(
+            (*rt.key).clone(),
+            from.clone(),
+            channel,
+            applied,
+        ));
     };
     let entry = rt.mail.inbox.get(&from).copied();
     let verdict = match entry {
@@ -804,7 +815,11 @@ async fn receive<A: Persistent>(
         }
     };
     let sender_id = OpId::new(from.clone(), id);
-    let msg = match A::inbound(delivery::Inbound::new(sender_id.clone(), fingerprint, payload)) {
+    let msg = match A::inbound(delivery::Inbound::new(
+        sender_id.clone(),
+        fingerprint,
+        payload,
+    )) {
         Ok(msg) => msg,
         Err(reason) => {
             postbox.refuse(Refusal::Unreadable {
@@ -850,9 +865,7 @@ fn acknowledged<A: PersistentActor>(rt: &mut Runtime<A>, letter: &Letter) {
         .mail
         .outbox
         .iter()
-        .filter(|(_, o)| {
-            o.to == letter.from && o.channel == letter.channel && o.seq <= letter.seq
-        })
+        .filter(|(_, o)| o.to == letter.from && o.channel == letter.channel && o.seq <= letter.seq)
         .map(|(id, _)| *id)
         .collect();
     if done.is_empty() {

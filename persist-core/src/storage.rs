@@ -409,11 +409,10 @@ impl Storage {
             .await?;
         rows.into_iter()
             .map(|(key, epoch, blob)| {
-                let body =
-                    QuarantineBody::decode(&blob).map_err(|e| StoreError::Corrupt {
-                        store: name.clone(),
-                        detail: format!("quarantined record of `{namespace}/{key}`: {e}"),
-                    })?;
+                let body = QuarantineBody::decode(&blob).map_err(|e| StoreError::Corrupt {
+                    store: name.clone(),
+                    detail: format!("quarantined record of `{namespace}/{key}`: {e}"),
+                })?;
                 Ok(Quarantined {
                     key: ActorKey::new(namespace, key),
                     epoch,

@@ -360,10 +360,12 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             });
         };
         if first != digest {
-            self.parts.refusals.push(crate::delivery::Refusal::RequestKeyReused {
-                actor: (**self.key).clone(),
-                request: key.to_owned(),
-            });
+            self.parts
+                .refusals
+                .push(crate::delivery::Refusal::RequestKeyReused {
+                    actor: (**self.key).clone(),
+                    request: key.to_owned(),
+                });
             let reason = RequestRefused::KeyReused {
                 key: key.to_owned(),
             };
