@@ -448,7 +448,8 @@ mod kept {
     use tokio::sync::mpsc::UnboundedSender;
 
     pub enum PeerMsg {
-        Send(RpcReplyPort<(OpId, Settlement)>),
+        /// Pushes an operation that `perform` keeps (0), finishes (1) or retries (2).
+        Send(u32, RpcReplyPort<(OpId, Settlement)>),
         Confirm(OpId),
         Persist(Control<u32>),
     }
@@ -474,9 +475,9 @@ mod kept {
             sent: &mut u32,
         ) -> Result<(), ActorProcessingErr> {
             match msg {
-                PeerMsg::Send(reply) => {
+                PeerMsg::Send(kind, reply) => {
                     *sent += 1;
-                    let id = tx.push(*sent)?;
+                    let id = tx.push(kind)?;
                     let settlement = tx.settlement(&id);
                     tx.reply(reply, (id, settlement));
                 }
@@ -490,7 +491,11 @@ mod kept {
 
         async fn perform(&self, op: &Pending<u32>, _: &u32) -> Result<Outcome, ActorProcessingErr> {
             let _ = self.0.send((op.id().seq(), op.attempts()));
-            Ok(Outcome::KeepUntilConfirmed)
+            Ok(match op.op() {
+                0 => Outcome::KeepUntilConfirmed,
+                1 => Outcome::Done,
+                _ => Outcome::Retry,
+            })
         }
 
         fn control(msg: PeerMsg) -> Result<Control<u32>, PeerMsg> {
@@ -517,7 +522,7 @@ async fn kept_operations_are_performed_again_on_the_timer_and_no_attempt_is_coun
     let (peer, _) = ractor::Actor::spawn(None, kept::Peer(performed), start)
         .await
         .unwrap();
-    let (id, settlement) = call!(peer, kept::PeerMsg::Send).unwrap();
+    let (id, settlement) = call!(peer, kept::PeerMsg::Send, 0).unwrap();
     // Performed after the commit, then again and again on the timer: no resume, no restart.
     for _ in 0..4 {
         let (seq, attempts) = within(seen.recv()).await.unwrap();
@@ -645,4 +650,19 @@ async fn a_senders_channel_numbers_go_on_after_its_restart() {
         "the second is a new message, not a duplicate"
     );
     assert_eq!(got.balance, 30);
+}
+
+#[tokio::test]
+async fn settlements_tell_done_and_dead_letters_without_polling() {
+    let storage = Storage::new(MemoryStore::new());
+    let (performed, _seen) = tokio::sync::mpsc::unbounded_channel();
+    let once = ractor_persist::RetryPolicy::new(Duration::ZERO, Duration::ZERO, 1).unwrap();
+    let start = Start::<kept::Peer>::new(&storage, "p", ()).retry_policy(once);
+    let (peer, _) = ractor::Actor::spawn(None, kept::Peer(performed), start)
+        .await
+        .unwrap();
+    let (_, done) = call!(peer, kept::PeerMsg::Send, 1).unwrap();
+    assert_eq!(within(done.wait()).await, Settled::Done);
+    let (_, dead) = call!(peer, kept::PeerMsg::Send, 2).unwrap();
+    assert_eq!(within(dead.wait()).await, Settled::DeadLetter);
 }
