@@ -666,3 +666,38 @@ async fn settlements_tell_done_and_dead_letters_without_polling() {
     let (_, dead) = call!(peer, kept::PeerMsg::Send, 2).unwrap();
     assert_eq!(within(dead.wait()).await, Settled::DeadLetter);
 }
+
+/// Drops the first message letter it is given; carries everything else.
+#[derive(Clone, Default)]
+struct LoseFirstMessage(Arc<Mutex<bool>>);
+
+impl Courier for LoseFirstMessage {
+    fn carry(&self, letter: Letter, postbox: &Postbox) {
+        if !letter.is_ack() && !std::mem::replace(&mut *self.0.lock().unwrap(), true) {
+            return;
+        }
+        postbox.deliver(letter);
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_past_a_gap_brings_the_missing_message_at_once() {
+    let courier = LoseFirstMessage::default();
+    let config = StorageConfig::default().with_courier(courier);
+    let storage = Storage::with_config(MemoryStore::new(), config);
+    // No timer redelivers within the test: only the receiver's refusal can bring message 1.
+    let slow = Redelivery::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let start =
+        |key: &str, opening: u64| Start::<Account>::new(&storage, key, opening).redelivery(slow);
+    let (a, _) = ractor::Actor::spawn(None, Account, start("a", 100))
+        .await
+        .unwrap();
+    let (b, _) = ractor::Actor::spawn(None, Account, start("b", 0))
+        .await
+        .unwrap();
+    let first = transfer(&a, 1, "b", 1).await.unwrap(); // lost on the way
+    let second = transfer(&a, 2, "b", 2).await.unwrap(); // refused: 1 is missing
+    assert_eq!(settle(&a, &first).await, Settled::Delivered);
+    assert_eq!(settle(&a, &second).await, Settled::Delivered);
+    assert_eq!(balance(&b).await.credited, vec![(1, 1), (2, 2)]);
+}

@@ -116,6 +116,25 @@ impl Letter {
         matches!(self.body, Body::Ack)
     }
 
+    /// The postcard bytes of the message; `None` for an acknowledgement. With
+    /// [`fingerprint`](Self::fingerprint) and [`message_id`](Self::message_id), what a
+    /// transport carries to rebuild the letter with [`Letter::message`].
+    pub fn payload(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Message { payload, .. } => Some(payload),
+            Body::Ack => None,
+        }
+    }
+
+    /// The shape fingerprint of the message's type (0: unknown); `None` for an
+    /// acknowledgement.
+    pub fn fingerprint(&self) -> Option<u64> {
+        match &self.body {
+            Body::Message { fingerprint, .. } => Some(*fingerprint),
+            Body::Ack => None,
+        }
+    }
+
     /// The sender's id of the message (what its `send` returned); `None` for an
     /// acknowledgement.
     pub fn message_id(&self) -> Option<OpId> {
@@ -741,6 +760,9 @@ pub(crate) struct Mail {
     pub(crate) watchers: HashMap<u64, Vec<oneshot::Sender<Settled>>>,
     /// How the last [`RECENT_SETTLED`] ids settled, for settlements asked for late.
     pub(crate) recent: VecDeque<(u64, Settled)>,
+    /// Per channel, the last duplicate acknowledgement that made the channel's tail be
+    /// posted again (so each number does it once).
+    pub(crate) fast: HashMap<u64, u64>,
     /// When the redelivery timer armed last fires.
     pub(crate) timer: Option<Instant>,
     /// The earliest redelivery scheduled since the timer was last armed (so arming does not

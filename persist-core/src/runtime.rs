@@ -810,6 +810,12 @@ async fn receive<A: Persistent>(
     let slot = match verdict {
         Ok(slot) => slot,
         Err(refusal) => {
+            if let Refusal::Gap { .. } | Refusal::UnknownSender { .. } = refusal {
+                // Tell the sender what is missing: the highest number applied on its
+                // channel (0: none), so it posts the rest again at once.
+                let applied = entry.filter(|e| e.channel == channel).map_or(0, |e| e.applied);
+                ack(rt, applied);
+            }
             postbox.refuse(refusal);
             return perform(actor, myself, rt, again.into_iter().collect()).await;
         }
@@ -851,7 +857,7 @@ fn acknowledged<A: PersistentActor>(rt: &mut Runtime<A>, letter: &Letter) {
         .mail
         .channels
         .get(&letter.from)
-        .is_some_and(|c| c.id == letter.channel && letter.seq <= c.last && letter.seq > 0);
+        .is_some_and(|c| c.id == letter.channel && letter.seq <= c.last);
     if !known {
         rt.storage.postbox().refuse(Refusal::AckForNothing {
             from: letter.from.clone(),
@@ -869,6 +875,20 @@ fn acknowledged<A: PersistentActor>(rt: &mut Runtime<A>, letter: &Letter) {
         .map(|(id, _)| *id)
         .collect();
     if done.is_empty() {
+        // Nothing new: a duplicate acknowledgement, which a receiver also sends when it
+        // refuses a message past a gap. Post the channel's unacknowledged tail again at once
+        // (the missing message first), once per number acknowledged, rather than leave each
+        // message to its own backed-off timer.
+        if rt.mail.fast.insert(letter.channel, letter.seq) != Some(letter.seq) {
+            let tail: Vec<u64> = rt
+                .mail
+                .outbox
+                .iter()
+                .filter(|(_, o)| o.to == letter.from && o.channel == letter.channel)
+                .map(|(id, _)| *id)
+                .collect();
+            post_again(rt, tail);
+        }
         return;
     }
     let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);

@@ -284,6 +284,16 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
         self.send(ActorKey::new(B::NAME, key), msg)
     }
 
+    /// The messages this actor sent that are not acknowledged yet, by id, with their
+    /// destinations (the ones this message sends are not among them).
+    pub fn outgoing(&self) -> impl Iterator<Item = (OpId, &ActorKey)> {
+        let key = self.key;
+        self.mail
+            .outbox
+            .iter()
+            .map(move |(id, o)| (OpId::shared(key.clone(), *id), &o.to))
+    }
+
     /// The sender's id of the message being handled, when it came from another persistent
     /// actor through [`send`](Self::send); `None` otherwise.
     pub fn received(&self) -> Option<&OpId> {
