@@ -470,9 +470,37 @@ MUTATIONS = {
     ),
     "delivery-no-fast-repost-after-a-gap": (
         CORE + "runtime.rs",
-        """        if rt.mail.fast.insert(letter.channel, letter.seq) != Some(letter.seq) {""",
-        """        if false && rt.mail.fast.insert(letter.channel, letter.seq) != Some(letter.seq) {""",
+        """        let first = rt.mail.recovering.insert(letter.channel, letter.seq) != Some(letter.seq);""",
+        """        let first = false && rt.mail.recovering.insert(letter.channel, letter.seq) != Some(letter.seq);""",
         ["--test", "between_actors", "a_refusal_past_a_gap_brings"],
+    ),
+    "delivery-stale-instance-takes-the-postbox-slot": (
+        CORE + "delivery.rs",
+        """            if state.actors.get(key).is_some_and(|(e, _)| *e > epoch) {""",
+        """            if state.actors.get(key).is_some_and(|(e, _)| *e > epoch && false) {""",
+        ["--test", "adversarial_delivery", "p7_a_stale_instance_registering_last"],
+    ),
+    "request-asked-twice-in-one-message-applied-twice": (
+        CORE + "tx.rs",
+        """            if self.parts.firsts.iter().any(|k| k == key) {""",
+        """            if false && self.parts.firsts.iter().any(|k| k == key) {""",
+        ["--test", "adversarial_delivery", "idempotent_request_asked_twice"],
+    ),
+    "delivery-duplicate-ack-reposts-the-tail": (
+        CORE + "runtime.rs",
+        """    } else if removed && rt.mail.recovering.contains_key(&letter.channel) {""",
+        """    } else if !removed {
+        let tail: Vec<u64> = rt
+            .mail
+            .outbox
+            .iter()
+            .filter(|(_, o)| o.to == letter.from && o.channel == letter.channel)
+            .map(|(id, _)| *id)
+            .collect();
+        post_again(rt, tail);
+        None
+    } else if removed && rt.mail.recovering.contains_key(&letter.channel) {""",
+        ["--test", "adversarial_delivery", "redelivery_a_duplicating_link"],
     ),
 }
 

@@ -49,6 +49,9 @@ pub(crate) enum Body {
     },
     /// Every message of the channel up to `seq` was applied.
     Ack,
+    /// Every message of the channel up to `seq` was applied, and a later one was refused
+    /// because the next one is missing.
+    Missing,
 }
 
 impl Letter {
@@ -89,6 +92,18 @@ impl Letter {
         }
     }
 
+    /// An acknowledgement that also says a later message was refused because message
+    /// `seq + 1` is missing: the sender posts that one again at once.
+    pub fn missing(from: ActorKey, to: ActorKey, channel: u64, seq: u64) -> Self {
+        Letter {
+            from,
+            to,
+            channel,
+            seq,
+            body: Body::Missing,
+        }
+    }
+
     /// Who posted it.
     pub fn from(&self) -> &ActorKey {
         &self.from
@@ -111,9 +126,15 @@ impl Letter {
         self.seq
     }
 
-    /// Whether this is an acknowledgement.
+    /// Whether this is an acknowledgement (a plain one, or one that says the next message
+    /// is missing).
     pub fn is_ack(&self) -> bool {
-        matches!(self.body, Body::Ack)
+        matches!(self.body, Body::Ack | Body::Missing)
+    }
+
+    /// Whether this is an acknowledgement that says message `seq + 1` is missing.
+    pub fn is_missing(&self) -> bool {
+        matches!(self.body, Body::Missing)
     }
 
     /// The postcard bytes of the message; `None` for an acknowledgement. With
@@ -122,7 +143,7 @@ impl Letter {
     pub fn payload(&self) -> Option<&[u8]> {
         match &self.body {
             Body::Message { payload, .. } => Some(payload),
-            Body::Ack => None,
+            Body::Ack | Body::Missing => None,
         }
     }
 
@@ -131,7 +152,7 @@ impl Letter {
     pub fn fingerprint(&self) -> Option<u64> {
         match &self.body {
             Body::Message { fingerprint, .. } => Some(*fingerprint),
-            Body::Ack => None,
+            Body::Ack | Body::Missing => None,
         }
     }
 
@@ -140,7 +161,7 @@ impl Letter {
     pub fn message_id(&self) -> Option<OpId> {
         match &self.body {
             Body::Message { id, .. } => Some(OpId::new(self.from.clone(), *id)),
-            Body::Ack => None,
+            Body::Ack | Body::Missing => None,
         }
     }
 }
@@ -267,6 +288,11 @@ impl Postbox {
     pub(crate) fn register(&self, key: &ActorKey, epoch: u64, slot: Slot) {
         let slots: Vec<Slot> = {
             let mut state = self.state();
+            if state.actors.get(key).is_some_and(|(e, _)| *e > epoch) {
+                // A newer instance of the key registered first: this one is stale (the
+                // store fences its writes) and takes no letters.
+                return;
+            }
             state.actors.insert(key.clone(), (epoch, slot));
             let waiting: Vec<ActorKey> = state
                 .waiting
@@ -645,6 +671,12 @@ pub enum RequestRefused {
         /// Why.
         reason: DecodeReason,
     },
+    /// The same key was asked for twice in one message, before the first was answered.
+    #[error("request `{key}` was asked for twice in one message")]
+    AskedTwice {
+        /// The request key.
+        key: String,
+    },
     /// The payload could not be encoded to compare it with the first one.
     #[error("the payload of request `{key}` cannot be encoded: {reason}")]
     Encode {
@@ -760,9 +792,10 @@ pub(crate) struct Mail {
     pub(crate) watchers: HashMap<u64, Vec<oneshot::Sender<Settled>>>,
     /// How the last [`RECENT_SETTLED`] ids settled, for settlements asked for late.
     pub(crate) recent: VecDeque<(u64, Settled)>,
-    /// Per channel, the last duplicate acknowledgement that made the channel's tail be
-    /// posted again (so each number does it once).
-    pub(crate) fast: HashMap<u64, u64>,
+    /// Channels recovering from a gap: the last number a receiver said was followed by a
+    /// missing message (each number brings the missing message once; while recovering, each
+    /// acknowledgement that removes messages posts the next one).
+    pub(crate) recovering: HashMap<u64, u64>,
     /// When the redelivery timer armed last fires.
     pub(crate) timer: Option<Instant>,
     /// The earliest redelivery scheduled since the timer was last armed (so arming does not

@@ -813,8 +813,15 @@ async fn receive<A: Persistent>(
             if let Refusal::Gap { .. } | Refusal::UnknownSender { .. } = refusal {
                 // Tell the sender what is missing: the highest number applied on its
                 // channel (0: none), so it posts the rest again at once.
-                let applied = entry.filter(|e| e.channel == channel).map_or(0, |e| e.applied);
-                ack(rt, applied);
+                let applied = entry
+                    .filter(|e| e.channel == channel)
+                    .map_or(0, |e| e.applied);
+                postbox.post(Letter::missing(
+                    (*rt.key).clone(),
+                    from.clone(),
+                    channel,
+                    applied,
+                ));
             }
             postbox.refuse(refusal);
             return perform(actor, myself, rt, again.into_iter().collect()).await;
@@ -867,37 +874,45 @@ fn acknowledged<A: PersistentActor>(rt: &mut Runtime<A>, letter: &Letter) {
         });
         return;
     }
-    let done: Vec<u64> = rt
-        .mail
-        .outbox
-        .iter()
-        .filter(|(_, o)| o.to == letter.from && o.channel == letter.channel && o.seq <= letter.seq)
-        .map(|(id, _)| *id)
-        .collect();
-    if done.is_empty() {
-        // Nothing new: a duplicate acknowledgement, which a receiver also sends when it
-        // refuses a message past a gap. Post the channel's unacknowledged tail again at once
-        // (the missing message first), once per number acknowledged, rather than leave each
-        // message to its own backed-off timer.
-        if rt.mail.fast.insert(letter.channel, letter.seq) != Some(letter.seq) {
-            let tail: Vec<u64> = rt
-                .mail
-                .outbox
-                .iter()
-                .filter(|(_, o)| o.to == letter.from && o.channel == letter.channel)
-                .map(|(id, _)| *id)
-                .collect();
-            post_again(rt, tail);
+    let mut done = Vec::new();
+    let mut next = None;
+    for (id, o) in &rt.mail.outbox {
+        if o.to == letter.from && o.channel == letter.channel {
+            if o.seq <= letter.seq {
+                done.push(*id);
+            } else if o.seq == letter.seq + 1 {
+                next = Some(*id);
+            }
         }
-        return;
     }
-    let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
-    for id in done {
-        rt.mail.outbox.remove(&id);
-        rt.mail.settle(id, Settled::Delivered);
-        commit = commit.remove(Space::OUTBOX, id);
+    let removed = !done.is_empty();
+    if removed {
+        let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
+        for id in done {
+            rt.mail.outbox.remove(&id);
+            rt.mail.settle(id, Settled::Delivered);
+            commit = commit.remove(Space::OUTBOX, id);
+        }
+        rt.storage.ride(commit);
     }
-    rt.storage.ride(commit);
+    // After a gap the receiver refused what followed the missing message: post the missing
+    // one at once (once per number the receiver names), and while the channel recovers,
+    // the next one on each acknowledgement, instead of leaving each to its own timer. A
+    // plain duplicate acknowledgement posts nothing.
+    let post = if letter.is_missing() {
+        let first = rt.mail.recovering.insert(letter.channel, letter.seq) != Some(letter.seq);
+        next.filter(|_| first)
+    } else if removed && rt.mail.recovering.contains_key(&letter.channel) {
+        if next.is_none() {
+            rt.mail.recovering.remove(&letter.channel);
+        }
+        next
+    } else {
+        None
+    };
+    if let Some(id) = post {
+        post_again(rt, vec![id]);
+    }
 }
 
 /// A message from another persistent actor being applied: where the inbox entry goes.
@@ -1208,7 +1223,10 @@ async fn cycle<A: Persistent>(
     post_again(rt, posted);
     for (seq, waiter) in parts.watch {
         if rt.pending.contains_key(&seq) || rt.mail.outbox.contains_key(&seq) {
-            rt.mail.watchers.entry(seq).or_default().push(waiter);
+            let waiters = rt.mail.watchers.entry(seq).or_default();
+            // Callers that gave up waiting are forgotten, so asking again does not grow it.
+            waiters.retain(|w| !w.is_closed());
+            waiters.push(waiter);
         } else if parts.confirmed.contains(&seq) {
             let _ = waiter.send(Settled::Confirmed);
         } else if rt.dead.contains_key(&seq) {

@@ -67,6 +67,8 @@ pub(crate) struct TxParts<Op> {
     /// Replies to idempotent requests to store, by the slot handed out.
     pub(crate) requests: Vec<(u64, RequestRow)>,
     pub(crate) refusals: Vec<crate::delivery::Refusal>,
+    /// Request keys answered [`Once::First`] in this message.
+    pub(crate) firsts: Vec<String>,
 }
 
 impl<'a, A: PersistentActor> Tx<'a, A> {
@@ -102,6 +104,7 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
                 watch: Vec::new(),
                 requests: Vec::new(),
                 refusals: Vec::new(),
+                firsts: Vec::new(),
             },
         }
     }
@@ -363,6 +366,15 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
                     .map(|r| (r.digest, r.fingerprint, r.reply.as_slice()))
             });
         let Some((first, fingerprint, reply)) = stored else {
+            if self.parts.firsts.iter().any(|k| k == key) {
+                // Already answered `First` in this message and not replied to yet: a second
+                // application would apply it twice.
+                let reason = RequestRefused::AskedTwice {
+                    key: key.to_owned(),
+                };
+                return Once::Refused(port, reason);
+            }
+            self.parts.firsts.push(key.to_owned());
             return Once::First(FirstRequest {
                 key: key.to_owned(),
                 digest,
