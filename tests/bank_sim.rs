@@ -1,10 +1,13 @@
 //! The bank simulation: 64 persistent accounts (`bank::Account`) move money with
-//! `Tx::send` under random deposits and transfers, crashes of single actors (some in the
-//! middle of a request), crashes of the whole store (every actor killed, the `Storage`
-//! dropped or closed, a new one opened over the same `MemoryStore`), and a courier that
-//! drops, duplicates, holds back (delays) and reorders letters, messages and
-//! acknowledgements alike. After each schedule the faults stop, every account runs, and the
-//! simulation waits until every outbox is empty in the store (quiescence).
+//! `Tx::send` under random deposits and transfers (half of them among three busy accounts,
+//! so that several credits are in flight on one channel), crashes of single actors (killed,
+//! some in the middle of a request, restarted at once or later), crashes of the whole store
+//! (every actor killed and a new `Storage` opened over the same `MemoryStore`, the old one
+//! closed, dropped with its committer still writing, or with its power cut so that what it
+//! had not written is lost, some in the middle of a transfer), and a courier that drops,
+//! duplicates, holds back (delays) and reorders letters, messages and acknowledgements alike,
+//! some of them across a store crash. After each schedule the faults stop, every account
+//! runs, and the simulation waits until every outbox is empty in the store (quiescence).
 //!
 //! What each schedule proves, from the final states and the replies the client saw:
 //! - money is exact: the sum of the balances is the opening money plus the deposits applied,
@@ -17,27 +20,31 @@
 //!   (`double_applied` counts every second application of a transfer or deposit);
 //! - an acknowledged request was applied, a refused one was not, a repeat of a request got
 //!   the first reply and was not applied again, a key reused with another payload was
-//!   refused;
+//!   refused; a request whose call failed (the actor died) may or may not have been applied,
+//!   and the states say which;
 //! - nothing is pending after quiescence: no outbox row is left in the store (`stuck` counts
 //!   the schedules that did not get there within 20 s, left rows, or whose calls to a
 //!   running actor timed out).
 //!
-//! It ends with one line, `bank-sim: schedules=N transfers=N created=0 lost=0
+//! It prints one line, `bank-sim: schedules=N transfers=N created=0 lost=0
 //! double_applied=0 stuck=0` (`transfers`: transfers applied), and a second one with the
-//! faults injected; the test also fails if any kind of fault never happened.
+//! faults injected; with 100 schedules or more the test also fails if any kind of fault
+//! never happened.
 //!
 //! `BANK_SIM_SCHEDULES=n` runs `n` schedules (default 1000, seeds `BASE + i`);
 //! `BANK_SIM_SEED=s` reruns the one schedule of seed `s` (decimal or `0x` hex), as printed by
 //! a failure: `BANK_SIM_SEED=s cargo test --test bank_sim -- --nocapture`. The sequence of
 //! actions of a schedule and the stream of courier decisions are a pure function of its
 //! seed; the thread interleavings are not (which letter a given courier decision falls on,
-//! where in a handler a kill lands), so a rerun replays the same schedule, not the same
-//! interleaving.
+//! where in a handler a kill lands, whether a call interrupted by a crash got its reply), so
+//! a rerun replays the same schedule, not necessarily the same interleaving.
 
 mod bank;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,8 +53,8 @@ use ractor::concurrency::JoinHandle;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 use ractor_persist::{
-    Courier, Letter, MemoryStore, OpId, Postbox, Redelivery, Space, Start, Storage, StorageConfig,
-    Store,
+    ActorCommit, ActorKey, Courier, Letter, Loaded, MemoryStore, OpId, Postbox, Redelivery,
+    Refusal, Row, Space, Start, Storage, StorageConfig, Store, StoreError,
 };
 
 /// Seeds are `BASE + i`, so a CI run is the same every time.
@@ -62,6 +69,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIESCENCE: Duration = Duration::from_secs(20);
 /// The held letters past which the courier lets one go at once.
 const MAX_HELD: usize = 64;
+/// Half the transfers are among the first `HOT` accounts.
+const HOT: usize = 3;
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
@@ -111,6 +120,52 @@ impl Rng {
         for i in (1..items.len()).rev() {
             items.swap(i, self.index(i + 1));
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The store, with a power switch.
+
+/// The schedule's `MemoryStore` as one `Storage` sees it. Once cut, it fails every load and
+/// commit: what that storage's committer had not written yet (commits in flight, queued
+/// removals) is lost, as in a power cut, while the data stays for the next `Storage`.
+#[derive(Clone)]
+struct Powered {
+    inner: MemoryStore,
+    cut: Arc<AtomicBool>,
+}
+
+impl Powered {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(StoreError::backend("bank-sim", "the power was cut"));
+        }
+        Ok(())
+    }
+}
+
+impl Store for Powered {
+    fn name(&self) -> &str {
+        "bank-sim"
+    }
+
+    fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
+        self.check()?;
+        self.inner.open_actor(key, spaces)
+    }
+
+    fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.commit(batch)
+    }
+
+    fn read(
+        &self,
+        key: &ActorKey,
+        space: Option<Space>,
+        ids: RangeInclusive<u64>,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.inner.read(key, space, ids)
     }
 }
 
@@ -205,8 +260,10 @@ impl Chaos {
 
 impl Courier for Chaos {
     fn carry(&self, letter: Letter, postbox: &Postbox) {
+        let mut letter = Some(letter);
         let (fate, overflow) = {
-            let mut s = self.lock();
+            let mut guard = self.lock();
+            let s = &mut *guard;
             s.carried += 1;
             if !s.faults {
                 (Fate::Now, None)
@@ -218,15 +275,18 @@ impl Courier for Chaos {
                     4..=7 => Fate::Hold,
                     _ => Fate::Now,
                 };
-                let overflow =
-                    (matches!(fate, Fate::Hold) && s.held.len() >= MAX_HELD).then(|| {
-                        let i = s.rng.as_mut().expect("seeded").index(MAX_HELD);
-                        s.held.swap_remove(i)
-                    });
+                let mut overflow = None;
                 match fate {
                     Fate::Drop => s.drops += 1,
                     Fate::Twice => s.duplicates += 1,
-                    Fate::Hold => s.holds += 1,
+                    Fate::Hold => {
+                        s.holds += 1;
+                        if s.held.len() >= MAX_HELD {
+                            overflow = Some(s.held.swap_remove(rng.index(MAX_HELD)));
+                        }
+                        // Held under the lock, so that `heal` cannot miss it.
+                        s.held.extend(letter.take());
+                    }
                     Fate::Now => {}
                 }
                 (fate, overflow)
@@ -235,8 +295,9 @@ impl Courier for Chaos {
         if let Some(old) = overflow {
             postbox.deliver(old);
         }
+        let Some(letter) = letter else { return };
         match fate {
-            Fate::Now => {
+            Fate::Now | Fate::Hold => {
                 postbox.deliver(letter);
             }
             Fate::Drop => {}
@@ -244,7 +305,6 @@ impl Courier for Chaos {
                 postbox.deliver(letter.clone());
                 postbox.deliver(letter);
             }
-            Fate::Hold => self.lock().held.push(letter),
         }
     }
 }
@@ -265,12 +325,15 @@ struct Stats {
     deposits: u64,
     transfer_requests: u64,
     refused_transfers: u64,
+    /// Transfers to an account that was not running.
+    to_stopped: u64,
     repeated_requests: u64,
     reused_keys: u64,
     actor_crashes: u64,
     crashes_mid_request: u64,
     store_crashes: u64,
     store_closes: u64,
+    power_cuts: u64,
     unknown_outcomes: u64,
     /// Requests killed mid-way whose reply still came.
     crash_replied: u64,
@@ -283,6 +346,8 @@ struct Stats {
     released: u64,
     lost_in_crash: u64,
     flushes: u64,
+    /// Letters the receivers refused (past a gap: reordered or after a drop).
+    refusals: u64,
 }
 
 impl Stats {
@@ -297,12 +362,14 @@ impl Stats {
         self.deposits += o.deposits;
         self.transfer_requests += o.transfer_requests;
         self.refused_transfers += o.refused_transfers;
+        self.to_stopped += o.to_stopped;
         self.repeated_requests += o.repeated_requests;
         self.reused_keys += o.reused_keys;
         self.actor_crashes += o.actor_crashes;
         self.crashes_mid_request += o.crashes_mid_request;
         self.store_crashes += o.store_crashes;
         self.store_closes += o.store_closes;
+        self.power_cuts += o.power_cuts;
         self.unknown_outcomes += o.unknown_outcomes;
         self.crash_replied += o.crash_replied;
         self.unknown_applied += o.unknown_applied;
@@ -313,6 +380,7 @@ impl Stats {
         self.released += o.released;
         self.lost_in_crash += o.lost_in_crash;
         self.flushes += o.flushes;
+        self.refusals += o.refusals;
     }
 }
 
@@ -342,6 +410,28 @@ struct TransferRec {
     reply: Option<Result<OpId, String>>,
 }
 
+/// Whether and how a request is interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Crash {
+    No,
+    /// The actor is killed.
+    Actor,
+    /// The power of the whole store is cut (held letters lost or not).
+    Power {
+        lose: bool,
+    },
+}
+
+impl Crash {
+    fn maybe(rng: &mut Rng) -> Crash {
+        if rng.one_in(10) {
+            Crash::Actor
+        } else {
+            Crash::No
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Req {
     Deposit(u64),
@@ -359,10 +449,11 @@ fn deposit_key(n: u64) -> String {
 type Running = (ActorRef<AccountMsg>, JoinHandle<()>);
 
 struct Sim {
-    seed: u64,
     rng: Rng,
     store: MemoryStore,
     storage: Storage,
+    /// Cuts the power of `storage`'s view of the store.
+    power: Arc<AtomicBool>,
     chaos: Chaos,
     redelivery: Redelivery,
     actors: Vec<Option<Running>>,
@@ -380,12 +471,12 @@ impl Sim {
     fn new(seed: u64) -> Self {
         let store = MemoryStore::new();
         let chaos = Chaos::new(seed);
-        let storage = Self::open(&store, &chaos);
+        let (storage, power) = Self::open(&store, &chaos);
         Sim {
-            seed,
             rng: Rng::new(seed),
             store,
             storage,
+            power,
             chaos,
             redelivery: Redelivery::new(Duration::from_millis(2), Duration::from_millis(16)),
             actors: (0..ACCOUNTS).map(|_| None).collect(),
@@ -403,11 +494,16 @@ impl Sim {
         }
     }
 
-    fn open(store: &MemoryStore, chaos: &Chaos) -> Storage {
+    fn open(store: &MemoryStore, chaos: &Chaos) -> (Storage, Arc<AtomicBool>) {
         let config = StorageConfig::default().with_courier(chaos.clone());
-        let storage = Storage::with_config(store.clone(), config);
+        let power = Arc::new(AtomicBool::new(false));
+        let powered = Powered {
+            inner: store.clone(),
+            cut: power.clone(),
+        };
+        let storage = Storage::with_config(powered, config);
         chaos.set_postbox(storage.postbox().clone());
-        storage
+        (storage, power)
     }
 
     fn fail(&mut self, why: String) {
@@ -461,12 +557,13 @@ impl Sim {
             .collect()
     }
 
-    /// Calls account `i` (spawning it first if it is down). With `crash`, kills it after the
-    /// request is sent, at a random point of its handling.
+    /// Calls account `i` (spawning it first if it is down). With `crash`, kills it (or cuts
+    /// the store's power and crashes the store) after the request is sent, at a random point
+    /// of its handling.
     async fn call<T: Send + 'static>(
         &mut self,
         i: usize,
-        crash: bool,
+        crash: Crash,
         msg: impl FnOnce(RpcReplyPort<T>) -> AccountMsg + Send + 'static,
     ) -> Outcome<T> {
         self.spawn(i).await;
@@ -474,7 +571,7 @@ impl Sim {
             return Outcome::Failed;
         };
         let actor = actor.clone();
-        let outcome = if crash {
+        let outcome = if crash != Crash::No {
             let key = account(&name(i));
             let before = self.store.snapshot(&key);
             let task = tokio::spawn(async move { actor.call(msg, Some(CALL_TIMEOUT)).await });
@@ -500,10 +597,15 @@ impl Sim {
                 tokio::task::yield_now().await;
             }
             self.stats.crashes_mid_request += 1;
-            self.stats.actor_crashes += 1;
-            self.kill(i).await;
-            if self.rng.one_in(2) {
-                self.spawn(i).await;
+            match crash {
+                Crash::Power { lose } => self.crash_store(0, lose).await,
+                _ => {
+                    self.stats.actor_crashes += 1;
+                    self.kill(i).await;
+                    if self.rng.one_in(2) {
+                        self.spawn(i).await;
+                    }
+                }
             }
             match task.await {
                 Ok(r) => r,
@@ -517,12 +619,12 @@ impl Sim {
         };
         match outcome {
             Ok(CallResult::Success(v)) => {
-                if crash {
+                if crash != Crash::No {
                     self.stats.crash_replied += 1;
                 }
                 Outcome::Reply(v)
             }
-            Ok(CallResult::Timeout) if !crash => {
+            Ok(CallResult::Timeout) if crash == Crash::No => {
                 self.stats.stuck += 1;
                 self.fail(format!("a call to {} timed out", name(i)));
                 Outcome::TimedOut
@@ -534,7 +636,7 @@ impl Sim {
         }
     }
 
-    async fn deposit(&mut self, n: u64, amount: u64, crash: bool) -> Outcome<Result<u64, String>> {
+    async fn deposit(&mut self, n: u64, amount: u64, crash: Crash) -> Outcome<Result<u64, String>> {
         let i = self.deposits[&n].account;
         let request = deposit_key(n);
         self.call(i, crash, move |reply| AccountMsg::Deposit {
@@ -549,7 +651,7 @@ impl Sim {
         &mut self,
         id: u64,
         amount: u64,
-        crash: bool,
+        crash: Crash,
     ) -> Outcome<Result<OpId, String>> {
         let (from, to) = (self.transfers[&id].from, self.transfers[&id].to);
         let to = name(to);
@@ -618,7 +720,7 @@ impl Sim {
     async fn step_deposit(&mut self) {
         let account = self.rng.index(ACCOUNTS);
         let amount = 1 + self.rng.below(200);
-        let crash = self.rng.one_in(10);
+        let crash = Crash::maybe(&mut self.rng);
         let n = self.next_deposit;
         self.next_deposit += 1;
         self.deposits.insert(
@@ -640,23 +742,40 @@ impl Sim {
         self.deposit_replied(n, outcome);
     }
 
-    async fn step_transfer(&mut self) {
-        let from = self.rng.index(ACCOUNTS);
+    /// A destination for a transfer from `from`: sometimes one that is not running (the
+    /// credit waits for it), rarely `from` itself.
+    fn destination(&mut self, from: usize) -> usize {
         let down = self.down();
-        let to = if !down.is_empty() && self.rng.one_in(3) {
-            // A destination that is not running: the credit waits for it.
+        if !down.is_empty() && self.rng.one_in(3) {
             down[self.rng.index(down.len())]
         } else if self.rng.one_in(50) {
             from
         } else {
             (from + 1 + self.rng.index(ACCOUNTS - 1)) % ACCOUNTS
+        }
+    }
+
+    async fn step_transfer(&mut self) {
+        self.transfer_step(None).await;
+    }
+
+    /// A new transfer; `crash` overrides the schedule's choice of interruption.
+    async fn transfer_step(&mut self, crash: Option<Crash>) {
+        let (from, to) = if self.rng.one_in(2) {
+            // Among a few busy accounts: several messages in flight on one channel, for the
+            // courier to reorder.
+            let from = self.rng.index(HOT);
+            (from, (from + 1 + self.rng.index(HOT - 1)) % HOT)
+        } else {
+            let from = self.rng.index(ACCOUNTS);
+            (from, self.destination(from))
         };
         let amount = if self.rng.one_in(10) {
             TOO_MUCH
         } else {
             1 + self.rng.below(400)
         };
-        let crash = self.rng.one_in(10);
+        let crash = crash.unwrap_or(Crash::maybe(&mut self.rng));
         let id = self.next_transfer;
         self.next_transfer += 1;
         self.transfers.insert(
@@ -670,6 +789,9 @@ impl Sim {
         );
         self.history.push(Req::Transfer(id));
         self.stats.transfer_requests += 1;
+        if self.actors[to].is_none() {
+            self.stats.to_stopped += 1;
+        }
         self.note(format!(
             "transfer {id}: {amount} from {} to {}{}",
             name(from),
@@ -686,11 +808,11 @@ impl Sim {
             return self.step_deposit().await;
         }
         let req = self.history[self.rng.index(self.history.len())];
-        let crash = self.rng.one_in(10);
+        let crash = Crash::maybe(&mut self.rng);
         self.repeat(req, crash).await;
     }
 
-    async fn repeat(&mut self, req: Req, crash: bool) {
+    async fn repeat(&mut self, req: Req, crash: Crash) {
         self.stats.repeated_requests += 1;
         match req {
             Req::Deposit(n) => {
@@ -722,14 +844,14 @@ impl Sim {
             // Whether its first call was applied is unknown, so another payload could be
             // applied now: repeat it as it was instead (the schedule's choices stay those of
             // the seed, whatever the timing).
-            return self.repeat(req, false).await;
+            return self.repeat(req, Crash::No).await;
         }
         self.stats.reused_keys += 1;
         let got = match req {
             Req::Deposit(n) => {
                 let amount = self.deposits[&n].amount + 1;
                 self.note(format!("reuse deposit {n} with {amount}"));
-                match self.deposit(n, amount, false).await {
+                match self.deposit(n, amount, Crash::No).await {
                     Outcome::Reply(r) => {
                         Some(r.map(|_| ()).map_err(|e| (e, format!("deposit {n}"))))
                     }
@@ -739,7 +861,7 @@ impl Sim {
             Req::Transfer(id) => {
                 let amount = self.transfers[&id].amount ^ 1;
                 self.note(format!("reuse transfer {id} with {amount}"));
-                match self.transfer(id, amount, false).await {
+                match self.transfer(id, amount, Crash::No).await {
                     Outcome::Reply(r) => {
                         Some(r.map(|_| ()).map_err(|e| (e, format!("transfer {id}"))))
                     }
@@ -787,20 +909,34 @@ impl Sim {
         self.spawn(i).await;
     }
 
-    /// Kills every actor and reopens the store: the storage dropped (its committer finishes
-    /// what it has on its own, after the new one started) or closed, held letters lost or
-    /// kept for the new incarnation.
+    /// Crashes the whole store, some of the time in the middle of a transfer.
     async fn step_store_crash(&mut self) {
-        let close = self.rng.one_in(2);
+        let how = self.rng.below(3);
         let lose = self.rng.one_in(2);
+        if how == 0 && self.rng.one_in(2) {
+            return self.transfer_step(Some(Crash::Power { lose })).await;
+        }
+        self.crash_store(how, lose).await;
+    }
+
+    /// Kills every actor and reopens the store: `how` 0, the power cut first (what the
+    /// committer has not written is lost); 1, the storage dropped (its committer finishes
+    /// what it has on its own, after the new one started); 2, closed. Held letters are lost
+    /// or kept for the new incarnation.
+    async fn crash_store(&mut self, how: u64, lose: bool) {
         self.note(format!(
             "store crash ({}, held letters {})",
-            if close { "closed" } else { "dropped" },
+            ["power cut", "dropped", "closed"][how as usize],
             if lose { "lost" } else { "kept" }
         ));
         self.stats.store_crashes += 1;
+        if how == 0 {
+            self.stats.power_cuts += 1;
+            self.power.store(true, Ordering::SeqCst);
+        }
         self.kill_all().await;
-        if close {
+        self.count_refusals();
+        if how == 2 {
             self.stats.store_closes += 1;
             if let Err(e) = self.storage.close().await {
                 self.fail(format!("closing the store failed: {e}"));
@@ -809,8 +945,17 @@ impl Sim {
         if lose {
             self.stats.lost_in_crash += self.chaos.lose_held() as u64;
         }
-        self.storage = Self::open(&self.store, &self.chaos);
+        (self.storage, self.power) = Self::open(&self.store, &self.chaos);
         self.spawn_all().await;
+    }
+
+    /// Counts the letters this storage's receivers refused (as out of order).
+    fn count_refusals(&mut self) {
+        let refusals = self.storage.postbox().refusals();
+        self.stats.refusals += refusals
+            .iter()
+            .filter(|r| !matches!(r, Refusal::RequestKeyReused { .. }))
+            .count() as u64;
     }
 
     fn step_release(&mut self) {
@@ -884,7 +1029,7 @@ impl Sim {
                     },
                 );
                 self.stats.flushes += 1;
-                let outcome = self.deposit(n, 1, false).await;
+                let outcome = self.deposit(n, 1, Crash::No).await;
                 self.deposit_replied(n, outcome);
                 flushed = Instant::now();
             }
@@ -895,7 +1040,7 @@ impl Sim {
     async fn states(&mut self) -> Option<Vec<Balance>> {
         let mut states = Vec::with_capacity(ACCOUNTS);
         for i in 0..ACCOUNTS {
-            match self.call(i, false, AccountMsg::Get).await {
+            match self.call(i, Crash::No, AccountMsg::Get).await {
                 Outcome::Reply(b) => states.push(b),
                 _ => {
                     self.fail(format!("no state from {}", name(i)));
@@ -1066,6 +1211,7 @@ impl Sim {
             self.check(&states, quiescent);
         }
         self.kill_all().await;
+        self.count_refusals();
         if let Err(e) = self.storage.close().await {
             self.fail(format!("closing the store failed: {e}"));
         }
@@ -1081,13 +1227,16 @@ impl Sim {
             self.stats.duplicates += c.duplicates;
             self.stats.held += c.holds;
         }
-        let _ = self.seed;
         (self.stats, self.failures, self.trace)
     }
 }
 
-fn crash_tag(crash: bool) -> &'static str {
-    if crash { ", crashed mid-request" } else { "" }
+fn crash_tag(crash: Crash) -> &'static str {
+    match crash {
+        Crash::No => "",
+        Crash::Actor => ", actor killed mid-request",
+        Crash::Power { .. } => ", power cut mid-request",
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1131,19 +1280,22 @@ async fn money_is_exact_and_transfers_apply_once_under_crashes_and_letter_faults
         t.schedules, t.transfers, t.created, t.lost, t.double_applied, t.stuck
     );
     println!(
-        "bank-sim faults: steps={} deposits={} transfer_requests={} refused_transfers={} \
-         repeated_requests={} reused_keys={} actor_crashes={} crashes_mid_request={} \
-         store_crashes={} (closed={}) unknown_outcomes={} (applied={}) crash_replied={} letters={} drops={} duplicates={} \
-         held={} released={} lost_in_crash={} flushes={} in {:.1?}",
+        "bank-sim faults: steps={} deposits={} transfer_requests={} (to_stopped={}) \
+         refused_transfers={} repeated_requests={} reused_keys={} actor_crashes={} \
+         crashes_mid_request={} store_crashes={} (power_cuts={} closed={}) \
+         unknown_outcomes={} (applied={}) crash_replied={} letters={} drops={} duplicates={} \
+         held={} released={} lost_in_crash={} refusals={} flushes={} in {:.1?}",
         t.steps,
         t.deposits,
         t.transfer_requests,
+        t.to_stopped,
         t.refused_transfers,
         t.repeated_requests,
         t.reused_keys,
         t.actor_crashes,
         t.crashes_mid_request,
         t.store_crashes,
+        t.power_cuts,
         t.store_closes,
         t.unknown_outcomes,
         t.unknown_applied,
@@ -1154,14 +1306,16 @@ async fn money_is_exact_and_transfers_apply_once_under_crashes_and_letter_faults
         t.held,
         t.released,
         t.lost_in_crash,
+        t.refusals,
         t.flushes,
         started.elapsed()
     );
     assert!(
         failed.is_empty(),
-        "{} schedule(s) failed, seeds {:?}{report}",
+        "{} schedule(s) failed, seeds {:?}{}{report}",
         failed.len(),
-        failed
+        &failed[..failed.len().min(20)],
+        if failed.len() > 20 { " and more" } else { "" }
     );
     assert_eq!(t.created, 0, "money created");
     assert_eq!(t.lost, 0, "money lost");
@@ -1174,10 +1328,13 @@ async fn money_is_exact_and_transfers_apply_once_under_crashes_and_letter_faults
             ("duplicates", t.duplicates),
             ("held letters", t.held),
             ("released letters", t.released),
+            ("letters refused past a gap", t.refusals),
             ("actor crashes", t.actor_crashes),
             ("crashes mid-request", t.crashes_mid_request),
             ("requests applied with no reply", t.unknown_applied),
             ("store crashes", t.store_crashes),
+            ("power cuts", t.power_cuts),
+            ("transfers to a stopped account", t.to_stopped),
             ("refused transfers", t.refused_transfers),
             ("repeated requests", t.repeated_requests),
             ("reused keys", t.reused_keys),
