@@ -23,6 +23,11 @@ use ractor_persist::{
 };
 use serde::{Deserialize, Serialize};
 
+/// One commit's puts for one actor: (space, bytes) per row.
+type Puts = (ActorKey, Vec<(Space, usize)>);
+/// A delivery row to damage: its name, its space, and the record it is reported as.
+type Target = (&'static str, Space, fn(u64) -> RecordRef);
+
 // ------------------------------------------------------------------------------------------
 // A test actor that sends, receives, pushes, settles and answers idempotent requests.
 
@@ -1298,7 +1303,7 @@ async fn a_fenced_sender_instance_sends_nothing_and_the_newer_one_is_applied() {
 #[derive(Clone, Default)]
 struct Recorder {
     inner: MemoryStore,
-    puts: Arc<Mutex<Vec<(ActorKey, Vec<(Space, usize)>)>>>,
+    puts: Arc<Mutex<Vec<Puts>>>,
 }
 
 impl Store for Recorder {
@@ -1428,7 +1433,7 @@ async fn every_bit_flip_in_a_delivery_row_is_a_decode_error_naming_the_row() {
     stop(r).await;
     storage.close().await.unwrap();
 
-    let targets: Vec<(&str, Space, fn(u64) -> RecordRef)> = vec![
+    let targets: Vec<Target> = vec![
         ("s", Space::OUTBOX, RecordRef::Outgoing),
         ("s", Space::CHANNELS, RecordRef::Channel),
         ("s", Space::REQUESTS, RecordRef::Request),
