@@ -20,8 +20,9 @@
 //! id of its own (from `--bank-base` on; deposit ids and transfer ids are also the requests'
 //! idempotency keys), and first send again the requests named by `--resend` (a restarted
 //! client repeating what it sent before). With `--check`, the accounts are brought to rest
-//! (every credit message settled), their ledgers are printed, and after the store is closed
-//! the outbox rows left are counted.
+//! (every credit message settled), their ledgers are printed and emptied (the balances stay:
+//! a ledger lists what was applied since the last check), and after the store is closed the
+//! outbox rows left are counted.
 //!
 //! Lines (one per event, flushed as written):
 //!
@@ -328,6 +329,13 @@ impl Options {
 /// between the accounts until killed.
 pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let storage = opts.backend.open(&opts.path)?;
+    // The accounts start while the tally actors do.
+    let spawning: Vec<_> = (0..opts.accounts)
+        .map(|i| {
+            let storage = storage.clone();
+            tokio::spawn(async move { spawn_account(&storage, i).await })
+        })
+        .collect();
     let mut actors: Vec<(String, ActorRef<TallyMsg>)> = Vec::new();
     for i in 0..opts.actors {
         let key = actor_key(i);
@@ -336,8 +344,8 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
         actors.push((key, r));
     }
     let mut accounts = Vec::new();
-    for i in 0..opts.accounts {
-        accounts.push(spawn_account(&storage, i).await?);
+    for s in spawning {
+        accounts.push(s.await??);
     }
     // Replays run in each actor's post_start, which ends before the actor handles a message.
     let mut recovered = Vec::new();
@@ -375,22 +383,39 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
     }
     if !accounts.is_empty() {
         let accounts = Arc::new(accounts);
-        let mut resend = opts.resend;
-        for c in 0..BANK_CLIENTS {
-            let client = BankClient {
-                accounts: accounts.clone(),
-                next_id: opts.bank_base + c,
-                rng: mix(opts.seed ^ mix(u64::MAX - c)),
-            };
-            // The first client repeats what was sent before, then both send new requests.
-            let again = std::mem::take(&mut resend);
-            clients.push(tokio::spawn(async move {
-                if let Err(e) = client.run(again).await {
+        let bank = BankClient {
+            accounts: accounts.clone(),
+            next_id: 0,
+            rng: 0,
+        };
+        let (base, seed, resend) = (opts.bank_base, opts.seed, opts.resend);
+        clients.push(tokio::spawn(async move {
+            // What was sent before goes first, alone, so that few new requests come between
+            // a request and its repeat (an account keeps only its latest replies).
+            for r in resend {
+                if let Err(e) = bank.send(r).await {
                     line(format_args!("BANKERR {e}"));
+                    return Ok(());
                 }
-                Ok(())
-            }));
-        }
+            }
+            let mut tasks = Vec::new();
+            for c in 0..BANK_CLIENTS {
+                let client = BankClient {
+                    accounts: accounts.clone(),
+                    next_id: base + c,
+                    rng: mix(seed ^ mix(u64::MAX - c)),
+                };
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = client.run().await {
+                        line(format_args!("BANKERR {e}"));
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await?;
+            }
+            Ok(())
+        }));
     }
     for c in clients {
         c.await??;
@@ -426,11 +451,15 @@ pub const OPENING: u64 = 1_000;
 /// How many clients send deposits and transfers at once.
 pub const BANK_CLIENTS: u64 = 2;
 
+/// How many replies to requests an account keeps (the driver sends again only requests well
+/// within it); few, so that an account's start reads few rows.
+pub const REQUEST_RETENTION: usize = 64;
+
 /// How long `--check` waits for every credit message to be acknowledged.
 pub const REST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// An account's durable state: its balance and every request it applied, so that a check can
-/// count what was applied and how often.
+/// An account's durable state: its balance and every request it applied since the last
+/// check, so that a check can count what was applied and how often.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     pub balance: u64,
@@ -469,6 +498,8 @@ pub enum AccountMsg {
     /// Futures of how this account's messages with these sequence numbers end.
     Settle(Vec<u64>, RpcReplyPort<Vec<Settlement>>),
     Get(RpcReplyPort<Ledger>),
+    /// Empties the ledger's lists (they were checked); the balance stays.
+    Prune(RpcReplyPort<()>),
     Persist(Control<()>),
 }
 
@@ -547,6 +578,13 @@ impl PersistentActor for Account {
                 tx.reply(reply, settlements);
             }
             AccountMsg::Get(reply) => tx.reply(reply, state.clone()),
+            AccountMsg::Prune(reply) => {
+                *state = Ledger {
+                    balance: state.balance,
+                    ..Ledger::default()
+                };
+                tx.reply(reply, ());
+            }
             AccountMsg::Persist(_) => {}
         }
         Ok(())
@@ -583,7 +621,9 @@ async fn spawn_account(
         std::time::Duration::from_millis(5),
         std::time::Duration::from_millis(50),
     );
-    let start = Start::<Account>::new(storage, account_key(i), OPENING).redelivery(redelivery);
+    let start = Start::<Account>::new(storage, account_key(i), OPENING)
+        .redelivery(redelivery)
+        .request_retention(REQUEST_RETENTION);
     let (r, _) = Actor::spawn(None, Account, start).await?;
     Ok(r)
 }
@@ -647,15 +687,9 @@ struct BankClient {
 }
 
 impl BankClient {
-    /// Sends `again` first, then new requests (a quarter deposits, the rest transfers between
-    /// two random accounts) until killed.
-    async fn run(
-        mut self,
-        again: Vec<Request>,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        for r in again {
-            self.send(r).await?;
-        }
+    /// Sends new requests (a quarter deposits, the rest transfers between two random
+    /// accounts) until killed.
+    async fn run(mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let n = self.accounts.len() as u64;
         loop {
             self.rng = mix(self.rng);
@@ -663,7 +697,7 @@ impl BankClient {
             let id = self.next_id;
             self.next_id += BANK_CLIENTS;
             let from = (r >> 8) % n;
-            let request = if r % 4 == 0 {
+            let request = if r.is_multiple_of(4) {
                 Request::Deposit {
                     id,
                     to: from as usize,
@@ -719,7 +753,8 @@ impl BankClient {
 }
 
 /// Waits (up to [`REST_DEADLINE`]) until every credit message every account sent is
-/// acknowledged, so every credit is applied, then prints each account's ledger.
+/// acknowledged, so every credit is applied, then prints each account's ledger and empties
+/// its lists, so that they only ever hold what was applied since the last check.
 async fn bring_to_rest(
     accounts: &[ActorRef<AccountMsg>],
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -750,6 +785,9 @@ async fn bring_to_rest(
         for (id, amount) in &l.credited {
             line(format_args!("CRED {i} {id} {amount}"));
         }
+    }
+    for a in accounts {
+        call!(a, AccountMsg::Prune)?;
     }
     Ok(())
 }

@@ -11,10 +11,11 @@
 //! Beside the tally actors, 8 accounts on the same store move money to each other
 //! (`Tx::send`), driven by two clients in the child that send deposits and transfers with ids
 //! of their own; a restarted child first sends again the requests left unanswered at the kill
-//! and a few answered ones (the same ids: idempotent requests). Every hundredth start, and the
+//! and a few answered ones (the same ids: idempotent requests). Every fiftieth start, and the
 //! last, is a check run: the accounts are brought to rest (every credit message
-//! acknowledged), their ledgers are printed and judged, and the outbox rows left in the closed
-//! store counted:
+//! acknowledged), their ledgers (what they applied since the previous check run) are printed,
+//! judged with the earlier ones and emptied, and the outbox rows left in the closed store
+//! counted:
 //!
 //! - `money_created`, `money_lost`: the accounts hold more, or less, than the opening balances
 //!   plus the deposits applied;
@@ -40,7 +41,7 @@ use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use crash::torture::{self, Backend, OPENING, Request, Tally};
+use crash::torture::{self, Backend, OPENING, REQUEST_RETENTION, Request, Tally};
 use crash::{Rng, count, kept, kept_pending, seed};
 
 const ACTORS: usize = 8;
@@ -50,10 +51,12 @@ const EARLY_LINES: u64 = 24;
 const MAX_LINES: u64 = 400;
 const ACCOUNTS: usize = 8;
 /// Every `CHECK_EVERY`-th start (and the last) is a check run.
-const CHECK_EVERY: u64 = 100;
-/// How many of the most recently answered requests may be sent again after a restart (well
-/// within an account's request retention, 1,024).
+const CHECK_EVERY: u64 = 50;
+/// How many of the most recently answered requests may be sent again after a restart.
 const RECENT: usize = 64;
+/// A request is sent again only if fewer requests than this were sent to its account since:
+/// well within the replies an account keeps, so a repeat is always recognised.
+const RESEND_WITHIN: u64 = REQUEST_RETENTION as u64 / 2;
 
 /// Runs the torture program when this binary is started as the loop's child.
 #[test]
@@ -74,10 +77,14 @@ fn torture_child() {
 struct ActorModel {
     /// Values of the appends known to be committed, in order.
     values: Vec<u64>,
+    /// `Tally::of(&values)`, kept up to date (recomputing it at every reply is quadratic).
+    tally: Tally,
     /// An append sent and not acknowledged: (index, value). It may or may not be committed.
     inflight: Option<(u64, u64)>,
     /// Operations performed in earlier incarnations.
     performed_before: BTreeSet<u64>,
+    /// Every operation below it is in `performed_before`.
+    performed_floor: u64,
     /// Operations performed in this incarnation.
     performed_now: BTreeSet<u64>,
     /// One past the highest operation ever performed: its append must be committed.
@@ -119,6 +126,9 @@ enum Reply {
 struct Sent {
     request: Request,
     reply: Option<Reply>,
+    /// The account it was sent to, and how many requests were sent to it before.
+    account: usize,
+    position: u64,
 }
 
 /// An account's ledger, as a check run prints it.
@@ -140,8 +150,16 @@ struct Bank {
     answered: VecDeque<u64>,
     /// One past the highest id sent.
     next_id: u64,
-    /// The ledgers a check run printed so far.
+    /// How many requests (repeats included) were sent to each account.
+    sends: BTreeMap<usize, u64>,
+    /// The ledgers the running check run printed so far (what was applied since the previous
+    /// check run, which emptied them).
     ledgers: BTreeMap<usize, Ledger>,
+    /// Everything the check runs saw applied: deposits (id: account, amount), debits (id:
+    /// account, amount, credit message) and credits (id: account, amount).
+    deposited: BTreeMap<u64, (usize, u64)>,
+    debited: BTreeMap<u64, (usize, u64, u64)>,
+    credited: BTreeMap<u64, (usize, u64)>,
     /// Whether the running check run finished its bank check.
     done: bool,
     /// Violations already counted (a check sees those of the previous checks again).
@@ -186,6 +204,9 @@ impl Model {
         for a in &mut self.actors {
             let now = std::mem::take(&mut a.performed_now);
             a.performed_before.extend(now);
+            while a.performed_before.contains(&a.performed_floor) {
+                a.performed_floor += 1;
+            }
             a.replays.clear();
             a.recovered = false;
         }
@@ -237,7 +258,8 @@ impl Model {
                     return;
                 };
                 m.values.push(value);
-                if Tally::of(&m.values) != (Tally { len, chain }) || len != i + 1 {
+                m.tally = m.tally.then(value);
+                if m.tally != (Tally { len, chain }) || len != i + 1 {
                     self.violation("a reply with a state that was never written", line);
                     self.f.unexpected += 1;
                 }
@@ -272,6 +294,9 @@ impl Model {
                 };
                 self.bank.next_id = self.bank.next_id.max(id + 1);
                 self.bank.unanswered.insert(id);
+                let sends = self.bank.sends.entry(a).or_default();
+                let position = *sends;
+                *sends += 1;
                 match self.bank.sent.get(&id) {
                     Some(s) if s.request == request => self.f.resent += 1,
                     Some(_) => {
@@ -283,8 +308,13 @@ impl Model {
                             Request::Deposit { .. } => self.f.deposits += 1,
                             Request::Transfer { .. } => self.f.transfers += 1,
                         }
-                        let reply = None;
-                        self.bank.sent.insert(id, Sent { request, reply });
+                        let sent = Sent {
+                            request,
+                            reply: None,
+                            account: a,
+                            position,
+                        };
+                        self.bank.sent.insert(id, sent);
                     }
                 }
             }
@@ -348,7 +378,8 @@ impl Model {
         }
     }
 
-    /// Judges the ledgers a check run printed, at rest, against the requests sent.
+    /// Judges the ledgers a check run printed, at rest, against the requests sent and what
+    /// earlier check runs saw applied.
     fn judge_bank(&mut self) {
         self.bank.done = true;
         self.f.bank_checks += 1;
@@ -357,112 +388,96 @@ impl Model {
         if ledgers.len() != ACCOUNTS {
             bad.push(("unexpected", format!("{} ledgers printed", ledgers.len())));
         }
-        // Deposits: each applied once, as sent, and every acknowledged one applied.
-        let mut applied: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut expected = OPENING * ACCOUNTS as u64;
+        let bank = &mut self.bank;
+        // Each deposit, debit and credit applied once, as sent.
         for (&a, l) in &ledgers {
             for &(id, amount) in &l.deposits {
-                *applied.entry(id).or_default() += 1;
-                if applied[&id] > 1 {
+                if bank.deposited.insert(id, (a, amount)).is_some() {
                     bad.push(("double", format!("deposit {id} applied again at {a}")));
-                    continue;
                 }
-                expected += amount;
-                let sent = self.bank.sent.get(&id).map(|s| s.request);
+                let sent = bank.sent.get(&id).map(|s| s.request);
                 if sent != Some(Request::Deposit { id, to: a, amount }) {
-                    let what = format!("deposit {id} of {amount} at {a} applied, sent: {sent:?}");
+                    let what = format!("deposit {id} of {amount} applied at {a}, sent: {sent:?}");
                     bad.push(("unexpected", what));
                 }
             }
-        }
-        // Transfers: each debited once, as sent, and credited once, at its destination.
-        let mut debits: BTreeMap<u64, Vec<(usize, u64, u64)>> = BTreeMap::new();
-        let mut credits: BTreeMap<u64, Vec<(usize, u64)>> = BTreeMap::new();
-        for (&a, l) in &ledgers {
             for &(id, amount, message) in &l.debited {
-                debits.entry(id).or_default().push((a, amount, message));
-            }
-            for &(id, amount) in &l.credited {
-                credits.entry(id).or_default().push((a, amount));
-            }
-        }
-        for (&id, d) in &debits {
-            if d.len() > 1 {
-                bad.push(("double", format!("transfer {id} debited {} times", d.len())));
-            }
-            let (from, amount, message) = d[0];
-            let sent = self.bank.sent.get(&id);
-            let to = match sent.map(|s| (s.request, &s.reply)) {
-                Some((
-                    Request::Transfer {
-                        from: f,
-                        to,
-                        amount: m,
-                        ..
-                    },
-                    reply,
-                )) if f == from && m == amount => {
-                    match reply {
+                if bank.debited.insert(id, (a, amount, message)).is_some() {
+                    bad.push(("double", format!("transfer {id} debited again at {a}")));
+                }
+                let sent = bank.sent.get(&id);
+                match sent.map(|s| (s.request, &s.reply)) {
+                    Some((
+                        Request::Transfer {
+                            from, amount: m, ..
+                        },
+                        reply,
+                    )) if from == a && m == amount => match reply {
                         Some(Reply::Refused(_)) => {
                             bad.push(("unexpected", format!("refused transfer {id} debited")));
                         }
                         Some(Reply::Ok(m)) if *m != message => {
-                            let what =
-                                format!("transfer {id}: reply named message {m}, debit {message}");
+                            let what = format!(
+                                "transfer {id}: the reply named message {m}, the debit {message}"
+                            );
                             bad.push(("unexpected", what));
                         }
                         _ => {}
-                    }
-                    Some(to)
-                }
-                _ => {
-                    let sent = sent.map(|s| s.request);
-                    let what =
-                        format!("transfer {id} of {amount} debited at {from}, sent: {sent:?}");
-                    bad.push(("unexpected", what));
-                    None
-                }
-            };
-            match credits.get(&id).map(Vec::as_slice) {
-                None | Some([]) => {
-                    bad.push((
-                        "unmatched",
-                        format!("transfer {id} debited, never credited"),
-                    ));
-                }
-                Some(c) => {
-                    if c.len() > 1 {
-                        bad.push((
-                            "double",
-                            format!("transfer {id} credited {} times", c.len()),
-                        ));
-                    }
-                    if to.is_some_and(|to| c[0] != (to, amount)) {
+                    },
+                    _ => {
+                        let sent = sent.map(|s| s.request);
                         let what =
-                            format!("transfer {id} of {amount} to {to:?} credited as {:?}", c[0]);
-                        bad.push(("unmatched", what));
+                            format!("transfer {id} of {amount} debited at {a}, sent: {sent:?}");
+                        bad.push(("unexpected", what));
                     }
                 }
             }
+            for &(id, amount) in &l.credited {
+                if bank.credited.insert(id, (a, amount)).is_some() {
+                    bad.push(("double", format!("transfer {id} credited again at {a}")));
+                }
+            }
         }
-        for (&id, c) in &credits {
-            if !debits.contains_key(&id) {
+        // At rest, every debit is credited, at its destination, with its amount; every credit
+        // was debited.
+        for (&id, &(_, amount, _)) in &bank.debited {
+            let to = match bank.sent.get(&id).map(|s| s.request) {
+                Some(Request::Transfer { to, .. }) => to,
+                _ => continue, // reported above
+            };
+            match bank.credited.get(&id) {
+                None => bad.push((
+                    "unmatched",
+                    format!("transfer {id} debited, never credited"),
+                )),
+                Some(&c) if c != (to, amount) => {
+                    let what = format!("transfer {id} of {amount} to {to} credited as {c:?}");
+                    bad.push(("unmatched", what));
+                }
+                Some(_) => {}
+            }
+        }
+        for (&id, c) in &bank.credited {
+            if !bank.debited.contains_key(&id) {
                 bad.push((
                     "unmatched",
                     format!("transfer {id} credited {c:?}, never debited"),
                 ));
             }
         }
-        for (&id, s) in &self.bank.sent {
+        // Every request acknowledged as applied is applied.
+        for (&id, s) in &bank.sent {
             let applied = match s.request {
-                Request::Deposit { .. } => applied.contains_key(&id),
-                Request::Transfer { .. } => debits.contains_key(&id),
+                Request::Deposit { .. } => bank.deposited.contains_key(&id),
+                Request::Transfer { .. } => bank.debited.contains_key(&id),
             };
             if matches!(s.reply, Some(Reply::Ok(_))) && !applied {
                 bad.push(("lost", format!("acknowledged {:?} not applied", s.request)));
             }
         }
         // Money: the accounts hold the opening balances plus the deposits applied, exactly.
+        let expected =
+            OPENING * ACCOUNTS as u64 + bank.deposited.values().map(|d| d.1).sum::<u64>();
         let total: u64 = ledgers.values().map(|l| l.balance).sum();
         if total != expected {
             let what = format!("the accounts hold {total}, expected {expected}");
@@ -486,7 +501,8 @@ impl Model {
         }
     }
 
-    /// The requests a restarted client sends again: every unanswered one, and a few answered.
+    /// The requests a restarted client sends again: the unanswered ones, and a few answered,
+    /// if few requests were sent to their account since.
     fn resend(&self, rng: &mut Rng) -> Vec<Request> {
         let mut ids: BTreeSet<u64> = self.bank.unanswered.clone();
         for _ in 0..2 {
@@ -495,7 +511,11 @@ impl Model {
                 ids.insert(self.bank.answered[i]);
             }
         }
-        ids.iter().map(|id| self.bank.sent[id].request).collect()
+        ids.iter()
+            .map(|id| &self.bank.sent[id])
+            .filter(|s| self.bank.sends[&s.account] - s.position <= RESEND_WITHIN)
+            .map(|s| s.request)
+            .collect()
     }
 
     fn recovered(&mut self, a: usize, len: u64, chain: u64, line: &str) {
@@ -503,12 +523,13 @@ impl Model {
         let got = Tally { len, chain };
         let base = m.values.len() as u64;
         let mut bad = None;
-        if got == Tally::of(&m.values) {
+        if got == m.tally {
             m.inflight = None;
         } else if let Some((_, v)) = m.inflight.filter(|_| len == base + 1)
-            && got == Tally::of(&m.values).then(v)
+            && got == m.tally.then(v)
         {
             m.values.push(v);
+            m.tally = m.tally.then(v);
             m.inflight = None;
             self.f.recovered_inflight += 1;
         } else if len < base {
@@ -535,7 +556,9 @@ impl Model {
                 missed.push(format!("op {idx} performed again but not pending"));
             }
         }
-        for idx in 0..len {
+        // Below both the floor and the kept operations that may be pending, nothing is: start
+        // there (checking every operation ever appended at every restart is quadratic).
+        for idx in m.performed_floor.min(len.saturating_sub(2))..len {
             let must = if kept(idx) {
                 kept_pending(len).contains(&idx)
             } else {
