@@ -462,10 +462,8 @@ MUTATIONS = {
     ),
     "seen-evicted-sender-reads-new": (
         CORE + "seen.rs",
-        """        if mark.is_some_and(|m| id.seq() <= m) {
-            return Delivery::Unknown;
-        }""",
-        "",
+        """                self.evicted.raise(&oldest, high);""",
+        """                let _ = high;""",
         ["-p", "persist-core", "--lib", "seen::"],
     ),
     "delivery-no-fast-repost-after-a-gap": (

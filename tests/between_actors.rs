@@ -632,23 +632,55 @@ async fn a_duplicate_after_the_receivers_crash_is_not_applied_again() {
     );
 }
 
+/// Holds messages until told to let them through; acknowledgements always pass.
+#[derive(Clone, Default)]
+struct Gate {
+    held: Arc<Mutex<Vec<Letter>>>,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Courier for Gate {
+    fn carry(&self, letter: Letter, postbox: &Postbox) {
+        if letter.is_ack() || self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            postbox.deliver(letter);
+        } else {
+            self.held.lock().unwrap().push(letter);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_senders_channel_numbers_go_on_after_its_restart() {
-    let storage = Storage::new(MemoryStore::new());
-    let a = spawn(&storage, "a", 100).await;
-    let b = spawn(&storage, "b", 0).await;
-    let id = transfer(&a, 1, "b", 10).await.unwrap();
-    assert_eq!(settle(&a, &id).await, Settled::Delivered);
+    let gate = Gate::default();
+    let config = StorageConfig::default().with_courier(gate.clone());
+    let storage = Storage::with_config(MemoryStore::new(), config);
+    let slow = Redelivery::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let start =
+        |key: &str, opening: u64| Start::<Account>::new(&storage, key, opening).redelivery(slow);
+    let (a, _) = ractor::Actor::spawn(None, Account, start("a", 100))
+        .await
+        .unwrap();
+    let (b, _) = ractor::Actor::spawn(None, Account, start("b", 0))
+        .await
+        .unwrap();
+    let first = transfer(&a, 1, "b", 10).await.unwrap();
+    // The sender dies with its first message unacknowledged, and sends a second after it
+    // restarts: the second must go on the same channel, numbered 2.
     a.kill();
-    let a = spawn(&storage, "a", 100).await;
-    let id = transfer(&a, 2, "b", 20).await.unwrap();
-    assert_eq!(settle(&a, &id).await, Settled::Delivered);
+    let (a, _) = ractor::Actor::spawn(None, Account, start("a", 100))
+        .await
+        .unwrap();
+    let second = transfer(&a, 2, "b", 20).await.unwrap();
+    // The link delivers the newest first, then lets everything through.
+    let held: Vec<Letter> = std::mem::take(&mut *gate.held.lock().unwrap());
+    gate.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    for letter in held.into_iter().rev() {
+        storage.postbox().deliver(letter);
+    }
+    assert_eq!(settle(&a, &first).await, Settled::Delivered);
+    assert_eq!(settle(&a, &second).await, Settled::Delivered);
     let got = balance(&b).await;
-    assert_eq!(
-        got.credited,
-        vec![(1, 10), (2, 20)],
-        "the second is a new message, not a duplicate"
-    );
+    assert_eq!(got.credited, vec![(1, 10), (2, 20)], "each once, in order");
     assert_eq!(got.balance, 30);
 }
 
