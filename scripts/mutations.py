@@ -383,10 +383,10 @@ MUTATIONS = {
     ),
     "delivery-acks-before-the-receivers-commit": (
         CORE + "runtime.rs",
-        """    cycle(actor, myself, rt, Input::Message(msg), again, Some(arrival)).await?;
+        """    cycle(actor, myself, rt, Input::Message(msg), again, arrival).await?;
     ack(rt, seq);""",
         """    ack(rt, seq);
-    cycle(actor, myself, rt, Input::Message(msg), again, Some(arrival)).await?;""",
+    cycle(actor, myself, rt, Input::Message(msg), again, arrival).await?;""",
         ["--test", "between_actors", "the_acknowledgement_leaves_only_after"],
     ),
     "delivery-inbox-row-not-in-the-commit": (

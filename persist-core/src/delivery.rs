@@ -508,8 +508,10 @@ pub enum Settled {
     /// The operation failed too often and was set aside as a dead letter.
     DeadLetter,
     /// Nothing with that id was pending when the settlement was asked for, and it is not
-    /// among the last 1,024 ids this instance of the actor settled: it settled long before
-    /// (or before a restart), or never existed.
+    /// among the last 128 messages this instance of the actor saw acknowledged: it settled
+    /// before (an operation performed or confirmed earlier, a message acknowledged long
+    /// before or before a restart), or never existed. Ask for the settlement in the message
+    /// that pushes or sends, to hear how it ends.
     NotPending,
     /// The actor stopped (or failed) first. The operation or message is still pending in the
     /// store and settles after a restart, but this settlement will not hear of it.
@@ -772,9 +774,49 @@ pub(crate) struct StoredReply {
     pub(crate) reply: Vec<u8>,
 }
 
-/// How many settled ids an actor remembers (in memory) for settlements asked for after
-/// the fact.
-pub(crate) const RECENT_SETTLED: usize = 1024;
+/// How many acknowledged messages an actor remembers (in memory) for settlements asked for
+/// after the fact.
+pub(crate) const RECENT_SETTLED: usize = 128;
+
+/// An actor's [`Mail`], allocated on first use: most actors never send, receive, wait for a
+/// settlement or keep an operation until confirmation, and should not carry its maps.
+/// Reading an unallocated one reads an empty `Mail`.
+#[derive(Default)]
+pub(crate) struct MailBox(Option<Box<Mail>>);
+
+impl MailBox {
+    /// Keeps `mail` only if it holds something.
+    pub(crate) fn new(mail: Mail) -> Self {
+        let empty = mail.outbox.is_empty()
+            && mail.channels.is_empty()
+            && mail.inbox.is_empty()
+            && mail.requests.is_empty();
+        MailBox((!empty).then(|| Box::new(mail)))
+    }
+
+    /// Tells whoever waits for `id` how it ended, allocating nothing when no one does and
+    /// nothing needs remembering.
+    pub(crate) fn settle(&mut self, id: u64, how: Settled) {
+        if how == Settled::Delivered || self.watchers.contains_key(&id) {
+            std::ops::DerefMut::deref_mut(self).settle(id, how);
+        }
+    }
+}
+
+impl std::ops::Deref for MailBox {
+    type Target = Mail;
+
+    fn deref(&self) -> &Mail {
+        static EMPTY: std::sync::LazyLock<Mail> = std::sync::LazyLock::new(Mail::default);
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl std::ops::DerefMut for MailBox {
+    fn deref_mut(&mut self) -> &mut Mail {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
 
 /// An actor's delivery state: outbox, channels, inbox, stored replies, operations kept until
 /// confirmation, and who waits for what to settle.
@@ -804,12 +846,15 @@ pub(crate) struct Mail {
 }
 
 impl Mail {
-    /// Tells whoever waits for `id` how it ended.
+    /// Tells whoever waits for `id` how it ended; remembers an acknowledged message for a
+    /// settlement asked for later (an acknowledgement can overtake the question).
     pub(crate) fn settle(&mut self, id: u64, how: Settled) {
-        if self.recent.len() == RECENT_SETTLED {
-            self.recent.pop_front();
+        if how == Settled::Delivered {
+            if self.recent.len() == RECENT_SETTLED {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((id, how));
         }
-        self.recent.push_back((id, how));
         if let Some(waiters) = self.watchers.remove(&id) {
             for w in waiters {
                 let _ = w.send(how);

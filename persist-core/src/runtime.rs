@@ -135,8 +135,9 @@ pub struct Runtime<A: PersistentActor> {
     timer: Option<Instant>,
     policy: RetryPolicy,
     max_pending: usize,
-    /// Outbox, channels, inbox, stored replies, kept operations, settlements.
-    mail: Mail,
+    /// Outbox, channels, inbox, stored replies, kept operations, settlements (allocated
+    /// on first use).
+    mail: delivery::MailBox,
     redelivery: Redelivery,
     request_retention: usize,
     /// xorshift state for retry jitter.
@@ -335,7 +336,7 @@ pub async fn pre_start<A: Persistent>(
         timer: None,
         policy: start.retry,
         max_pending: start.max_pending,
-        mail,
+        mail: delivery::MailBox::new(mail),
         redelivery: start.redelivery,
         request_retention: start.request_retention,
         rng: seed | 1,
@@ -676,6 +677,9 @@ fn far_future(now: Instant) -> Instant {
 /// Posts the outbox messages `ids` again, in order of their channels' sequence numbers,
 /// and schedules their next redelivery.
 fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>) {
+    if ids.is_empty() {
+        return;
+    }
     ids.sort_by_key(|id| rt.mail.outbox.get(id).map(|o| (o.channel, o.seq)));
     let now = Instant::now();
     for id in ids {
@@ -705,6 +709,9 @@ fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>) {
 /// Makes sure a timer wakes the actor when the earliest redelivery scheduled since the
 /// last call is due (the timer's own wake schedules the earliest of all again).
 fn arm_redelivery_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runtime<A>) {
+    if rt.mail.scheduled.is_none() {
+        return;
+    }
     let Some(due) = rt.mail.scheduled.take() else {
         return;
     };
@@ -852,7 +859,8 @@ async fn receive<A: Persistent>(
         channel,
         seq,
     };
-    cycle(actor, myself, rt, Input::Message(msg), again, Some(arrival)).await?;
+    let arrival = Some(Box::new(arrival));
+    cycle(actor, myself, rt, Input::Message(msg), again, arrival).await?;
     ack(rt, seq);
     Ok(())
 }
@@ -947,8 +955,10 @@ pub async fn handle<A: Persistent>(
     msg: A::Msg,
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
-    match A::control(msg) {
-        Ok(c) => control(actor, &myself, c, rt).await,
+    // Boxed: a control message (a letter is large) and its path (which holds a message
+    // cycle and more) should not make every ordinary message's future larger.
+    match A::control(msg).map(Box::new) {
+        Ok(c) => Box::pin(control(actor, &myself, *c, rt)).await,
         Err(msg) => {
             cycle(
                 actor,
@@ -971,10 +981,11 @@ async fn cycle<A: Persistent>(
     rt: &mut Runtime<A>,
     input: Input<A>,
     mut again: BTreeSet<u64>,
-    arrival: Option<Arrival>,
+    arrival: Option<Box<Arrival>>,
 ) -> Result<(), ActorProcessingErr> {
+    let arrival = arrival.as_deref();
     // A sender heard from the first time gets an inbox slot, handed out like any id.
-    let (first_id, slot) = match &arrival {
+    let (first_id, slot) = match arrival {
         Some(Arrival { slot: None, .. }) => (rt.next_seq + 1, Some(rt.next_seq)),
         Some(Arrival { slot: Some(s), .. }) => (rt.next_seq, Some(*s)),
         None => (rt.next_seq, None),
@@ -985,7 +996,7 @@ async fn cycle<A: Persistent>(
         &rt.pending,
         &rt.dead,
         &rt.mail,
-        arrival.as_ref().map(|a| &a.id),
+        arrival.map(|a| &a.id),
         rt.max_pending,
         first_id,
     );
@@ -996,9 +1007,13 @@ async fn cycle<A: Persistent>(
             PersistentActor::handle_supervisor_evt(actor, &mut tx, event, &mut rt.state).await
         }
     };
-    let parts = tx.into_parts();
-    for refusal in &parts.refusals {
-        rt.storage.postbox().refuse(refusal.clone());
+    let mut parts = tx.into_parts();
+    // The delivery part of what the handler asked for (usually nothing, and not allocated).
+    let mut extra = parts.extra.take();
+    if let Some(x) = &mut extra {
+        for refusal in x.refusals.drain(..) {
+            rt.storage.postbox().refuse(refusal);
+        }
     }
     if let Err(e) = handled {
         rt.rollback()?;
@@ -1021,126 +1036,31 @@ async fn cycle<A: Persistent>(
     let ops_changed = !parts.pushed.is_empty()
         || !parts.confirmed.is_empty()
         || !parts.requeued.is_empty()
-        || !parts.sent.is_empty()
-        || !parts.requests.is_empty()
+        || extra
+            .as_ref()
+            .is_some_and(|x| !x.sent.is_empty() || !x.requests.is_empty())
         || arrival.is_some();
+    let new_requests = extra.as_ref().map_or(0, |x| x.requests.len());
     // Stored replies past the retention: the oldest go in this commit.
-    let evicted: Vec<u64> = {
-        let total = rt.mail.requests.len() + parts.requests.len();
+    let evicted: Vec<u64> = if new_requests == 0 {
+        Vec::new()
+    } else {
+        let total = rt.mail.requests.len() + new_requests;
         let over = total.saturating_sub(rt.request_retention);
         rt.mail.request_order.keys().take(over).copied().collect()
     };
     if changed || ops_changed {
-        let mut put_ops = Vec::with_capacity(parts.pushed.len() + parts.requeued.len());
-        // A re-queued dead letter is rewritten as a pending operation under its own number,
-        // with no failed attempts.
-        let requeued = parts
-            .requeued
-            .iter()
-            .filter_map(|s| Some((*s, &rt.dead.get(s)?.op)));
-        for (seq, op) in requeued.chain(parts.pushed.iter().map(|(s, op)| (*s, op))) {
-            match envelope::to_payload(op) {
-                Ok(p) => put_ops.push((seq, rt.op_envelope(Kind::Op, seq, &p))),
-                Err(source) => {
-                    rt.rollback()?;
-                    return Err(rt.encode_error("operation", source).into());
-                }
-            }
-        }
-        let mut rows: Vec<(Space, u64, Vec<u8>)> = Vec::new();
-        for sent in &parts.sent {
-            let row = OutgoingRow {
-                to: sent.to.clone(),
-                channel: sent.channel,
-                seq: sent.seq,
-                fingerprint: sent.fingerprint,
-                payload: sent.payload.clone(),
-            };
-            match rt.row_envelope(Kind::Outgoing, sent.id, &row) {
-                Ok(bytes) => rows.push((Space::OUTBOX, sent.id, bytes)),
-                Err(e) => {
-                    rt.rollback()?;
-                    return Err(e.into());
-                }
-            }
-        }
-        for (to, channel) in &parts.channels {
-            let row = ChannelRow {
-                to: to.clone(),
-                last: channel.last,
-            };
-            match rt.row_envelope(Kind::Channel, channel.id, &row) {
-                Ok(bytes) => rows.push((Space::CHANNELS, channel.id, bytes)),
-                Err(e) => {
-                    rt.rollback()?;
-                    return Err(e.into());
-                }
-            }
-        }
-        if let (Some(arrival), Some(slot)) = (&arrival, slot) {
-            let row = InboxRow {
-                from: arrival.from.clone(),
-                channel: arrival.channel,
-                applied: arrival.seq,
-            };
-            match rt.row_envelope(Kind::Inbox, slot, &row) {
-                Ok(bytes) => rows.push((Space::INBOX, slot, bytes)),
-                Err(e) => {
-                    rt.rollback()?;
-                    return Err(e.into());
-                }
-            }
-        }
-        for (slot, row) in &parts.requests {
-            match rt.row_envelope(Kind::Request, *slot, row) {
-                Ok(bytes) => rows.push((Space::REQUESTS, *slot, bytes)),
-                Err(e) => {
-                    rt.rollback()?;
-                    return Err(e.into());
-                }
-            }
-        }
-        // The snapshot carries the next sequence number: an intact one is where the next
-        // incarnation goes on, with no gap.
-        let head = Header {
-            schema: rt.schema,
-            sequence: next_seq,
-            fingerprint: rt.state_shape,
-        };
-        let snapshot = (changed || next_seq != rt.next_seq).then(|| {
-            let place = Place {
-                key: &rt.key,
-                id: 0,
-            };
-            let transforms = rt.storage.transforms();
-            envelope::seal(Kind::Snapshot, head, rt.epoch, &encoded, transforms, place)
-        });
-        let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
-        commit
-            .writes
-            .reserve(1 + put_ops.len() + parts.confirmed.len() + rows.len());
-        if let Some(snapshot) = snapshot {
-            commit = commit.put(Space::SNAPSHOT, 0, snapshot);
-        }
-        for (seq, bytes) in put_ops {
-            commit = commit.put(Space::OPS, seq, bytes);
-        }
-        for seq in &parts.confirmed {
-            commit = commit.remove(Space::OPS, *seq);
-        }
-        for (space, id, bytes) in rows {
-            commit = commit.put(space, id, bytes);
-        }
-        for slot in &evicted {
-            commit = commit.remove(Space::REQUESTS, *slot);
-        }
-        // The store's floor stays ahead of every id handed out, so no delete, quarantine or
-        // damaged snapshot can make an id come back. It moves a block at a time, so only
-        // one commit in FLOOR_BLOCK ids writes it.
-        let commit_floor = (next_seq > rt.reserved).then(|| next_seq.saturating_add(FLOOR_BLOCK));
-        if let Some(floor) = commit_floor {
-            commit = commit.raise_floor(floor);
-        }
+        let (commit, commit_floor) = build_commit(
+            rt,
+            &parts,
+            extra.as_deref(),
+            arrival,
+            slot,
+            &encoded,
+            changed,
+            next_seq,
+            &evicted,
+        )?;
         if let Err(source) = rt.storage.commit(commit).await {
             // Replies and operations are dropped with `parts`: callers see an error.
             rt.rollback()?;
@@ -1156,7 +1076,9 @@ async fn cycle<A: Persistent>(
         for seq in &parts.confirmed {
             rt.pending.remove(seq);
             rt.retry.remove(seq);
-            rt.mail.kept.remove(seq);
+            if rt.mail.kept.contains_key(seq) {
+                rt.mail.kept.remove(seq);
+            }
         }
         for seq in &parts.requeued {
             if let Some(mut p) = rt.dead.remove(seq) {
@@ -1164,7 +1086,7 @@ async fn cycle<A: Persistent>(
                 rt.pending.insert(*seq, p);
             }
         }
-        if let (Some(arrival), Some(slot)) = (&arrival, slot) {
+        if let (Some(arrival), Some(slot)) = (arrival, slot) {
             let entry = InboxEntry {
                 slot,
                 channel: arrival.channel,
@@ -1172,7 +1094,8 @@ async fn cycle<A: Persistent>(
             };
             rt.mail.inbox.insert(arrival.from.clone(), entry);
         }
-        for (to, channel) in parts.channels {
+        let x = extra.as_deref_mut();
+        for (to, channel) in x.into_iter().flat_map(|x| x.channels.drain()) {
             rt.mail.channels.insert(to, channel);
         }
         for slot in evicted {
@@ -1180,7 +1103,8 @@ async fn cycle<A: Persistent>(
                 rt.mail.requests.remove(&key);
             }
         }
-        for (slot, row) in parts.requests {
+        let x = extra.as_deref_mut();
+        for (slot, row) in x.into_iter().flat_map(|x| x.requests.drain(..)) {
             rt.mail.request_order.insert(slot, row.key.clone());
             let stored = StoredReply {
                 digest: row.digest,
@@ -1190,64 +1114,208 @@ async fn cycle<A: Persistent>(
             rt.mail.requests.insert(row.key, stored);
         }
     }
-    for reply in parts.replies {
-        reply();
-    }
-    let mut order: Vec<u64> = Vec::with_capacity(parts.pushed.len());
-    for (seq, op) in parts.pushed {
-        rt.pending.insert(
-            seq,
-            Pending {
-                id: OpId::shared(rt.key.clone(), seq),
-                op,
-                attempts: 0,
-            },
-        );
-        order.push(seq);
-    }
-    let now = Instant::now();
-    let mut posted = Vec::with_capacity(parts.sent.len());
-    for sent in parts.sent {
-        let out = Outgoing {
-            to: sent.to,
-            channel: sent.channel,
-            seq: sent.seq,
-            fingerprint: sent.fingerprint,
-            payload: sent.payload.into(),
-            due: now,
-            posts: 0,
-        };
-        rt.mail.outbox.insert(sent.id, out);
-        posted.push(sent.id);
-    }
-    post_again(rt, posted);
-    for (seq, waiter) in parts.watch {
-        if rt.pending.contains_key(&seq) || rt.mail.outbox.contains_key(&seq) {
-            let waiters = rt.mail.watchers.entry(seq).or_default();
-            // Callers that gave up waiting are forgotten, so asking again does not grow it.
-            waiters.retain(|w| !w.is_closed());
-            waiters.push(waiter);
-        } else if parts.confirmed.contains(&seq) {
-            let _ = waiter.send(Settled::Confirmed);
-        } else if rt.dead.contains_key(&seq) {
-            let _ = waiter.send(Settled::DeadLetter);
-        } else {
-            let recent = rt.mail.recent.iter().rev().find(|(id, _)| *id == seq);
-            let _ = waiter.send(recent.map_or(Settled::NotPending, |(_, how)| *how));
+    // In a block: none of this lives in the future across the perform below.
+    let order: Vec<u64> = {
+        for reply in parts.replies {
+            reply();
         }
-    }
-    for seq in &parts.confirmed {
-        rt.mail.settle(*seq, Settled::Confirmed);
-    }
-    // Replayed, resumed, re-queued and due operations were committed before this message's:
-    // they go first, in sequence order.
-    again.extend(parts.resumed);
-    again.extend(parts.requeued);
-    again.extend(due_retries(rt));
-    let order: Vec<u64> = again.into_iter().chain(order).collect();
+        let mut order: Vec<u64> = Vec::with_capacity(parts.pushed.len());
+        for (seq, op) in parts.pushed {
+            rt.pending.insert(
+                seq,
+                Pending {
+                    id: OpId::shared(rt.key.clone(), seq),
+                    op,
+                    attempts: 0,
+                },
+            );
+            order.push(seq);
+        }
+        let (sent, watch) = match extra {
+            Some(x) => {
+                let x = *x;
+                (x.sent, x.watch)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let now = if sent.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        let mut posted = Vec::with_capacity(sent.len());
+        for sent in sent {
+            let now = now.unwrap_or_else(Instant::now);
+            let out = Outgoing {
+                to: sent.to,
+                channel: sent.channel,
+                seq: sent.seq,
+                fingerprint: sent.fingerprint,
+                payload: sent.payload.into(),
+                due: now,
+                posts: 0,
+            };
+            rt.mail.outbox.insert(sent.id, out);
+            posted.push(sent.id);
+        }
+        post_again(rt, posted);
+        for (seq, waiter) in watch {
+            if rt.pending.contains_key(&seq) || rt.mail.outbox.contains_key(&seq) {
+                let waiters = rt.mail.watchers.entry(seq).or_default();
+                // Callers that gave up waiting are forgotten, so asking again does not grow it.
+                waiters.retain(|w| !w.is_closed());
+                waiters.push(waiter);
+            } else if parts.confirmed.contains(&seq) {
+                let _ = waiter.send(Settled::Confirmed);
+            } else if rt.dead.contains_key(&seq) {
+                let _ = waiter.send(Settled::DeadLetter);
+            } else {
+                let recent = rt.mail.recent.iter().rev().find(|(id, _)| *id == seq);
+                let _ = waiter.send(recent.map_or(Settled::NotPending, |(_, how)| *how));
+            }
+        }
+        for seq in &parts.confirmed {
+            rt.mail.settle(*seq, Settled::Confirmed);
+        }
+        // Replayed, resumed, re-queued and due operations were committed before this message's:
+        // they go first, in sequence order.
+        again.extend(parts.resumed);
+        again.extend(parts.requeued);
+        again.extend(due_retries(rt));
+        again.into_iter().chain(order).collect()
+    };
     let result = perform(actor, myself, rt, order).await;
     arm_redelivery_timer(myself, rt);
     result
+}
+
+/// Builds a message's commit: the snapshot, the operations pushed, re-queued and confirmed,
+/// the delivery rows, the replies past the retention, and the floor (returned too). Rolls
+/// the state back and fails if something does not encode. Not async, so that none of this
+/// lives in the message cycle's future.
+#[allow(clippy::too_many_arguments)]
+fn build_commit<A: Persistent>(
+    rt: &mut Runtime<A>,
+    parts: &crate::tx::TxParts<A::Op>,
+    extra: Option<&crate::tx::TxExtra>,
+    arrival: Option<&Arrival>,
+    slot: Option<u64>,
+    encoded: &[u8],
+    changed: bool,
+    next_seq: u64,
+    evicted: &[u64],
+) -> Result<(ActorCommit, Option<u64>), ActorProcessingErr> {
+    let mut put_ops = Vec::with_capacity(parts.pushed.len() + parts.requeued.len());
+    // A re-queued dead letter is rewritten as a pending operation under its own number,
+    // with no failed attempts.
+    let requeued = parts
+        .requeued
+        .iter()
+        .filter_map(|s| Some((*s, &rt.dead.get(s)?.op)));
+    for (seq, op) in requeued.chain(parts.pushed.iter().map(|(s, op)| (*s, op))) {
+        match envelope::to_payload(op) {
+            Ok(p) => put_ops.push((seq, rt.op_envelope(Kind::Op, seq, &p))),
+            Err(source) => {
+                rt.rollback()?;
+                return Err(rt.encode_error("operation", source).into());
+            }
+        }
+    }
+    let mut rows: Vec<(Space, u64, Vec<u8>)> = Vec::new();
+    for sent in extra.iter().flat_map(|x| &x.sent) {
+        let row = OutgoingRow {
+            to: sent.to.clone(),
+            channel: sent.channel,
+            seq: sent.seq,
+            fingerprint: sent.fingerprint,
+            payload: sent.payload.clone(),
+        };
+        match rt.row_envelope(Kind::Outgoing, sent.id, &row) {
+            Ok(bytes) => rows.push((Space::OUTBOX, sent.id, bytes)),
+            Err(e) => {
+                rt.rollback()?;
+                return Err(e.into());
+            }
+        }
+    }
+    for (to, channel) in extra.iter().flat_map(|x| &x.channels) {
+        let row = ChannelRow {
+            to: to.clone(),
+            last: channel.last,
+        };
+        match rt.row_envelope(Kind::Channel, channel.id, &row) {
+            Ok(bytes) => rows.push((Space::CHANNELS, channel.id, bytes)),
+            Err(e) => {
+                rt.rollback()?;
+                return Err(e.into());
+            }
+        }
+    }
+    if let (Some(arrival), Some(slot)) = (arrival, slot) {
+        let row = InboxRow {
+            from: arrival.from.clone(),
+            channel: arrival.channel,
+            applied: arrival.seq,
+        };
+        match rt.row_envelope(Kind::Inbox, slot, &row) {
+            Ok(bytes) => rows.push((Space::INBOX, slot, bytes)),
+            Err(e) => {
+                rt.rollback()?;
+                return Err(e.into());
+            }
+        }
+    }
+    for (slot, row) in extra.iter().flat_map(|x| &x.requests) {
+        match rt.row_envelope(Kind::Request, *slot, row) {
+            Ok(bytes) => rows.push((Space::REQUESTS, *slot, bytes)),
+            Err(e) => {
+                rt.rollback()?;
+                return Err(e.into());
+            }
+        }
+    }
+    // The snapshot carries the next sequence number: an intact one is where the next
+    // incarnation goes on, with no gap.
+    let head = Header {
+        schema: rt.schema,
+        sequence: next_seq,
+        fingerprint: rt.state_shape,
+    };
+    let snapshot = (changed || next_seq != rt.next_seq).then(|| {
+        let place = Place {
+            key: &rt.key,
+            id: 0,
+        };
+        let transforms = rt.storage.transforms();
+        envelope::seal(Kind::Snapshot, head, rt.epoch, encoded, transforms, place)
+    });
+    let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
+    commit
+        .writes
+        .reserve(1 + put_ops.len() + parts.confirmed.len() + rows.len());
+    if let Some(snapshot) = snapshot {
+        commit = commit.put(Space::SNAPSHOT, 0, snapshot);
+    }
+    for (seq, bytes) in put_ops {
+        commit = commit.put(Space::OPS, seq, bytes);
+    }
+    for seq in &parts.confirmed {
+        commit = commit.remove(Space::OPS, *seq);
+    }
+    for (space, id, bytes) in rows {
+        commit = commit.put(space, id, bytes);
+    }
+    for slot in evicted {
+        commit = commit.remove(Space::REQUESTS, *slot);
+    }
+    // The store's floor stays ahead of every id handed out, so no delete, quarantine or
+    // damaged snapshot can make an id come back. It moves a block at a time, so only
+    // one commit in FLOOR_BLOCK ids writes it.
+    let commit_floor = (next_seq > rt.reserved).then(|| next_seq.saturating_add(FLOOR_BLOCK));
+    if let Some(floor) = commit_floor {
+        commit = commit.raise_floor(floor);
+    }
+    Ok((commit, commit_floor))
 }
 
 /// Performs the operations `seqs`, in that order. Queues, to ride on the next commit, the
@@ -1281,7 +1349,9 @@ async fn perform<A: Persistent>(
             Ok(Outcome::Done) => {
                 rt.pending.remove(&seq);
                 rt.retry.remove(&seq);
-                rt.mail.kept.remove(&seq);
+                if rt.mail.kept.contains_key(&seq) {
+                    rt.mail.kept.remove(&seq);
+                }
                 rt.mail.settle(seq, Settled::Done);
                 done.push(seq);
                 continue;
@@ -1301,7 +1371,9 @@ async fn perform<A: Persistent>(
         };
         // Only a failed attempt counts: a replay, a resume or a kept operation does not.
         rt.retry.remove(&seq);
-        rt.mail.kept.remove(&seq);
+        if rt.mail.kept.contains_key(&seq) {
+            rt.mail.kept.remove(&seq);
+        }
         let Some(p) = rt.pending.get_mut(&seq) else {
             continue;
         };

@@ -60,6 +60,14 @@ pub(crate) struct TxParts<Op> {
     pub(crate) unknown_confirms: usize,
     /// The next id to hand out (operations, messages, channels, stored replies).
     pub(crate) next_seq: u64,
+    /// What delivery asked for, allocated only when a handler uses it: the message cycle's
+    /// future stays small for the messages that do not.
+    pub(crate) extra: Option<Box<TxExtra>>,
+}
+
+/// The delivery part of what a [`Tx`] collected.
+#[derive(Default)]
+pub(crate) struct TxExtra {
     pub(crate) sent: Vec<Sent>,
     /// The channels this message sent on, with their new last sequence numbers.
     pub(crate) channels: HashMap<ActorKey, Channel>,
@@ -99,14 +107,14 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
                 requeued: BTreeSet::new(),
                 unknown_confirms: 0,
                 next_seq,
-                sent: Vec::new(),
-                channels: HashMap::new(),
-                watch: Vec::new(),
-                requests: Vec::new(),
-                refusals: Vec::new(),
-                firsts: Vec::new(),
+                extra: None,
             },
         }
+    }
+
+    /// The delivery part, allocated on first use.
+    fn extra(&mut self) -> &mut TxExtra {
+        self.parts.extra.get_or_insert_with(Box::default)
     }
 
     /// Hands out the next id.
@@ -146,7 +154,7 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
         let pending = self.pending.len()
             + self.mail.outbox.len()
             + self.parts.pushed.len()
-            + self.parts.sent.len()
+            + self.parts.extra.as_ref().map_or(0, |e| e.sent.len())
             + self.parts.requeued.len()
             - self.parts.confirmed.len();
         if pending >= self.max_pending {
@@ -255,8 +263,15 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
         })?;
         let fingerprint = crate::shape::shape_fingerprint::<M>().unwrap_or(0);
         let id = self.next_id();
-        let channel = match self.parts.channels.get(&to).or(self.mail.channels.get(&to)) {
-            Some(channel) => *channel,
+        let known = self
+            .parts
+            .extra
+            .as_ref()
+            .and_then(|e| e.channels.get(&to))
+            .or(self.mail.channels.get(&to))
+            .copied();
+        let channel = match known {
+            Some(channel) => channel,
             None => Channel {
                 id: self.next_id(),
                 last: 0,
@@ -266,8 +281,9 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             last: channel.last + 1,
             ..channel
         };
-        self.parts.channels.insert(to.clone(), channel);
-        self.parts.sent.push(crate::tx::Sent {
+        let extra = self.extra();
+        extra.channels.insert(to.clone(), channel);
+        extra.sent.push(crate::tx::Sent {
             id,
             to,
             channel: channel.id,
@@ -317,7 +333,7 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             return Settlement::now(Settled::DeadLetter);
         }
         let (tx, rx) = oneshot::channel();
-        self.parts.watch.push((seq, tx));
+        self.extra().watch.push((seq, tx));
         Settlement::later(rx)
     }
 
@@ -354,8 +370,9 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
         let digest = crate::delivery::digest(&bytes);
         let stored = self
             .parts
-            .requests
+            .extra
             .iter()
+            .flat_map(|e| e.requests.iter())
             .map(|(_, r)| r)
             .find(|r| r.key == key)
             .map(|r| (r.digest, r.fingerprint, r.reply.as_slice()))
@@ -366,7 +383,8 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
                     .map(|r| (r.digest, r.fingerprint, r.reply.as_slice()))
             });
         let Some((first, fingerprint, reply)) = stored else {
-            if self.parts.firsts.iter().any(|k| k == key) {
+            let asked = self.parts.extra.as_ref().map(|e| e.firsts.as_slice());
+            if asked.unwrap_or_default().iter().any(|k| k == key) {
                 // Already answered `First` in this message and not replied to yet: a second
                 // application would apply it twice.
                 let reason = RequestRefused::AskedTwice {
@@ -374,7 +392,7 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
                 };
                 return Once::Refused(port, reason);
             }
-            self.parts.firsts.push(key.to_owned());
+            self.extra().firsts.push(key.to_owned());
             return Once::First(FirstRequest {
                 key: key.to_owned(),
                 digest,
@@ -382,10 +400,11 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             });
         };
         if first != digest {
-            self.parts
+            let actor = (**self.key).clone();
+            self.extra()
                 .refusals
                 .push(crate::delivery::Refusal::RequestKeyReused {
-                    actor: (**self.key).clone(),
+                    actor,
                     request: key.to_owned(),
                 });
             let reason = RequestRefused::KeyReused {
@@ -431,7 +450,7 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             source,
         })?;
         let slot = self.next_id();
-        self.parts.requests.push((
+        self.extra().requests.push((
             slot,
             RequestRow {
                 key: first.key,
