@@ -259,7 +259,7 @@ MUTATIONS = {
     "p8-undecodable-record-starts-from-init": (
         CORE + "runtime.rs",
         """        Err(e) => return Err(e.into()),""",
-        """        Err(_) => (None, BTreeMap::new(), BTreeMap::new()),""",
+        """        Err(_) => (None, BTreeMap::new(), BTreeMap::new(), Mail::default()),""",
         ["--test", "behaviour", "undecodable_snapshot_fails_the_spawn"],
     ),
     "redb-writes-a-batch-with-a-stale-epoch": (
