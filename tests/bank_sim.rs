@@ -1275,11 +1275,21 @@ async fn money_is_exact_and_transfers_apply_once_under_crashes_and_letter_faults
         }
     }
     let t = &total;
-    println!(
+    // Written to stderr directly, past the test harness's capture, so the figures show in
+    // CI's output even when the test passes (as the crash tests' figure lines do).
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "bank-sim: schedules={} transfers={} created={} lost={} double_applied={} stuck={}",
-        t.schedules, t.transfers, t.created, t.lost, t.double_applied, t.stuck
+        t.schedules,
+        t.transfers,
+        t.created,
+        t.lost,
+        t.double_applied,
+        t.stuck
     );
-    println!(
+    let _ = writeln!(
+        std::io::stderr(),
         "bank-sim faults: steps={} deposits={} transfer_requests={} (to_stopped={}) \
          refused_transfers={} repeated_requests={} reused_keys={} actor_crashes={} \
          crashes_mid_request={} store_crashes={} (power_cuts={} closed={}) \
