@@ -1,0 +1,46 @@
+//! Runs the channel example (built by `cargo test` with the other examples) for a few seeds:
+//! Alice and Bob must agree, each update applied once, nothing left pending, and Carol must
+//! hold each report once. The example checks this itself and exits non-zero otherwise.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Where cargo put the example binary: `target/<profile>/examples/<name>`, beside the
+/// `deps` directory this test runs from.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    profile
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+#[test]
+fn the_channel_example_agrees_for_several_seeds() {
+    let bin = example("channel");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds the examples",
+        bin.display()
+    );
+    for seed in 1..=4 {
+        let out = Command::new(&bin)
+            .env("CHANNEL_SEED", seed.to_string())
+            .output()
+            .expect("run the channel example");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "seed {seed}: the example failed\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = stdout.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("alice and bob agree"),
+            "seed {seed}: {last}"
+        );
+    }
+}
