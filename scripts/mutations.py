@@ -370,7 +370,7 @@ MUTATIONS = {
         """        Some(e) if seq <= e.applied => {
             // A duplicate: applied before; acknowledge it again.
             ack(rt, e.applied);
-            return perform(actor, myself, rt, again.into_iter().collect()).await;
+            return None;
         }""",
         """        Some(e) if seq <= e.applied => Ok(Some(e.slot)),""",
         ["--test", "between_actors", "a_duplicate_after_the_receivers_crash"],
@@ -383,10 +383,10 @@ MUTATIONS = {
     ),
     "delivery-acks-before-the-receivers-commit": (
         CORE + "runtime.rs",
-        """    cycle(actor, myself, rt, Input::Message(msg), again, arrival).await?;
-    ack(rt, seq);""",
-        """    ack(rt, seq);
-    cycle(actor, myself, rt, Input::Message(msg), again, arrival).await?;""",
+        """                cycle(actor, myself, rt, Input::Message(msg), order, Some(arrival)).await?;
+                rt.storage.postbox().post(ack);""",
+        """                rt.storage.postbox().post(ack);
+                cycle(actor, myself, rt, Input::Message(msg), order, Some(arrival)).await?;""",
         ["--test", "between_actors", "the_acknowledgement_leaves_only_after"],
     ),
     "delivery-inbox-row-not-in-the-commit": (
@@ -499,6 +499,25 @@ MUTATIONS = {
         None
     } else if removed && rt.mail.recovering.contains_key(&letter.channel) {""",
         ["--test", "adversarial_delivery", "redelivery_a_duplicating_link"],
+    ),
+    "delivery-posts-before-the-senders-commit": (
+        CORE + "runtime.rs",
+        """    if changed || ops_changed {
+        let (commit, commit_floor) = build_commit(""",
+        """    for sent in extra.iter().flat_map(|x| &x.sent) {
+        rt.storage.postbox().post(Letter::message(
+            (*rt.key).clone(),
+            sent.to.clone(),
+            sent.channel,
+            sent.seq,
+            sent.id,
+            sent.fingerprint,
+            sent.payload.clone(),
+        ));
+    }
+    if changed || ops_changed {
+        let (commit, commit_floor) = build_commit(""",
+        ["--test", "adversarial_delivery", "p5_a_failed_commit_of_a_send_leaves_no_gap"],
     ),
 }
 

@@ -169,15 +169,18 @@ impl<A: PersistentActor> Runtime<A> {
     }
 
     fn op_envelope(&self, kind: Kind, seq: u64, payload: &[u8]) -> Vec<u8> {
+        self.seal(kind, self.schema, self.op_shape, seq, payload)
+    }
+
+    /// Seals `payload` as row `id` of this actor, with its epoch and the storage's
+    /// transforms; the header's sequence is the row id.
+    fn seal(&self, kind: Kind, schema: u32, fingerprint: u64, id: u64, payload: &[u8]) -> Vec<u8> {
         let head = Header {
-            schema: self.schema,
-            sequence: seq,
-            fingerprint: self.op_shape,
+            schema,
+            sequence: id,
+            fingerprint,
         };
-        let place = Place {
-            key: &self.key,
-            id: seq,
-        };
+        let place = Place { key: &self.key, id };
         let transforms = self.storage.transforms();
         envelope::seal(kind, head, self.epoch, payload, transforms, place)
     }
@@ -205,16 +208,7 @@ impl<A: PersistentActor> Runtime<A> {
             what: "delivery row",
             source,
         })?;
-        let head = Header {
-            schema: ROW_VERSION,
-            sequence: id,
-            fingerprint: 0,
-        };
-        let place = Place { key: &self.key, id };
-        let transforms = self.storage.transforms();
-        Ok(envelope::seal(
-            kind, head, self.epoch, &payload, transforms, place,
-        ))
+        Ok(self.seal(kind, ROW_VERSION, 0, id, &payload))
     }
 
     fn encode_error(&self, what: &'static str, source: postcard::Error) -> CommitError {
@@ -421,59 +415,49 @@ fn decode_record<A: Persistent>(
     }
     let mut mail = Mail::default();
     let now = Instant::now();
-    for (id, bytes) in loaded.space(Space::OUTBOX) {
-        match decode_row::<OutgoingRow>(key, id, bytes, Kind::Outgoing, transforms) {
-            Ok(row) => {
-                let out = Outgoing {
-                    to: row.to,
-                    channel: row.channel,
-                    seq: row.seq,
-                    fingerprint: row.fingerprint,
-                    payload: row.payload.into(),
-                    due: now,
-                    posts: 0,
-                };
-                mail.outbox.insert(id, out);
-            }
-            Err(reason) => errors.push(bad(RecordRef::Outgoing(id), reason)),
-        }
+    let mut failed = Vec::new();
+    let rows = decode_rows::<OutgoingRow>(key, loaded, Space::OUTBOX, transforms, &mut failed);
+    for (id, row) in rows {
+        let out = Outgoing {
+            to: row.to,
+            channel: row.channel,
+            seq: row.seq,
+            fingerprint: row.fingerprint,
+            payload: row.payload.into(),
+            due: now,
+            posts: 0,
+        };
+        mail.outbox.insert(id, out);
     }
-    for (id, bytes) in loaded.space(Space::CHANNELS) {
-        match decode_row::<ChannelRow>(key, id, bytes, Kind::Channel, transforms) {
-            Ok(row) => {
-                let channel = delivery::Channel { id, last: row.last };
-                mail.channels.insert(row.to, channel);
-            }
-            Err(reason) => errors.push(bad(RecordRef::Channel(id), reason)),
-        }
+    let rows = decode_rows::<ChannelRow>(key, loaded, Space::CHANNELS, transforms, &mut failed);
+    for (id, row) in rows {
+        let channel = delivery::Channel { id, last: row.last };
+        mail.channels.insert(row.to, channel);
     }
-    for (slot, bytes) in loaded.space(Space::INBOX) {
-        match decode_row::<InboxRow>(key, slot, bytes, Kind::Inbox, transforms) {
-            Ok(row) => {
-                let entry = InboxEntry {
-                    slot,
-                    channel: row.channel,
-                    applied: row.applied,
-                };
-                mail.inbox.insert(row.from, entry);
-            }
-            Err(reason) => errors.push(bad(RecordRef::Inbox(slot), reason)),
-        }
+    let rows = decode_rows::<InboxRow>(key, loaded, Space::INBOX, transforms, &mut failed);
+    for (slot, row) in rows {
+        let entry = InboxEntry {
+            slot,
+            channel: row.channel,
+            applied: row.applied,
+        };
+        mail.inbox.insert(row.from, entry);
     }
-    for (slot, bytes) in loaded.space(Space::REQUESTS) {
-        match decode_row::<RequestRow>(key, slot, bytes, Kind::Request, transforms) {
-            Ok(row) => {
-                mail.request_order.insert(slot, row.key.clone());
-                let stored = StoredReply {
-                    digest: row.digest,
-                    fingerprint: row.fingerprint,
-                    reply: row.reply,
-                };
-                mail.requests.insert(row.key, stored);
-            }
-            Err(reason) => errors.push(bad(RecordRef::Request(slot), reason)),
-        }
+    let rows = decode_rows::<RequestRow>(key, loaded, Space::REQUESTS, transforms, &mut failed);
+    for (slot, row) in rows {
+        mail.request_order.insert(slot, row.key.clone());
+        let stored = StoredReply {
+            digest: row.digest,
+            fingerprint: row.fingerprint,
+            reply: row.reply,
+        };
+        mail.requests.insert(row.key, stored);
     }
+    errors.extend(
+        failed
+            .into_iter()
+            .map(|(record, reason)| bad(record, reason)),
+    );
     let worst = errors
         .iter()
         .position(|e| !e.reason.is_damage())
@@ -516,6 +500,31 @@ fn decode_op<A: Persistent>(
 
 /// The version of the runtime's own rows (outbox, channels, inbox, stored replies).
 const ROW_VERSION: u32 = 1;
+
+/// Decodes every row of one of the runtime's own spaces as `T`; the rows that fail go to
+/// `failed`, named as the record they are.
+fn decode_rows<T: serde::de::DeserializeOwned>(
+    key: &ActorKey,
+    loaded: &crate::store::Loaded,
+    space: Space,
+    transforms: &Transforms,
+    failed: &mut Vec<(RecordRef, DecodeReason)>,
+) -> Vec<(u64, T)> {
+    let (kind, record): (Kind, fn(u64) -> RecordRef) = match space {
+        Space::OUTBOX => (Kind::Outgoing, RecordRef::Outgoing),
+        Space::CHANNELS => (Kind::Channel, RecordRef::Channel),
+        Space::INBOX => (Kind::Inbox, RecordRef::Inbox),
+        _ => (Kind::Request, RecordRef::Request),
+    };
+    let mut rows = Vec::new();
+    for (id, bytes) in loaded.space(space) {
+        match decode_row(key, id, bytes, kind, transforms) {
+            Ok(row) => rows.push((id, row)),
+            Err(reason) => failed.push((record(id), reason)),
+        }
+    }
+    rows
+}
 
 /// Decodes one of the runtime's own rows, of `kind`, stored under `id`.
 fn decode_row<T: serde::de::DeserializeOwned>(
@@ -619,7 +628,20 @@ async fn control<A: Persistent>(
                 .map(|p| p.id.seq()),
         ),
         Control::RetryDue => {}
-        Control::Letter(letter) => return receive(actor, myself, rt, letter, order).await,
+        Control::Letter(letter) => {
+            if let Some((msg, arrival)) = admit(rt, letter) {
+                // The acknowledgement leaves only after the receiver's commit returned.
+                let ack = Letter::ack(
+                    (*rt.key).clone(),
+                    arrival.from.clone(),
+                    arrival.channel,
+                    arrival.seq,
+                );
+                cycle(actor, myself, rt, Input::Message(msg), order, Some(arrival)).await?;
+                rt.storage.postbox().post(ack);
+                return Ok(());
+            }
+        }
         Control::RedeliverDue => {
             let now = Instant::now();
             let due: Vec<u64> = rt
@@ -709,6 +731,7 @@ fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>) {
 /// Makes sure a timer wakes the actor when the earliest redelivery scheduled since the
 /// last call is due (the timer's own wake schedules the earliest of all again).
 fn arm_redelivery_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runtime<A>) {
+    // Read first: taking would allocate an actor's delivery state that has none.
     if rt.mail.scheduled.is_none() {
         return;
     }
@@ -737,14 +760,11 @@ fn arm_redelivery_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runti
     });
 }
 
-/// A message from another persistent actor, or an acknowledgement.
-async fn receive<A: Persistent>(
-    actor: &A,
-    myself: &ActorRef<A::Msg>,
-    rt: &mut Runtime<A>,
-    letter: Letter,
-    again: BTreeSet<u64>,
-) -> Result<(), ActorProcessingErr> {
+/// A letter from another persistent actor: an acknowledgement is taken in; a message is
+/// checked against the inbox and handed back, as the receiver's message and the inbox entry
+/// it writes, only if it is the next of its channel. A duplicate is acknowledged again; the
+/// rest are refused.
+fn admit<A: Persistent>(rt: &mut Runtime<A>, letter: Letter) -> Option<(A::Msg, Box<Arrival>)> {
     let postbox = rt.storage.postbox().clone();
     if letter.to != *rt.key {
         // Misaddressed: not ours to apply or to acknowledge.
@@ -755,7 +775,7 @@ async fn receive<A: Persistent>(
             seq: letter.seq,
             reason: format!("the letter is addressed to `{}`", letter.to),
         });
-        return perform(actor, myself, rt, again.into_iter().collect()).await;
+        return None;
     }
     let Body::Message {
         id,
@@ -764,7 +784,7 @@ async fn receive<A: Persistent>(
     } = letter.body
     else {
         acknowledged(rt, &letter);
-        return perform(actor, myself, rt, again.into_iter().collect()).await;
+        return None;
     };
     let from = letter.from;
     let (channel, seq) = (letter.channel, letter.seq);
@@ -803,7 +823,7 @@ async fn receive<A: Persistent>(
         Some(e) if seq <= e.applied => {
             // A duplicate: applied before; acknowledge it again.
             ack(rt, e.applied);
-            return perform(actor, myself, rt, again.into_iter().collect()).await;
+            return None;
         }
         Some(e) if seq == e.applied + 1 => Ok(Some(e.slot)),
         Some(e) => Err(Refusal::Gap {
@@ -831,7 +851,7 @@ async fn receive<A: Persistent>(
                 ));
             }
             postbox.refuse(refusal);
-            return perform(actor, myself, rt, again.into_iter().collect()).await;
+            return None;
         }
     };
     let sender_id = OpId::new(from.clone(), id);
@@ -849,7 +869,7 @@ async fn receive<A: Persistent>(
                 seq,
                 reason: reason.to_string(),
             });
-            return perform(actor, myself, rt, again.into_iter().collect()).await;
+            return None;
         }
     };
     let arrival = Arrival {
@@ -859,10 +879,7 @@ async fn receive<A: Persistent>(
         channel,
         seq,
     };
-    let arrival = Some(Box::new(arrival));
-    cycle(actor, myself, rt, Input::Message(msg), again, arrival).await?;
-    ack(rt, seq);
-    Ok(())
+    Some((msg, Box::new(arrival)))
 }
 
 /// An acknowledgement from a receiver: the messages of its channel up to `letter.seq` were
