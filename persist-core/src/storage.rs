@@ -5,10 +5,10 @@
 //! A lone actor waits for no one: the thread writes as soon as a request arrives.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -33,6 +33,16 @@ pub struct StorageConfig {
     /// What carries letters between the persistent actors of this storage (see
     /// [`crate::Courier`]); `None` (the default) hands them over directly.
     pub courier: Option<Arc<dyn crate::delivery::Courier>>,
+    /// Whether an actor whose commit finds the store idle (nothing queued, nothing being
+    /// written) writes it itself, on its own thread, instead of handing it to the committer
+    /// thread and waiting to be woken (on by default). Its commit is then a batch of one, and
+    /// commits that arrive meanwhile are written by the committer thread next, in one batch.
+    ///
+    /// The write blocks the actor's tokio worker for the store's commit (a sync, on a disk),
+    /// as a hand-written actor calling its database would. Turn it off for a store whose
+    /// commits can wait long (a server across a network) or to keep every store call off the
+    /// tokio workers: see [`StorageConfig::committer_thread_only`].
+    pub inline_when_idle: bool,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -42,6 +52,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("transforms", &self.transforms)
             .field("courier", &self.courier.as_ref().map(|_| "custom"))
+            .field("inline_when_idle", &self.inline_when_idle)
             .finish()
     }
 }
@@ -53,6 +64,7 @@ impl Default for StorageConfig {
             max_batch_bytes: 32 * 1024 * 1024,
             transforms: Transforms::default(),
             courier: None,
+            inline_when_idle: true,
         }
     }
 }
@@ -69,6 +81,13 @@ impl StorageConfig {
     /// The same configuration with letters between persistent actors carried by `courier`.
     pub fn with_courier(mut self, courier: impl crate::delivery::Courier) -> Self {
         self.courier = Some(Arc::new(courier));
+        self
+    }
+
+    /// The same configuration with every store call made by the committer thread, never by
+    /// an actor on its own thread (see [`StorageConfig::inline_when_idle`]).
+    pub fn committer_thread_only(mut self) -> Self {
+        self.inline_when_idle = false;
         self
     }
 }
@@ -149,8 +168,6 @@ enum Request {
     /// Administrative work (delete, list, quarantine), in order with the commits.
     Call(Job),
     Commit(ActorCommit, Done<()>),
-    /// A removal of done operations: written with the next commit, never on its own.
-    Ride(ActorCommit),
     Close(Done<()>),
 }
 
@@ -162,13 +179,121 @@ struct Counters {
     loads: AtomicU64,
 }
 
+/// What waits for the store, and who is writing.
+#[derive(Default)]
+struct Queue {
+    requests: VecDeque<Request>,
+    /// Removals of done operations (and attempt counts), written with the next write: each
+    /// was queued after its actor's earlier commits were acknowledged and before its later
+    /// ones, and leaves with whatever write comes next, so every actor's order is kept.
+    riders: Vec<ActorCommit>,
+    /// Someone holds the store: the committer thread, or an actor writing its own commit.
+    writing: bool,
+    /// The committer thread has stopped: closed, or every handle dropped.
+    stopped: bool,
+    /// Every handle was dropped: the thread writes what is left and stops.
+    dropped: bool,
+}
+
+/// What the actors and the committer thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The committer thread waits here for requests, and for the store to be free.
+    work: Condvar,
+    /// The backend; locked only by whoever set [`Queue::writing`], so never contended.
+    /// `None` once closed.
+    core: Mutex<Option<Committer>>,
+}
+
+/// Locks `m`, whatever panicked while it was held: the data behind these locks is kept
+/// consistent by their users (a backend's panic is caught before it reaches them).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Takes the store if nobody holds it and nothing waits for it, with the riders queued
+    /// so far; the caller then writes on its own thread.
+    fn take_idle(&self) -> Option<Holding<'_>> {
+        let mut q = lock(&self.queue);
+        if q.writing || q.stopped || !q.requests.is_empty() {
+            return None;
+        }
+        q.writing = true;
+        let riders = std::mem::take(&mut q.riders);
+        drop(q);
+        Some(Holding {
+            shared: self,
+            riders,
+        })
+    }
+
+    /// Queues `request` for the committer thread (waking it if it sleeps); gives it back if
+    /// the committer has stopped.
+    fn queue(&self, request: Request) -> Result<(), Request> {
+        let mut q = lock(&self.queue);
+        if q.stopped {
+            return Err(request);
+        }
+        q.requests.push_back(request);
+        let idle = !q.writing;
+        drop(q);
+        if idle {
+            self.work.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The store, held by an actor writing on its own thread; released on drop (a panic
+/// included), waking the committer thread if requests queued meanwhile.
+struct Holding<'a> {
+    shared: &'a Shared,
+    riders: Vec<ActorCommit>,
+}
+
+impl Holding<'_> {
+    /// Runs `f` with the committer (the riders handed to it first), or with `None` if the
+    /// store was closed.
+    fn with<T>(&mut self, f: impl FnOnce(Option<&mut Committer>) -> T) -> T {
+        let mut core = lock(&self.shared.core);
+        if let Some(c) = core.as_mut() {
+            c.riders.append(&mut self.riders);
+        }
+        f(core.as_mut())
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.shared.queue);
+        // Riders not handed over (the store was closed) go back; they are dropped with it.
+        q.riders.append(&mut self.riders);
+        q.writing = false;
+        let waiting = !q.requests.is_empty() || q.dropped;
+        drop(q);
+        if waiting {
+            self.shared.work.notify_one();
+        }
+    }
+}
+
 struct Inner {
     name: String,
     transforms: Transforms,
-    requests: Sender<Request>,
+    shared: Arc<Shared>,
+    inline: bool,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
     postbox: crate::delivery::Postbox,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle: the committer thread writes what is left and stops.
+        lock(&self.shared.queue).dropped = true;
+        self.shared.work.notify_one();
+    }
 }
 
 /// A store shared by many actors, with its group committer. Cheap to clone.
@@ -199,10 +324,10 @@ impl Storage {
     /// Starts the committer for `store` with `config`.
     pub fn with_config<S: Store>(store: S, config: StorageConfig) -> Self {
         let name = store.name().to_owned();
-        let (requests, rx) = channel();
         let counters = Arc::new(Counters::default());
         let transforms = config.transforms.clone();
         let postbox = crate::delivery::Postbox::new(config.courier.clone());
+        let inline = config.inline_when_idle;
         let committer = Committer {
             store: Box::new(store),
             name: name.clone(),
@@ -211,15 +336,24 @@ impl Storage {
             poisoned: None,
             counters: counters.clone(),
         };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            core: Mutex::new(Some(committer)),
+        });
         let thread = std::thread::Builder::new()
             .name(format!("persist-commit {name}"))
-            .spawn(move || committer.run(rx))
+            .spawn({
+                let shared = shared.clone();
+                move || run(&shared)
+            })
             .expect("spawn the committer thread");
         Storage {
             inner: Arc::new(Inner {
                 name,
                 transforms,
-                requests,
+                shared,
+                inline,
                 thread: Mutex::new(Some(thread)),
                 counters,
                 postbox,
@@ -264,15 +398,28 @@ impl Storage {
     /// before.
     pub(crate) async fn load(&self, key: ActorKey) -> Result<Loaded, StoreError> {
         let counters = self.inner.counters.clone();
-        self.call(move |s| {
-            counters.loads.fetch_add(1, Ordering::Relaxed);
-            s.open_actor(&key, &Space::RECORD)
-        })
+        self.call_then(
+            move |s| {
+                counters.loads.fetch_add(1, Ordering::Relaxed);
+                s.open_actor(&key, &Space::RECORD)
+            },
+            |_| None,
+            self.inner.inline,
+        )
         .await
     }
 
     /// Commits `commit` with whatever else is waiting; returns once it is durable.
+    ///
+    /// If the store is idle (see [`StorageConfig::inline_when_idle`]), writes it here, on the
+    /// caller's thread, with the riders queued so far: no hand-off to the committer thread
+    /// and no wake-up back.
     pub(crate) async fn commit(&self, commit: ActorCommit) -> Result<(), StoreError> {
+        if self.inner.inline
+            && let Some(mut holding) = self.inner.shared.take_idle()
+        {
+            return holding.with(|c| c.map_or_else(|| Err(self.closed()), |c| c.write_one(commit)));
+        }
         let (tx, rx) = oneshot::channel();
         self.send(Request::Commit(commit, tx))?;
         rx.await.map_err(|_| self.closed())?
@@ -281,7 +428,10 @@ impl Storage {
     /// Queues a removal of done operations to ride on the next commit. Losing it in a crash
     /// only means the operations are performed once more.
     pub(crate) fn ride(&self, commit: ActorCommit) {
-        let _ = self.inner.requests.send(Request::Ride(commit));
+        let mut q = lock(&self.inner.shared.queue);
+        if !q.stopped {
+            q.riders.push(commit);
+        }
     }
 
     /// Runs `f` on the committer thread, after every commit sent before it.
@@ -289,7 +439,7 @@ impl Storage {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.call_then(f, |_| None).await
+        self.call_then(f, |_| None, false).await
     }
 
     /// Runs `f`, which writes, on the committer thread: a failed write (anything but a
@@ -298,19 +448,25 @@ impl Storage {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.call_then(f, |r| match r {
-            Err(StoreError::Fenced(_)) | Ok(_) => None,
-            Err(e) => Some(e.to_string()),
-        })
+        self.call_then(
+            f,
+            |r| match r {
+                Err(StoreError::Fenced(_)) | Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            },
+            false,
+        )
         .await
     }
 
-    /// Runs `f` on the committer thread, after every commit sent before it; `poison` tells
-    /// from its result whether a write of it failed.
+    /// Runs `f` after every commit sent before it: on the caller's thread if `inline` and the
+    /// store is idle, otherwise on the committer thread; `poison` tells from its result
+    /// whether a write of it failed.
     async fn call_then<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
         poison: fn(&Result<T, StoreError>) -> Option<String>,
+        inline: bool,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let name = self.inner.name.clone();
@@ -328,7 +484,17 @@ impl Storage {
             let _ = tx.send(result);
             reason
         });
-        self.send(Request::Call(job))?;
+        match inline.then(|| self.inner.shared.take_idle()).flatten() {
+            Some(mut holding) => {
+                // The answer is in the channel when this returns.
+                holding.with(|c| match c {
+                    Some(c) => c.call(job),
+                    // Dropping the job tells the caller the store is closed.
+                    None => drop(job),
+                });
+            }
+            None => self.send(Request::Call(job))?,
+        }
         rx.await.map_err(|_| self.closed())?
     }
 
@@ -379,6 +545,7 @@ impl Storage {
                 }
                 _ => None,
             },
+            false,
         )
         .await?
     }
@@ -458,8 +625,9 @@ impl Storage {
         self.call_writing(move |s| s.commit(&[commit])).await
     }
 
+    /// Queues `request` for the committer thread.
     fn send(&self, request: Request) -> Result<(), StoreError> {
-        self.inner.requests.send(request).map_err(|_| self.closed())
+        self.inner.shared.queue(request).map_err(|_| self.closed())
     }
 
     /// Writes what is queued, stops the committer and releases the backend (closing its
@@ -483,6 +651,94 @@ impl Storage {
     }
 }
 
+/// The committer thread: waits for requests while nobody else holds the store, then takes
+/// what is queued (up to the batch limits, or up to a call, which must see every change
+/// sent before it) and serves it.
+fn run(shared: &Shared) {
+    let mut taken: Vec<Request> = Vec::new();
+    loop {
+        let mut q = lock(&shared.queue);
+        loop {
+            if !q.writing && !q.requests.is_empty() {
+                break;
+            }
+            if !q.writing && q.dropped {
+                // Every handle is gone and nothing is queued: write the riders and stop.
+                q.stopped = true;
+                let riders = std::mem::take(&mut q.riders);
+                drop(q);
+                if let Some(mut c) = lock(&shared.core).take() {
+                    c.riders.extend(riders);
+                    let _ = c.flush_riders();
+                }
+                return;
+            }
+            q = shared.work.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+        q.writing = true;
+        let max_batch = lock(&shared.core)
+            .as_ref()
+            .map_or(usize::MAX, |c| c.config.max_batch);
+        let (mut commits, mut bytes) = (0, 0);
+        let max_bytes = lock(&shared.core)
+            .as_ref()
+            .map_or(usize::MAX, |c| c.config.max_batch_bytes);
+        while let Some(request) = q.requests.pop_front() {
+            let last = match &request {
+                Request::Commit(c, _) => {
+                    commits += 1;
+                    bytes += c.byte_len();
+                    commits >= max_batch || bytes >= max_bytes
+                }
+                Request::Call(_) | Request::Close(_) => true,
+            };
+            taken.push(request);
+            if last {
+                break;
+            }
+        }
+        let riders = std::mem::take(&mut q.riders);
+        drop(q);
+        let mut core = lock(&shared.core);
+        let Some(c) = core.as_mut() else {
+            // Closed: nobody is answered (dropping the requests tells them so).
+            taken.clear();
+            continue;
+        };
+        c.riders.extend(riders);
+        let mut batch: Vec<(ActorCommit, Done<()>)> = Vec::new();
+        let mut close = None;
+        for request in taken.drain(..) {
+            match request {
+                Request::Commit(commit, done) => batch.push((commit, done)),
+                Request::Call(job) => {
+                    c.flush(&mut batch);
+                    c.call(job);
+                }
+                Request::Close(done) => close = Some(done),
+            }
+        }
+        c.flush(&mut batch);
+        if let Some(done) = close {
+            let result = c.flush_riders();
+            // Release the backend (its file) before answering, so the store can be reopened.
+            *core = None;
+            drop(core);
+            let mut q = lock(&shared.queue);
+            q.stopped = true;
+            // Whatever queued after the close is refused by dropping it.
+            q.requests.clear();
+            q.riders.clear();
+            q.writing = false;
+            drop(q);
+            let _ = done.send(result);
+            return;
+        }
+        drop(core);
+        lock(&shared.queue).writing = false;
+    }
+}
+
 struct Committer {
     store: Box<dyn Store>,
     name: String,
@@ -493,67 +749,39 @@ struct Committer {
 }
 
 impl Committer {
-    fn run(mut self, rx: Receiver<Request>) {
-        let mut batch: Vec<(ActorCommit, Done<()>)> = Vec::new();
-        let mut bytes = 0;
-        'serve: loop {
-            let Ok(first) = rx.recv() else { break };
-            let mut next = Some(first);
-            while let Some(request) = next.take() {
-                match request {
-                    Request::Commit(c, done) => {
-                        bytes += c.byte_len();
-                        batch.push((c, done));
-                    }
-                    Request::Ride(c) => self.riders.push(c),
-                    Request::Call(job) => {
-                        // A call (a load among them) must see every change sent before it:
-                        // the commits, and the riders too (a dead-letter move or an attempt
-                        // count that a respawn's load must not miss). Only then a rider
-                        // costs a write of its own.
-                        if !batch.is_empty() || !self.riders.is_empty() {
-                            self.write(&mut batch);
-                        }
-                        bytes = 0;
-                        match self.refuse() {
-                            Some(e) => {
-                                job(Err(e));
-                            }
-                            None => {
-                                if let Some(reason) = job(Ok(&*self.store)) {
-                                    // A write of the call failed: as after a failed batch,
-                                    // nobody knows what is on disk.
-                                    self.poisoned = Some(reason);
-                                    self.riders.clear();
-                                }
-                            }
-                        }
-                    }
-                    Request::Close(done) => {
-                        self.flush(&mut batch);
-                        let result = self.flush_riders();
-                        drop(rx);
-                        drop(self);
-                        let _ = done.send(result);
-                        return;
-                    }
-                }
-                if batch.len() >= self.config.max_batch || bytes >= self.config.max_batch_bytes {
-                    break;
-                }
-                next = match rx.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => {
-                        self.flush(&mut batch);
-                        break 'serve;
-                    }
-                };
-            }
-            self.flush(&mut batch);
-            bytes = 0;
+    /// Runs a call, after writing the riders: a call (a load among them) must see every
+    /// change sent before it, the riders too (a dead-letter move or an attempt count that a
+    /// respawn's load must not miss). Only then a rider costs a write of its own.
+    fn call(&mut self, job: Job) {
+        if !self.riders.is_empty() {
+            self.write(Vec::new(), |_, _| {});
         }
-        let _ = self.flush_riders();
+        match self.refuse() {
+            Some(e) => {
+                job(Err(e));
+            }
+            None => {
+                if let Some(reason) = job(Ok(&*self.store)) {
+                    // A write of the call failed: as after a failed batch, nobody knows what
+                    // is on disk.
+                    self.poisoned = Some(reason);
+                    self.riders.clear();
+                }
+            }
+        }
+    }
+
+    /// Writes one commit (with the riders) and returns its outcome.
+    fn write_one(&mut self, commit: ActorCommit) -> Result<(), StoreError> {
+        let mut outcome = None;
+        self.write(vec![commit], |_, r| outcome = Some(r));
+        outcome.unwrap_or_else(|| Err(self.refuse().unwrap_or_else(|| self.closed())))
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed {
+            store: self.name.clone(),
+        }
     }
 
     fn guarded<T>(
@@ -582,38 +810,52 @@ impl Committer {
             return Err(e);
         }
         if !self.riders.is_empty() {
-            self.write(&mut Vec::new());
+            self.write(Vec::new(), |_, _| {});
         }
         self.refuse().map_or(Ok(()), Err)
     }
 
-    /// Writes `batch`, with the riders, if it holds any commit: riders never cost a sync.
+    /// Writes `batch`, with the riders, if it holds any commit (riders never cost a sync),
+    /// and answers every waiter.
     fn flush(&mut self, batch: &mut Vec<(ActorCommit, Done<()>)>) {
-        if !batch.is_empty() {
-            self.write(batch);
+        if batch.is_empty() {
+            return;
         }
+        let (commits, mut dones): (Vec<ActorCommit>, Vec<Option<Done<()>>>) =
+            batch.drain(..).map(|(c, d)| (c, Some(d))).unzip();
+        self.write(commits, |i, r| {
+            if let Some(done) = dones[i].take() {
+                let _ = done.send(r);
+            }
+        });
     }
 
-    /// Writes the riders and `batch` in one transaction and answers every waiter.
-    fn write(&mut self, batch: &mut Vec<(ActorCommit, Done<()>)>) {
+    /// Writes the riders and `batch` in one transaction; tells `answer` the outcome of each
+    /// commit of `batch`, by its index.
+    fn write(
+        &mut self,
+        batch: Vec<ActorCommit>,
+        mut answer: impl FnMut(usize, Result<(), StoreError>),
+    ) {
         if self.poisoned.is_some() {
             // Nothing more is written until the store is reopened: drop the riders too.
             self.riders.clear();
-            for (_, done) in batch.drain(..) {
-                let _ = done.send(Err(self.refuse().expect("poisoned")));
+            for i in 0..batch.len() {
+                answer(i, Err(self.refuse().expect("poisoned")));
             }
             return;
         }
         // Riders first: each was sent after its actor's earlier commits were acknowledged and
         // before its later ones, so this keeps every actor's order.
-        let riders = std::mem::take(&mut self.riders);
-        let n_riders = riders.len();
-        let mut commits: Vec<ActorCommit> = riders;
-        let mut waiters: Vec<Option<Done<()>>> = (0..n_riders).map(|_| None).collect();
-        for (c, done) in batch.drain(..) {
-            commits.push(c);
-            waiters.push(Some(done));
-        }
+        let n_riders = self.riders.len();
+        let n = batch.len();
+        let mut commits: Vec<ActorCommit> = std::mem::take(&mut self.riders);
+        commits.extend(batch);
+        // Which commit of `batch` each one is (`None`: a rider).
+        let mut owners: Vec<Option<usize>> = (0..n_riders)
+            .map(|_| None)
+            .chain((0..n).map(Some))
+            .collect();
         loop {
             if commits.is_empty() {
                 return;
@@ -623,10 +865,10 @@ impl Committer {
                     let c = &self.counters;
                     c.batches.fetch_add(1, Ordering::Relaxed);
                     c.commits.fetch_add(commits.len() as u64, Ordering::Relaxed);
-                    let riders = waiters.iter().filter(|w| w.is_none()).count();
+                    let riders = owners.iter().filter(|w| w.is_none()).count();
                     c.riders.fetch_add(riders as u64, Ordering::Relaxed);
-                    for done in waiters.into_iter().flatten() {
-                        let _ = done.send(Ok(()));
+                    for i in owners.into_iter().flatten() {
+                        answer(i, Ok(()));
                     }
                     return;
                 }
@@ -634,18 +876,18 @@ impl Committer {
                     // Refuse the stale commits alone and write the others.
                     for fence in fences.iter().rev() {
                         commits.remove(fence.index);
-                        if let Some(done) = waiters.remove(fence.index) {
+                        if let Some(i) = owners.remove(fence.index) {
                             let mut one = fence.clone();
                             one.index = 0;
-                            let _ = done.send(Err(StoreError::Fenced(vec![one])));
+                            answer(i, Err(StoreError::Fenced(vec![one])));
                         }
                     }
                 }
                 Err(e) => {
                     // Nobody knows what is on disk now: fail everyone, refuse further writes.
                     self.poisoned = Some(e.to_string());
-                    for done in waiters.into_iter().flatten() {
-                        let _ = done.send(Err(clone_err(&e)));
+                    for i in owners.into_iter().flatten() {
+                        answer(i, Err(clone_err(&e)));
                     }
                     return;
                 }
