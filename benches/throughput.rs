@@ -103,6 +103,7 @@ fn main() {
         .map(String::as_str)
         .filter(|w| *w != "quick")
         .collect();
+    // `profile` runs alone, only when named.
     let run = |section: &str| only.is_empty() || only.contains(&section);
     let plan = Plan::new(quick);
 
@@ -230,6 +231,23 @@ fn main() {
             if let Some((_, rate, _, _)) = get(1024) {
                 verdict("library, 1024 actors", rate, 100_000.0, " msg/s");
             }
+        }
+
+        if only.contains(&"profile") {
+            // Only the library, 1,024 actors, for a CPU profile: see docs/performance.md.
+            let per: usize = std::env::var("BENCH_PROFILE_MSGS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200);
+            println!("\n== profile: the library alone, 1024 actors, {per} messages each");
+            let l = durable::library(dir.path(), 1024, per).await;
+            println!(
+                " 1024 actors  library  {:>8} msg/s  batch {:.1} msgs  CPU/msg {} (committer thread {})",
+                count(l.rate()),
+                l.batch(),
+                us(l.cpu_per_msg()),
+                us(l.committer_per_msg()),
+            );
         }
 
         if run("unchanged") {

@@ -193,6 +193,14 @@ struct Queue {
     stopped: bool,
     /// Every handle was dropped: the thread writes what is left and stops.
     dropped: bool,
+    /// The committer thread waits for work and no one has woken it yet (a wake is a
+    /// system call: only one per sleep).
+    sleeping: bool,
+    /// A commit had to wait for another write lately: several actors are committing, so
+    /// their commits go to the committer thread in batches (an actor writing its own blocks
+    /// its tokio worker for a sync while the others wait). Cleared when the committer thread
+    /// finds a lone commit to write.
+    contended: bool,
 }
 
 /// What the actors and the committer thread share.
@@ -216,7 +224,7 @@ impl Shared {
     /// so far; the caller then writes on its own thread.
     fn take_idle(&self) -> Option<Holding<'_>> {
         let mut q = lock(&self.queue);
-        if q.writing || q.stopped || !q.requests.is_empty() {
+        if q.writing || q.stopped || q.contended || !q.requests.is_empty() {
             return None;
         }
         q.writing = true;
@@ -235,10 +243,16 @@ impl Shared {
         if q.stopped {
             return Err(request);
         }
+        if q.writing && matches!(request, Request::Commit(..)) {
+            q.contended = true;
+        }
         q.requests.push_back(request);
-        let idle = !q.writing;
+        let wake = q.sleeping && !q.writing;
+        if wake {
+            q.sleeping = false;
+        }
         drop(q);
-        if idle {
+        if wake {
             self.work.notify_one();
         }
         Ok(())
@@ -270,9 +284,12 @@ impl Drop for Holding<'_> {
         // Riders not handed over (the store was closed) go back; they are dropped with it.
         q.riders.append(&mut self.riders);
         q.writing = false;
-        let waiting = !q.requests.is_empty() || q.dropped;
+        let wake = q.sleeping && (!q.requests.is_empty() || q.dropped);
+        if wake {
+            q.sleeping = false;
+        }
         drop(q);
-        if waiting {
+        if wake {
             self.shared.work.notify_one();
         }
     }
@@ -673,7 +690,9 @@ fn run(shared: &Shared) {
                 }
                 return;
             }
+            q.sleeping = true;
             q = shared.work.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q.sleeping = false;
         }
         q.writing = true;
         let max_batch = lock(&shared.core)
@@ -696,6 +715,9 @@ fn run(shared: &Shared) {
             if last {
                 break;
             }
+        }
+        if commits == 1 && q.requests.is_empty() {
+            q.contended = false;
         }
         let riders = std::mem::take(&mut q.riders);
         drop(q);

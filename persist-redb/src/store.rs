@@ -1,7 +1,9 @@
 //! [`RedbStore`]: the [`Store`] seam on one redb database.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use std::ops::RangeInclusive;
 
@@ -24,7 +26,20 @@ use crate::rows::{self, Writer};
 pub struct RedbStore {
     name: String,
     db: Database,
+    /// The stored writer epoch of the keys this store opened or checked lately.
+    ///
+    /// This store is the only writer of its database (redb's lock keeps other processes
+    /// out, and the database is owned here), and every epoch it writes goes through
+    /// [`Store::open_actor`] or [`Store::commit`], which update this map only after their
+    /// transaction committed. So an entry is always the stored epoch, and a commit's fence
+    /// check needs no read of the epoch table. A key not in the map is read from the table;
+    /// the map is emptied when it grows past [`EPOCH_CACHE`] keys, and after any failed
+    /// transaction.
+    epochs: Mutex<HashMap<ActorKey, u64>>,
 }
+
+/// Most keys whose epoch a [`RedbStore`] keeps in memory.
+const EPOCH_CACHE: usize = 65_536;
 
 impl RedbStore {
     /// Opens the store in the file at `path`, creating it if there is no file.
@@ -105,7 +120,7 @@ impl RedbStore {
 
     /// Closes the database, reporting what dropping it would ignore.
     pub fn close(self) -> Result<(), StoreError> {
-        let RedbStore { name, db } = self;
+        let RedbStore { name, db, .. } = self;
         guarded(&name, || Ok(db.close()?))
     }
 
@@ -115,7 +130,11 @@ impl RedbStore {
         if layout == Layout::Empty {
             format::initialize(&db)?;
         }
-        Ok(RedbStore { name, db })
+        Ok(RedbStore {
+            name,
+            db,
+            epochs: Mutex::default(),
+        })
     }
 
     /// The next writer epoch of `key`, its floor and the rows of `spaces`, in one write
@@ -141,6 +160,7 @@ impl RedbStore {
             rows.extend(rows::read_space(&txn, key, space, 0..=u64::MAX)?);
         }
         txn.commit()?;
+        self.remember(key, epoch);
         Ok(Loaded { epoch, floor, rows })
     }
 
@@ -150,9 +170,20 @@ impl RedbStore {
         txn.set_durability(Durability::Immediate)?;
         {
             let mut w = Writer::new(&txn);
-            let fences = check_epochs(batch, |key| {
-                w.epoch(key).map_err(|e| e.into_store_error(&self.name))
+            let mut cache = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
+            let fences = check_epochs(batch, |key| match cache.get(key) {
+                Some(epoch) => Ok(*epoch),
+                None => {
+                    // The committed epoch (nothing of this batch is applied yet).
+                    let epoch = w.epoch(key).map_err(|e| e.into_store_error(&self.name))?;
+                    if cache.len() >= EPOCH_CACHE {
+                        cache.clear();
+                    }
+                    cache.insert(key.clone(), epoch);
+                    Ok(epoch)
+                }
             })?;
+            drop(cache);
             if !fences.is_empty() {
                 // Dropping an uncommitted transaction aborts it; nothing of it was ever visible.
                 return Err(StoreError::Fenced(fences).into());
@@ -162,7 +193,36 @@ impl RedbStore {
             }
         }
         txn.commit()?;
+        // An import restores epochs: the map follows what was written.
+        for commit in batch.iter().filter(|c| c.raise.epoch > 0) {
+            let mut cache = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(epoch) = cache.get_mut(&*commit.key) {
+                *epoch = (*epoch).max(commit.raise.epoch);
+            }
+        }
         Ok(())
+    }
+
+    /// Records `epoch` as the stored epoch of `key`, once written.
+    fn remember(&self, key: &ActorKey, epoch: u64) {
+        let mut cache = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = cache.get_mut(key) {
+            *e = epoch;
+        } else {
+            if cache.len() >= EPOCH_CACHE {
+                cache.clear();
+            }
+            cache.insert(key.clone(), epoch);
+        }
+    }
+
+    /// Forgets every remembered epoch: after a transaction failed, what it changed is not
+    /// known for certain.
+    fn forget(&self) {
+        self.epochs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -172,7 +232,11 @@ impl Store for RedbStore {
     }
 
     fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
-        guarded(&self.name, || self.load(key, spaces))
+        let loaded = guarded(&self.name, || self.load(key, spaces));
+        if loaded.is_err() {
+            self.forget();
+        }
+        loaded
     }
 
     fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
@@ -180,7 +244,11 @@ impl Store for RedbStore {
         if batch.is_empty() {
             return Ok(());
         }
-        guarded(&self.name, || self.write(batch))
+        let written = guarded(&self.name, || self.write(batch));
+        if matches!(written, Err(ref e) if !matches!(e, StoreError::Fenced(_))) {
+            self.forget();
+        }
+        written
     }
 
     fn read(
