@@ -41,7 +41,12 @@ impl Account {
 pub struct Note {
     pub n: u64,
     pub keep: bool,
+    /// Empty, or 64 bytes for the wide-op workload.
+    pub blob: Vec<u8>,
 }
+
+/// Length of the wide op's blob.
+pub const WIDE_OP: usize = 64;
 
 pub enum Msg {
     /// Changes the state and pushes one op that `perform` reports `Done`.
@@ -50,6 +55,8 @@ pub enum Msg {
     AddKept(RpcReplyPort<u64>),
     /// Changes nothing.
     Peek(RpcReplyPort<u64>),
+    /// Like `Add`, with a 64-byte blob in the op.
+    AddWide(RpcReplyPort<u64>),
 }
 
 /// The library's actor. `Arguments` is the length of the state's padding.
@@ -76,12 +83,29 @@ impl PersistentActor for Acct {
         match msg {
             Msg::Add(port) => {
                 let n = state.bump();
-                tx.push(Note { n, keep: false })?;
+                tx.push(Note {
+                    n,
+                    keep: false,
+                    blob: Vec::new(),
+                })?;
+                tx.reply(port, n);
+            }
+            Msg::AddWide(port) => {
+                let n = state.bump();
+                tx.push(Note {
+                    n,
+                    keep: false,
+                    blob: vec![0x5A; WIDE_OP],
+                })?;
                 tx.reply(port, n);
             }
             Msg::AddKept(port) => {
                 let n = state.bump();
-                tx.push(Note { n, keep: true })?;
+                tx.push(Note {
+                    n,
+                    keep: true,
+                    blob: Vec::new(),
+                })?;
                 tx.reply(port, n);
             }
             Msg::Peek(port) => tx.reply(port, state.n),
@@ -144,7 +168,7 @@ impl Actor for Naive {
         st: &mut NaiveState,
     ) -> Result<(), ActorProcessingErr> {
         let port = match msg {
-            Msg::Add(port) | Msg::AddKept(port) => port,
+            Msg::Add(port) | Msg::AddKept(port) | Msg::AddWide(port) => port,
             Msg::Peek(port) => {
                 let _ = port.send(st.account.n);
                 return Ok(());
@@ -153,7 +177,11 @@ impl Actor for Naive {
         let mut next = st.account.clone();
         let n = next.bump();
         let state_row = postcard::to_allocvec(&next)?;
-        let op_row = postcard::to_allocvec(&Note { n, keep: false })?;
+        let op_row = postcard::to_allocvec(&Note {
+            n,
+            keep: false,
+            blob: Vec::new(),
+        })?;
         let mut txn = st.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
@@ -192,7 +220,7 @@ impl Actor for Plain {
         state: &mut Account,
     ) -> Result<(), ActorProcessingErr> {
         let _ = match msg {
-            Msg::Add(port) | Msg::AddKept(port) => port.send(state.bump()),
+            Msg::Add(port) | Msg::AddKept(port) | Msg::AddWide(port) => port.send(state.bump()),
             Msg::Peek(port) => port.send(state.n),
         };
         Ok(())

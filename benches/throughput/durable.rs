@@ -13,6 +13,16 @@ use crate::measure::{Run, closed_loop, cpu_time, threads_cpu};
 /// `actors` persistent actors on one `Storage`, each sending `per_actor` state-changing
 /// messages (each pushes one op that `perform` reports `Done`).
 pub async fn library(dir: &Path, actors: usize, per_actor: usize) -> Run {
+    library_with(dir, actors, per_actor, Msg::Add).await
+}
+
+/// [`library`] with messages made by `msg`.
+pub async fn library_with(
+    dir: &Path,
+    actors: usize,
+    per_actor: usize,
+    msg: fn(ractor::RpcReplyPort<u64>) -> Msg,
+) -> Run {
     let path = dir.join(format!("library-{actors}.redb"));
     let storage = Storage::new(RedbStore::open(&path).expect("open the store"));
     let mut refs = Vec::with_capacity(actors);
@@ -23,10 +33,10 @@ pub async fn library(dir: &Path, actors: usize, per_actor: usize) -> Run {
         refs.push(actor);
     }
     // Warm-up: each actor's first commit creates its snapshot.
-    closed_loop(&refs, 1, Msg::Add).await;
+    closed_loop(&refs, 1, msg).await;
     let before = storage.stats();
     let (cpu, committer) = (cpu_time(), threads_cpu("persist-commit"));
-    let (secs, lat) = closed_loop(&refs, per_actor, Msg::Add).await;
+    let (secs, lat) = closed_loop(&refs, per_actor, msg).await;
     let (cpu, committer) = (cpu_time() - cpu, threads_cpu("persist-commit") - committer);
     let after = storage.stats();
     for actor in refs {

@@ -4,7 +4,9 @@
 use std::process::Command;
 
 use ractor::{Actor, ActorRef};
-use ractor_persist::{MemoryStore, SpawnPersistent, Storage};
+use ractor_persist::{
+    ActorCommit, ActorKey, Loaded, MemoryStore, Space, SpawnPersistent, Storage, Store, StoreError,
+};
 
 use crate::actors::{Acct, Msg, Plain};
 use crate::measure::{closed_loop, resident};
@@ -27,10 +29,6 @@ impl Resident {
     /// Bytes per actor beyond its state, from the growth of `VmRSS`.
     pub fn per_actor_rss(&self, actors: usize) -> f64 {
         (self.rss_after as f64 - self.rss_before as f64) / actors as f64 - STATE as f64
-    }
-    /// Bytes per actor beyond its state, from the growth of the peak `VmHWM`.
-    pub fn per_actor_hwm(&self, actors: usize) -> f64 {
-        (self.hwm_after as f64 - self.hwm_before as f64) / actors as f64 - STATE as f64
     }
 }
 
@@ -68,10 +66,23 @@ pub fn child(spec: &str, rt: &tokio::runtime::Runtime) {
     let (kind, actors) = spec.split_once(':').expect("kind:actors");
     let actors: usize = actors.parse().expect("a count");
     rt.block_on(async {
-        let storage = Storage::new(MemoryStore::new());
+        // "committed" actors write to a store that keeps nothing in memory, so what is
+        // measured is the actor's own cost, not its store's copy of the state.
+        let storage = if kind == "committed" {
+            Storage::new(Sink)
+        } else {
+            Storage::new(MemoryStore::new())
+        };
+        // Persistent actors that never committed get a message that changes nothing; the
+        // others one that changes the state (a plain actor's memory is the same either way).
+        let msg = if kind == "persistent" {
+            Msg::Peek
+        } else {
+            Msg::Add
+        };
         // Warm up whatever is allocated once: the runtime, ractor's globals, the committer.
         let warm = spawn(kind, &storage, "warm").await;
-        closed_loop(std::slice::from_ref(&warm), 10, Msg::Peek).await;
+        closed_loop(std::slice::from_ref(&warm), 10, msg).await;
         warm.stop_and_wait(None, None).await.expect("stop");
         let (rss_before, hwm_before) = resident();
         let mut refs = Vec::with_capacity(actors);
@@ -80,7 +91,7 @@ pub fn child(spec: &str, rt: &tokio::runtime::Runtime) {
         }
         // One message each, so every actor is past post_start and idle in its loop.
         for actor in &refs {
-            ractor::call!(actor, Msg::Peek).expect("reply");
+            ractor::call!(actor, msg).expect("reply");
         }
         let (rss_after, hwm_after) = resident();
         println!("RESIDENT {rss_before} {hwm_before} {rss_after} {hwm_after}");
@@ -92,7 +103,7 @@ pub fn child(spec: &str, rt: &tokio::runtime::Runtime) {
 
 async fn spawn(kind: &str, storage: &Storage, key: &str) -> ActorRef<Msg> {
     match kind {
-        "persistent" => {
+        "persistent" | "committed" => {
             Acct::spawn_persistent(storage, key, STATE)
                 .await
                 .expect("spawn")
@@ -100,5 +111,24 @@ async fn spawn(kind: &str, storage: &Storage, key: &str) -> ActorRef<Msg> {
         }
         "plain" => Plain::spawn(None, Plain, STATE).await.expect("spawn").0,
         other => panic!("unknown actor kind {other}"),
+    }
+}
+
+/// A store that keeps no rows: every commit succeeds and is forgotten, every load finds
+/// nothing (epoch 1). For measuring what an actor itself holds, not what its store holds.
+struct Sink;
+
+impl Store for Sink {
+    fn name(&self) -> &str {
+        "sink"
+    }
+    fn open_actor(&self, _: &ActorKey, _: &[Space]) -> Result<Loaded, StoreError> {
+        Ok(Loaded {
+            epoch: 1,
+            ..Loaded::default()
+        })
+    }
+    fn commit(&self, _: &[ActorCommit]) -> Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -387,6 +387,17 @@ pub enum CommitError {
         #[source]
         source: postcard::Error,
     },
+    /// A handler or a commit of this instance failed before and its stored state could not
+    /// be read back, so its state in memory may not be the stored one: it handles nothing
+    /// more. (Under ractor the actor has stopped with the first error; spawning it again
+    /// loads the stored state.)
+    #[error(
+        "`{key}` failed earlier and its stored state could not be read back: its state in memory may not be the stored one; spawn it again to load that"
+    )]
+    FailedBefore {
+        /// The actor.
+        key: ActorKey,
+    },
 }
 
 /// Any error of this crate.

@@ -120,8 +120,15 @@ pub struct Runtime<A: PersistentActor> {
     state_shape: u64,
     op_shape: u64,
     state: A::State,
-    /// The encoding of the last committed state, to detect change and to roll back to.
-    committed: Vec<u8>,
+    /// The digest of the last committed state's encoding, to detect change.
+    committed: Digest,
+    /// The encoding of the state `init` built, until the first commit: what a failure before
+    /// then rolls back to (the store holds no state yet). After the first commit a rollback
+    /// reads the stored snapshot back instead, so the actor keeps no copy of its state.
+    initial: Option<Box<[u8]>>,
+    /// A rollback could not read the stored state back: the state in memory may not be the
+    /// store's, so this instance serves nothing more.
+    failed: bool,
     pending: BTreeMap<u64, Pending<A::Op>>,
     /// Operations that failed too often: stored, not performed, until re-queued.
     dead: BTreeMap<u64, Pending<A::Op>>,
@@ -219,16 +226,6 @@ impl<A: PersistentActor> Runtime<A> {
         }
     }
 
-    fn rollback(&mut self) -> Result<(), ActorProcessingErr> {
-        self.state = envelope::payload(&self.committed).map_err(|reason| DecodeError {
-            key: (*self.key).clone(),
-            actor_type: std::any::type_name::<A>(),
-            record: RecordRef::Snapshot,
-            reason,
-        })?;
-        Ok(())
-    }
-
     fn fail(&self, source: StoreError) -> CommitError {
         match source {
             StoreError::Fenced(f) if f.len() == 1 => CommitError::Fenced {
@@ -283,17 +280,19 @@ pub async fn pre_start<A: Persistent>(
             }
             Err(e) => return Err(e.into()),
         };
-    let (state, committed) = match snapshot {
-        Some(loaded) => loaded,
+    let (state, committed, initial) = match snapshot {
+        Some((state, committed)) => (state, Digest::of(&committed), None),
         None => {
             let state = actor.init(start.args).await?;
-            let mut committed =
-                envelope::to_payload(&state).map_err(|source| LoadError::Encode {
-                    key: (*key).clone(),
-                    source,
-                })?;
-            committed.shrink_to_fit();
-            (state, committed)
+            let encoded = envelope::to_payload(&state).map_err(|source| LoadError::Encode {
+                key: (*key).clone(),
+                source,
+            })?;
+            (
+                state,
+                Digest::of(&encoded),
+                Some(encoded.into_boxed_slice()),
+            )
         }
     };
     let seed = key
@@ -322,6 +321,8 @@ pub async fn pre_start<A: Persistent>(
         op_shape,
         state,
         committed,
+        initial,
+        failed: false,
         pending,
         dead,
         next_seq,
@@ -619,6 +620,9 @@ async fn control<A: Persistent>(
     control: Control<A::Op>,
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
+    if rt.failed {
+        return Err(failed_before(rt).into());
+    }
     let mut order = due_retries(rt);
     match control {
         Control::Resume(filter) => order.extend(
@@ -950,6 +954,76 @@ struct Arrival {
     seq: u64,
 }
 
+/// The digest of a state's encoding: a seeded 128-bit XXH3 hash, so that two different
+/// encodings share one only by a chance of 2^-128 (and an adversary who does not know this
+/// process's random seed cannot aim for one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Digest(u128);
+
+impl Digest {
+    fn of(bytes: &[u8]) -> Digest {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let seed = *SEED.get_or_init(|| {
+            let mut b = [0u8; 8];
+            // Without the system's randomness the digest is still a good hash, only unseeded.
+            let _ = getrandom::fill(&mut b);
+            u64::from_le_bytes(b)
+        });
+        Digest(twox_hash::XxHash3_128::oneshot_with_seed(seed, bytes))
+    }
+}
+
+/// Puts the last committed state back after a failed handler or commit, then gives `error`
+/// back. Boxed, so that the message cycle's future does not grow by the read.
+fn roll_back<A: Persistent>(
+    rt: &mut Runtime<A>,
+    error: ActorProcessingErr,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ActorProcessingErr> + Send + '_>> {
+    Box::pin(async move {
+        restore(rt).await;
+        error
+    })
+}
+
+/// Makes the state in memory the last committed one: `init`'s, if nothing was committed yet;
+/// otherwise the snapshot read back from the store (even a poisoned one: the read tells
+/// what the store holds). If that cannot be read or decoded, the instance is marked failed
+/// and serves nothing more.
+async fn restore<A: Persistent>(rt: &mut Runtime<A>) {
+    let restored = match &rt.initial {
+        Some(initial) => envelope::payload::<A::State>(initial).ok(),
+        None => match rt.storage.read_back(&rt.key).await {
+            Ok(Some(bytes)) => envelope::open(
+                &bytes,
+                Kind::Snapshot,
+                A::VERSION,
+                rt.storage.transforms(),
+                Place {
+                    key: &rt.key,
+                    id: 0,
+                },
+            )
+            .and_then(|(header, body)| {
+                decode_versioned(A::VERSION, header, &body, A::migrate_state)
+            })
+            .ok(),
+            _ => None,
+        },
+    };
+    match restored {
+        Some(state) => rt.state = state,
+        None => rt.failed = true,
+    }
+}
+
+/// The error of a message sent to an instance whose stored state could not be put back
+/// after a failure.
+fn failed_before<A: PersistentActor>(rt: &Runtime<A>) -> CommitError {
+    CommitError::FailedBefore {
+        key: (*rt.key).clone(),
+    }
+}
+
 /// Takes the retries whose backoff ran out.
 fn due_retries<A: PersistentActor>(rt: &mut Runtime<A>) -> BTreeSet<u64> {
     let now = Instant::now();
@@ -1000,6 +1074,9 @@ async fn cycle<A: Persistent>(
     mut again: BTreeSet<u64>,
     arrival: Option<Box<Arrival>>,
 ) -> Result<(), ActorProcessingErr> {
+    if rt.failed {
+        return Err(failed_before(rt).into());
+    }
     let arrival = arrival.as_deref();
     // A sender heard from the first time gets an inbox slot, handed out like any id.
     let (first_id, slot) = match arrival {
@@ -1033,22 +1110,21 @@ async fn cycle<A: Persistent>(
         }
     }
     if let Err(e) = handled {
-        rt.rollback()?;
-        return Err(e);
+        return Err(roll_back(rt, e).await);
     }
     let encoded = match envelope::to_payload(&rt.state) {
         Ok(bytes) => bytes,
         Err(source) => {
-            rt.rollback()?;
-            return Err(CommitError::Encode {
+            let e = CommitError::Encode {
                 key: (*rt.key).clone(),
                 what: "state",
                 source,
-            }
-            .into());
+            };
+            return Err(roll_back(rt, e.into()).await);
         }
     };
-    let changed = encoded != rt.committed;
+    let digest = Digest::of(&encoded);
+    let changed = digest != rt.committed;
     let next_seq = parts.next_seq;
     let ops_changed = !parts.pushed.is_empty()
         || !parts.confirmed.is_empty()
@@ -1067,7 +1143,7 @@ async fn cycle<A: Persistent>(
         rt.mail.request_order.keys().take(over).copied().collect()
     };
     if changed || ops_changed {
-        let (commit, commit_floor) = build_commit(
+        let built = build_commit(
             rt,
             &parts,
             extra.as_deref(),
@@ -1077,15 +1153,19 @@ async fn cycle<A: Persistent>(
             changed,
             next_seq,
             &evicted,
-        )?;
+        );
+        drop(encoded);
+        let (commit, commit_floor) = match built {
+            Ok(built) => built,
+            Err(e) => return Err(roll_back(rt, e).await),
+        };
         if let Err(source) = rt.storage.commit(commit).await {
             // Replies and operations are dropped with `parts`: callers see an error.
-            rt.rollback()?;
-            return Err(rt.fail(source).into());
+            let e = rt.fail(source).into();
+            return Err(roll_back(rt, e).await);
         }
-        rt.committed = encoded;
-        // Kept for the actor's life: no spare capacity (postcard grows its buffer by doubling).
-        rt.committed.shrink_to_fit();
+        rt.committed = digest;
+        rt.initial = None;
         rt.next_seq = next_seq;
         if let Some(floor) = commit_floor {
             rt.reserved = floor;
@@ -1207,8 +1287,8 @@ async fn cycle<A: Persistent>(
 }
 
 /// Builds a message's commit: the snapshot, the operations pushed, re-queued and confirmed,
-/// the delivery rows, the replies past the retention, and the floor (returned too). Rolls
-/// the state back and fails if something does not encode. Not async, so that none of this
+/// the delivery rows, the replies past the retention, and the floor (returned too). Fails if
+/// something does not encode (the caller rolls the state back). Not async, so that none of this
 /// lives in the message cycle's future.
 #[allow(clippy::too_many_arguments)]
 fn build_commit<A: Persistent>(
@@ -1232,10 +1312,7 @@ fn build_commit<A: Persistent>(
     for (seq, op) in requeued.chain(parts.pushed.iter().map(|(s, op)| (*s, op))) {
         match envelope::to_payload(op) {
             Ok(p) => put_ops.push((seq, rt.op_envelope(Kind::Op, seq, &p))),
-            Err(source) => {
-                rt.rollback()?;
-                return Err(rt.encode_error("operation", source).into());
-            }
+            Err(source) => return Err(rt.encode_error("operation", source).into()),
         }
     }
     let mut rows: Vec<(Space, u64, Vec<u8>)> = Vec::new();
@@ -1249,10 +1326,7 @@ fn build_commit<A: Persistent>(
         };
         match rt.row_envelope(Kind::Outgoing, sent.id, &row) {
             Ok(bytes) => rows.push((Space::OUTBOX, sent.id, bytes)),
-            Err(e) => {
-                rt.rollback()?;
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
     }
     for (to, channel) in extra.iter().flat_map(|x| &x.channels) {
@@ -1262,10 +1336,7 @@ fn build_commit<A: Persistent>(
         };
         match rt.row_envelope(Kind::Channel, channel.id, &row) {
             Ok(bytes) => rows.push((Space::CHANNELS, channel.id, bytes)),
-            Err(e) => {
-                rt.rollback()?;
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
     }
     if let (Some(arrival), Some(slot)) = (arrival, slot) {
@@ -1276,19 +1347,13 @@ fn build_commit<A: Persistent>(
         };
         match rt.row_envelope(Kind::Inbox, slot, &row) {
             Ok(bytes) => rows.push((Space::INBOX, slot, bytes)),
-            Err(e) => {
-                rt.rollback()?;
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
     }
     for (slot, row) in extra.iter().flat_map(|x| &x.requests) {
         match rt.row_envelope(Kind::Request, *slot, row) {
             Ok(bytes) => rows.push((Space::REQUESTS, *slot, bytes)),
-            Err(e) => {
-                rt.rollback()?;
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
     }
     // The snapshot carries the next sequence number: an intact one is where the next
@@ -1521,6 +1586,8 @@ mod tests {
     struct Flaky {
         inner: MemoryStore,
         fail: std::sync::Arc<AtomicBool>,
+        /// Reads fail too: a rollback cannot read the stored state back.
+        unreadable: std::sync::Arc<AtomicBool>,
     }
 
     impl Store for Flaky {
@@ -1535,6 +1602,17 @@ mod tests {
                 return Err(StoreError::backend("flaky", "injected"));
             }
             self.inner.commit(batch)
+        }
+        fn read(
+            &self,
+            key: &ActorKey,
+            space: Option<Space>,
+            ids: std::ops::RangeInclusive<u64>,
+        ) -> Result<Vec<crate::store::Row>, StoreError> {
+            if self.unreadable.load(Ordering::SeqCst) {
+                return Err(StoreError::backend("flaky", "unreadable"));
+            }
+            self.inner.read(key, space, ids)
         }
     }
 
@@ -1585,6 +1663,49 @@ mod tests {
             "the failed message's op was dropped"
         );
         assert!(store.inner.ops(&ActorKey::new("acc", "k")).len() <= 1);
+        myself.stop(None);
+    }
+
+    /// The actor keeps no copy of its committed state: a rollback reads it back from the
+    /// store. If that read fails, the instance serves nothing more (ractor stops it with the
+    /// first error anyway): the failed message's state is never committed or replied.
+    #[tokio::test]
+    async fn a_rollback_that_cannot_read_the_store_back_refuses_everything_after() {
+        let store = Flaky::default();
+        let storage = Storage::new(store.clone());
+        let (myself, _) = ractor::Actor::spawn(None, Acc, Start::new(&storage, "probe", ()))
+            .await
+            .unwrap();
+        let mut rt = pre_start(&Acc, myself.clone(), Start::new(&storage, "k", ()))
+            .await
+            .unwrap();
+        // Before the first commit, the rollback needs no store: `init`'s state comes back.
+        let err = handle(&Acc, myself.clone(), AccMsg::AddThenFail(7), &mut rt).await;
+        assert!(err.is_err());
+        assert_eq!(rt.state(), &vec![1], "back to init's state");
+        handle(&Acc, myself.clone(), AccMsg::Add(2), &mut rt)
+            .await
+            .unwrap();
+        assert_eq!(stored(&store.inner), vec![1, 2]);
+
+        store.unreadable.store(true, Ordering::SeqCst);
+        let err = handle(&Acc, myself.clone(), AccMsg::AddThenFail(3), &mut rt).await;
+        assert!(err.is_err());
+        let again = handle(&Acc, myself.clone(), AccMsg::Add(4), &mut rt)
+            .await
+            .expect_err("an instance whose state could not be put back handles nothing more");
+        assert!(
+            matches!(
+                again.downcast_ref::<CommitError>(),
+                Some(CommitError::FailedBefore { .. })
+            ),
+            "{again}"
+        );
+        assert_eq!(
+            stored(&store.inner),
+            vec![1, 2],
+            "nothing of 3 or 4 was written"
+        );
         myself.stop(None);
     }
 }

@@ -39,9 +39,11 @@ pub struct StorageConfig {
     /// commits that arrive meanwhile are written by the committer thread next, in one batch.
     ///
     /// The write blocks the actor's tokio worker for the store's commit (a sync, on a disk),
-    /// as a hand-written actor calling its database would. Turn it off for a store whose
-    /// commits can wait long (a server across a network) or to keep every store call off the
-    /// tokio workers: see [`StorageConfig::committer_thread_only`].
+    /// as a hand-written actor calling its database would, so it is done only on a worker of
+    /// a multi-thread runtime, and only while commits do not contend (once one had to wait,
+    /// commits go to the committer thread until it finds a lone one again). Turn it off for a
+    /// store whose commits can wait long (a server across a network) or to keep every store
+    /// call off the tokio workers: see [`StorageConfig::committer_thread_only`].
     pub inline_when_idle: bool,
 }
 
@@ -167,6 +169,8 @@ type Job = Box<dyn FnOnce(Result<&dyn Store, StoreError>) -> Option<String> + Se
 enum Request {
     /// Administrative work (delete, list, quarantine), in order with the commits.
     Call(Job),
+    /// A read run even on a poisoned store (reading cannot make it worse).
+    Read(Job),
     Commit(ActorCommit, Done<()>),
     Close(Done<()>),
 }
@@ -421,9 +425,18 @@ impl Storage {
                 s.open_actor(&key, &Space::RECORD)
             },
             |_| None,
-            self.inner.inline,
+            self.inline_here(),
         )
         .await
+    }
+
+    /// Whether this thread may write on its own: inline writes are on, and it is a worker of
+    /// a multi-thread tokio runtime (the other workers go on meanwhile; on a current-thread
+    /// runtime, the write would stop every task, so the committer thread writes).
+    fn inline_here(&self) -> bool {
+        self.inner.inline
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
     }
 
     /// Commits `commit` with whatever else is waiting; returns once it is durable.
@@ -432,7 +445,7 @@ impl Storage {
     /// caller's thread, with the riders queued so far: no hand-off to the committer thread
     /// and no wake-up back.
     pub(crate) async fn commit(&self, commit: ActorCommit) -> Result<(), StoreError> {
-        if self.inner.inline
+        if self.inline_here()
             && let Some(mut holding) = self.inner.shared.take_idle()
         {
             return holding.with(|c| c.map_or_else(|| Err(self.closed()), |c| c.write_one(commit)));
@@ -457,6 +470,35 @@ impl Storage {
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.call_then(f, |_| None, false).await
+    }
+
+    /// The snapshot row of `key` as the store holds it now, read after every commit sent
+    /// before, even if a failed write poisoned the store: what a rollback puts back.
+    pub(crate) async fn read_back(&self, key: &ActorKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.clone();
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            let rows = store.and_then(|s| {
+                catch_unwind(AssertUnwindSafe(|| {
+                    s.read(&key, Some(Space::SNAPSHOT), 0..=0)
+                }))
+                .unwrap_or_else(|_| Err(s.unsupported("read after a panic")))
+            });
+            let _ = tx.send(rows.map(|r| r.into_iter().next().map(|row| row.bytes)));
+            None
+        });
+        match self
+            .inline_here()
+            .then(|| self.inner.shared.take_idle())
+            .flatten()
+        {
+            Some(mut holding) => holding.with(|c| match c {
+                Some(c) => c.call(job, true),
+                None => drop(job),
+            }),
+            None => self.send(Request::Read(job))?,
+        }
+        rx.await.map_err(|_| self.closed())?
     }
 
     /// Runs `f`, which writes, on the committer thread: a failed write (anything but a
@@ -505,7 +547,7 @@ impl Storage {
             Some(mut holding) => {
                 // The answer is in the channel when this returns.
                 holding.with(|c| match c {
-                    Some(c) => c.call(job),
+                    Some(c) => c.call(job, false),
                     // Dropping the job tells the caller the store is closed.
                     None => drop(job),
                 });
@@ -709,7 +751,7 @@ fn run(shared: &Shared) {
                     bytes += c.byte_len();
                     commits >= max_batch || bytes >= max_bytes
                 }
-                Request::Call(_) | Request::Close(_) => true,
+                Request::Call(_) | Request::Read(_) | Request::Close(_) => true,
             };
             taken.push(request);
             if last {
@@ -735,7 +777,11 @@ fn run(shared: &Shared) {
                 Request::Commit(commit, done) => batch.push((commit, done)),
                 Request::Call(job) => {
                     c.flush(&mut batch);
-                    c.call(job);
+                    c.call(job, false);
+                }
+                Request::Read(job) => {
+                    c.flush(&mut batch);
+                    c.call(job, true);
                 }
                 Request::Close(done) => close = Some(done),
             }
@@ -774,11 +820,15 @@ impl Committer {
     /// Runs a call, after writing the riders: a call (a load among them) must see every
     /// change sent before it, the riders too (a dead-letter move or an attempt count that a
     /// respawn's load must not miss). Only then a rider costs a write of its own.
-    fn call(&mut self, job: Job) {
-        if !self.riders.is_empty() {
+    ///
+    /// A read back (`read_back`) runs even on a poisoned store and writes no riders first:
+    /// it reads only a snapshot, which riders never touch.
+    fn call(&mut self, job: Job, read_back: bool) {
+        let even_poisoned = read_back;
+        if !read_back && !self.riders.is_empty() {
             self.write(Vec::new(), |_, _| {});
         }
-        match self.refuse() {
+        match self.refuse().filter(|_| !even_poisoned) {
             Some(e) => {
                 job(Err(e));
             }

@@ -276,8 +276,9 @@ pub struct Fence {
 
 /// A storage backend.
 ///
-/// Methods are synchronous and called from one dedicated thread per [`crate::Storage`], never
-/// from a tokio worker.
+/// Methods are synchronous and called by one thread at a time per [`crate::Storage`]: its
+/// committer thread, or an actor writing its own commit on a tokio worker while the store is
+/// idle (see [`crate::StorageConfig::inline_when_idle`]).
 ///
 /// Per key a store keeps rows (in [`Space`]s) and [`Marks`] (the writer epoch and the
 /// sequence floor). Marks never go down and are never removed: a key's epochs and its
