@@ -1500,6 +1500,14 @@ async fn perform<A: Persistent>(
         }
         rt.storage.ride(commit);
     }
+    // An emptied BTreeMap keeps its last node (about 800 bytes for a leaf of pending
+    // operations); an idle actor with nothing pending should hold none.
+    if rt.pending.is_empty() {
+        rt.pending = BTreeMap::new();
+    }
+    if rt.retry.is_empty() {
+        rt.retry = BTreeMap::new();
+    }
     arm_retry_timer(myself, rt);
     result
 }
