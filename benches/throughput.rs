@@ -277,16 +277,29 @@ fn main() {
         }
 
         if only.contains(&"profile") {
-            // Only the library, 1,024 actors, for a CPU profile: see docs/performance.md.
-            let per: usize = std::env::var("BENCH_PROFILE_MSGS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(200);
-            println!("\n== profile: the library alone, 1024 actors, {per} messages each");
-            let l = durable::library(dir.path(), 1024, per).await;
+            // Only the library (1,024 actors unless BENCH_PROFILE_ACTORS says otherwise), for a
+            // CPU profile: see docs/performance.md.
+            let env = |name: &str, default: usize| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default)
+            };
+            let actors = env("BENCH_PROFILE_ACTORS", 1024);
+            let per = env("BENCH_PROFILE_MSGS", 204_800 / actors.max(1));
+            println!("\n== profile: the library alone, {actors} actors, {per} messages each");
+            // BENCH_PROFILE_KIND=naive profiles the hand-written baseline instead.
+            let naive = std::env::var("BENCH_PROFILE_KIND").is_ok_and(|k| k == "naive");
+            let l = if naive {
+                durable::naive(dir.path(), actors, per).await
+            } else {
+                durable::library(dir.path(), actors, per).await
+            };
             println!(
-                " 1024 actors  library  {:>8} msg/s  batch {:.1} msgs  CPU/msg {} (committer thread {})",
+                "{actors:>5} actors  {}  {:>8} msg/s  p50 {}  batch {:.1} msgs  CPU/msg {} (committer thread {})",
+                if naive { "baseline" } else { "library" },
                 count(l.rate()),
+                dur(l.p50()),
                 l.batch(),
                 us(l.cpu_per_msg()),
                 us(l.committer_per_msg()),

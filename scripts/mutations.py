@@ -17,15 +17,15 @@ CORE = "persist-core/src/"
 MUTATIONS = {
     "ack-live-commit-beside-a-fenced-one-without-writing": (
         CORE + "storage.rs",
-        """                            let _ = done.send(Err(StoreError::Fenced(vec![one])));
+        """                            answer(i, Err(StoreError::Fenced(vec![one])));
                         }
                     }
 """,
-        """                            let _ = done.send(Err(StoreError::Fenced(vec![one])));
+        """                            answer(i, Err(StoreError::Fenced(vec![one])));
                         }
                     }
-                    for done in waiters.into_iter().flatten() {
-                        let _ = done.send(Ok(()));
+                    for i in owners.into_iter().flatten() {
+                        answer(i, Ok(()));
                     }
                     return;
 """,
@@ -33,24 +33,20 @@ MUTATIONS = {
     ),
     "riders-written-after-the-batch": (
         CORE + "storage.rs",
-        """        let n_riders = riders.len();
-        let mut commits: Vec<ActorCommit> = riders;
-        let mut waiters: Vec<Option<Done<()>>> = (0..n_riders).map(|_| None).collect();
-        for (c, done) in batch.drain(..) {
-            commits.push(c);
-            waiters.push(Some(done));
-        }
+        """        let mut commits: Vec<ActorCommit> = std::mem::take(&mut self.riders);
+        commits.extend(batch);
+        // Which commit of `batch` each one is (`None`: a rider).
+        let mut owners: Vec<Option<usize>> = (0..n_riders)
+            .map(|_| None)
+            .chain((0..n).map(Some))
+            .collect();
 """,
-        """        let mut commits: Vec<ActorCommit> = Vec::new();
-        let mut waiters: Vec<Option<Done<()>>> = Vec::new();
-        for (c, done) in batch.drain(..) {
-            commits.push(c);
-            waiters.push(Some(done));
-        }
-        for r in riders {
-            commits.push(r);
-            waiters.push(None);
-        }
+        """        let mut commits: Vec<ActorCommit> = batch;
+        commits.append(&mut self.riders);
+        let mut owners: Vec<Option<usize>> = (0..n)
+            .map(Some)
+            .chain((0..n_riders).map(|_| None))
+            .collect();
 """,
         ["--test", "delivery", "a_requeue_committed_with_its_dead_letter_rider_ends_pending"],
     ),
@@ -59,23 +55,24 @@ MUTATIONS = {
         """        loop {
             if commits.is_empty() {
                 return;
-            }""",
-        """        for w in waiters.iter_mut() {
-            if let Some(done) = w.take() {
-                let _ = done.send(Ok(()));
+            }
+""",
+        """        for o in owners.iter_mut() {
+            if let Some(i) = o.take() {
+                answer(i, Ok(()));
             }
         }
         loop {
             if commits.is_empty() {
                 return;
-            }""",
+            }
+""",
         ["-p", "persist-core", "--lib", "storage::tests::waiting_commits_share_one_batch"],
     ),
     "no-rollback-after-a-handler-error": (
         CORE + "runtime.rs",
         """    if let Err(e) = handled {
-        rt.rollback()?;
-        return Err(e);
+        return Err(roll_back(rt, e).await);
     }""",
         """    if let Err(e) = handled {
         return Err(e);
@@ -84,9 +81,9 @@ MUTATIONS = {
     ),
     "no-rollback-after-a-failed-commit": (
         CORE + "runtime.rs",
-        """            // Replies and operations are dropped with `parts`: callers see an error.
-            rt.rollback()?;""",
-        """            // Replies and operations are dropped with `parts`: callers see an error.""",
+        """            let e = rt.fail(source).into();
+            return Err(roll_back(rt, e).await);""",
+        """            return Err(rt.fail(source).into());""",
         ["--test", "rollback", "failed_commit"],
     ),
     "load-ignores-the-stored-floor": (
@@ -137,8 +134,8 @@ MUTATIONS = {
     ),
     "a-load-does-not-see-queued-riders": (
         CORE + "storage.rs",
-        """                        if !batch.is_empty() || !self.riders.is_empty() {""",
-        """                        if !batch.is_empty() {""",
+        """        if !read_back && !self.riders.is_empty() {""",
+        """        if false && !self.riders.is_empty() {""",
         ["--test", "delivery", "a_dead_letter_stays_dead_after_a_respawn"],
     ),
     "every-perform-counts-as-an-attempt": (
@@ -258,8 +255,12 @@ MUTATIONS = {
     ),
     "p8-undecodable-record-starts-from-init": (
         CORE + "runtime.rs",
-        """        Err(e) => return Err(e.into()),""",
-        """        Err(_) => (None, BTreeMap::new(), BTreeMap::new(), Mail::default()),""",
+        """            Err(e) => return Err(e.into()),
+        };
+    let (state, committed, initial) = match snapshot {""",
+        """            Err(_) => (None, BTreeMap::new(), BTreeMap::new(), Mail::default()),
+        };
+    let (state, committed, initial) = match snapshot {""",
         ["--test", "behaviour", "undecodable_snapshot_fails_the_spawn"],
     ),
     "redb-writes-a-batch-with-a-stale-epoch": (
@@ -336,8 +337,8 @@ MUTATIONS = {
     ),
     "a-failed-delete-write-does-not-poison": (
         CORE + "storage.rs",
-        "                                    self.poisoned = Some(reason);\n",
-        "                                    let _ = reason;\n",
+        "                    self.poisoned = Some(reason);\n",
+        "                    let _ = reason;\n",
         ["--test", "adversarial_backends", "a_failed_delete_write_poisons"],
     ),
     "an-intact-record-over-the-cap-counted-as-damage": (
@@ -503,7 +504,7 @@ MUTATIONS = {
     "delivery-posts-before-the-senders-commit": (
         CORE + "runtime.rs",
         """    if changed || ops_changed {
-        let (commit, commit_floor) = build_commit(""",
+        let built = build_commit(""",
         """    for sent in extra.iter().flat_map(|x| &x.sent) {
         rt.storage.postbox().post(Letter::message(
             (*rt.key).clone(),
@@ -518,6 +519,50 @@ MUTATIONS = {
     if changed || ops_changed {
         let (commit, commit_floor) = build_commit(""",
         ["--test", "adversarial_delivery", "p5_a_failed_commit_of_a_send_leaves_no_gap"],
+    ),
+    "an-idle-commit-leaves-the-riders-behind": (
+        CORE + "storage.rs",
+        """        q.writing = true;
+        let riders = std::mem::take(&mut q.riders);
+        drop(q);
+        Some(Holding {""",
+        """        q.writing = true;
+        let riders = Vec::new();
+        drop(q);
+        Some(Holding {""",
+        ["-p", "persist-core", "--lib", "storage::tests::a_lone_commit_is_written_on_its_own_thread"],
+    ),
+    "redb-epoch-cache-not-told-of-a-load": (
+        "persist-redb/src/store.rs",
+        """        self.remember(key, epoch);
+""",
+        """""",
+        ["-p", "persist-redb", "--test", "conformance"],
+    ),
+    "change-detection-digest-ignores-the-state": (
+        CORE + "runtime.rs",
+        """        Digest(twox_hash::XxHash3_128::oneshot_with_seed(seed, bytes))""",
+        """        Digest(twox_hash::XxHash3_128::oneshot_with_seed(seed, &bytes[..bytes.len().min(8)]))""",
+        ["--test", "behaviour", "restart_restores_last_state"],
+    ),
+    "rollback-returns-to-init-after-the-first-commit": (
+        CORE + "runtime.rs",
+        """        rt.initial = None;
+""",
+        """""",
+        ["--test", "rollback", "failed_handler"],
+    ),
+    "rollback-read-refused-on-a-poisoned-store": (
+        CORE + "storage.rs",
+        """        let even_poisoned = read_back;""",
+        """        let even_poisoned = false;""",
+        ["--test", "rollback", "failed_commit"],
+    ),
+    "a-rollback-that-could-not-read-back-still-serves": (
+        CORE + "runtime.rs",
+        """        None => rt.failed = true,""",
+        """        None => {}""",
+        ["-p", "persist-core", "--lib", "runtime::tests::a_rollback_that_cannot_read_the_store_back"],
     ),
 }
 

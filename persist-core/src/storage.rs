@@ -1072,6 +1072,8 @@ mod tests {
         entered: Arc<Mutex<Option<std_mpsc::Sender<()>>>>,
         release: Arc<Mutex<Option<std_mpsc::Receiver<()>>>>,
         fail_from: usize,
+        /// The name of the thread that made each commit call.
+        threads: Arc<Mutex<Vec<String>>>,
     }
 
     impl Scripted {
@@ -1082,6 +1084,7 @@ mod tests {
                 entered: Arc::default(),
                 release: Arc::default(),
                 fail_from,
+                threads: Arc::default(),
             }
         }
 
@@ -1103,6 +1106,8 @@ mod tests {
             self.inner.open_actor(key, spaces)
         }
         fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            self.threads.lock().unwrap().push(thread);
             if let Some(entered) = self.entered.lock().unwrap().take() {
                 entered.send(()).unwrap();
                 let release = self.release.lock().unwrap().take().unwrap();
@@ -1346,6 +1351,59 @@ mod tests {
         );
         assert_eq!(batches[1].len(), 2);
         assert_eq!(batches[2], vec![("live".to_owned(), Some(vec![9]))]);
+        storage.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_commit_is_written_on_its_own_thread_with_the_riders_and_acknowledged_after() {
+        let store = Scripted::new(usize::MAX);
+        let storage = Storage::new(store.clone());
+        let e = epoch(&storage, "solo").await;
+        let other = epoch(&storage, "other").await;
+        let key = ActorKey::new("t", "solo");
+        storage.commit(commit_of("solo", e, 1)).await.unwrap();
+        // The removal of the performed operation, queued as `perform` queues it.
+        storage.ride(ActorCommit::new(key.clone(), e).remove(Space::OPS, 1));
+        let (entered, release) = store.hold_next();
+        let s = storage.clone();
+        let second = tokio::spawn(async move { s.commit(commit_of("solo", e, 2)).await });
+        tokio::task::spawn_blocking(move || entered.recv().unwrap())
+            .await
+            .unwrap();
+        // Inside the store, not written yet: not acknowledged.
+        assert!(
+            !second.is_finished(),
+            "acknowledged before its write returned"
+        );
+        // A commit arriving meanwhile waits for the committer thread.
+        let (done, third) = oneshot::channel();
+        storage
+            .send(Request::Commit(commit_of("other", other, 3), done))
+            .unwrap();
+        release.send(()).unwrap();
+        second.await.unwrap().unwrap();
+        third.await.unwrap().unwrap();
+        assert_eq!(
+            store.inner.ops(&key),
+            vec![(2, vec![2])],
+            "the rider left with the lone commit"
+        );
+        let batches = store.batches.lock().unwrap().clone();
+        assert_eq!(batches.len(), 3, "{batches:?}");
+        assert_eq!(
+            batches[1].len(),
+            2,
+            "the rider and the lone commit, in one batch"
+        );
+        let threads = store.threads.lock().unwrap().clone();
+        assert!(
+            !threads[1].starts_with("persist-commit"),
+            "the lone commit was written by the committer thread: {threads:?}"
+        );
+        assert!(
+            threads[2].starts_with("persist-commit"),
+            "the queued commit was not written by the committer thread: {threads:?}"
+        );
         storage.close().await.unwrap();
     }
 }
