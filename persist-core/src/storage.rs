@@ -1293,7 +1293,8 @@ mod tests {
             assert_eq!(order, (0..50).collect::<Vec<u8>>(), "order of {key}");
         }
         let stats = storage.stats();
-        assert!(stats.batches <= 16 * 50, "{stats:?}");
+        // Riders never cost a sync of their own, except before a load (which must see them).
+        assert!(stats.batches <= 16 * 50 + stats.loads, "{stats:?}");
         assert_eq!(stats.batches as usize, batches.len());
         storage.close().await.unwrap();
     }
