@@ -1026,6 +1026,10 @@ fn failed_before<A: PersistentActor>(rt: &Runtime<A>) -> CommitError {
 
 /// Takes the retries whose backoff ran out.
 fn due_retries<A: PersistentActor>(rt: &mut Runtime<A>) -> BTreeSet<u64> {
+    if rt.retry.is_empty() {
+        // The common case: no clock read, no allocation.
+        return BTreeSet::new();
+    }
     let now = Instant::now();
     let due: BTreeSet<u64> = rt
         .retry
