@@ -110,6 +110,36 @@ pub struct CommitStats {
 
 type Done<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Who waits for a queued commit.
+enum Waiter {
+    /// Told the outcome only.
+    Told(Done<()>),
+    /// Told the outcome and handed the commit back, so that its buffers, allocated on the
+    /// actor's thread, are freed there and not on the committer thread (glibc frees a chunk
+    /// into the arena of the thread that allocated it, under that arena's lock, so freeing
+    /// a batch's buffers here contends with the actors allocating in those arenas).
+    Back(oneshot::Sender<(Result<(), StoreError>, Option<ActorCommit>)>),
+}
+
+impl Waiter {
+    fn answer(self, result: Result<(), StoreError>, commit: Option<ActorCommit>) {
+        match self {
+            Waiter::Told(done) => {
+                let _ = done.send(result);
+            }
+            Waiter::Back(back) => {
+                let _ = back.send((result, commit));
+            }
+        }
+    }
+}
+
+impl From<Done<()>> for Waiter {
+    fn from(done: Done<()>) -> Self {
+        Waiter::Told(done)
+    }
+}
+
 /// A record moved aside because it could not be decoded, with its original bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -171,7 +201,7 @@ enum Request {
     Call(Job),
     /// A read run even on a poisoned store (reading cannot make it worse).
     Read(Job),
-    Commit(ActorCommit, Done<()>),
+    Commit(ActorCommit, Waiter),
     Close(Done<()>),
 }
 
@@ -451,8 +481,11 @@ impl Storage {
             return holding.with(|c| c.map_or_else(|| Err(self.closed()), |c| c.write_one(commit)));
         }
         let (tx, rx) = oneshot::channel();
-        self.send(Request::Commit(commit, tx))?;
-        rx.await.map_err(|_| self.closed())?
+        self.send(Request::Commit(commit, Waiter::Back(tx)))?;
+        let (result, written) = rx.await.map_err(|_| self.closed())?;
+        // Freed here, on the thread that allocated it.
+        drop(written);
+        result
     }
 
     /// Queues a removal of done operations to ride on the next commit. Losing it in a crash
@@ -770,11 +803,11 @@ fn run(shared: &Shared) {
             continue;
         };
         c.riders.extend(riders);
-        let mut batch: Vec<(ActorCommit, Done<()>)> = Vec::new();
+        let mut batch: Vec<(ActorCommit, Waiter)> = Vec::new();
         let mut close = None;
         for request in taken.drain(..) {
             match request {
-                Request::Commit(commit, done) => batch.push((commit, done)),
+                Request::Commit(commit, waiter) => batch.push((commit, waiter)),
                 Request::Call(job) => {
                     c.flush(&mut batch);
                     c.call(job, false);
@@ -826,7 +859,7 @@ impl Committer {
     fn call(&mut self, job: Job, read_back: bool) {
         let even_poisoned = read_back;
         if !read_back && !self.riders.is_empty() {
-            self.write(Vec::new(), |_, _| {});
+            self.write(Vec::new(), |_, _, _| {});
         }
         match self.refuse().filter(|_| !even_poisoned) {
             Some(e) => {
@@ -846,7 +879,7 @@ impl Committer {
     /// Writes one commit (with the riders) and returns its outcome.
     fn write_one(&mut self, commit: ActorCommit) -> Result<(), StoreError> {
         let mut outcome = None;
-        self.write(vec![commit], |_, r| outcome = Some(r));
+        self.write(vec![commit], |_, r, _| outcome = Some(r));
         outcome.unwrap_or_else(|| Err(self.refuse().unwrap_or_else(|| self.closed())))
     }
 
@@ -882,38 +915,38 @@ impl Committer {
             return Err(e);
         }
         if !self.riders.is_empty() {
-            self.write(Vec::new(), |_, _| {});
+            self.write(Vec::new(), |_, _, _| {});
         }
         self.refuse().map_or(Ok(()), Err)
     }
 
     /// Writes `batch`, with the riders, if it holds any commit (riders never cost a sync),
     /// and answers every waiter.
-    fn flush(&mut self, batch: &mut Vec<(ActorCommit, Done<()>)>) {
+    fn flush(&mut self, batch: &mut Vec<(ActorCommit, Waiter)>) {
         if batch.is_empty() {
             return;
         }
-        let (commits, mut dones): (Vec<ActorCommit>, Vec<Option<Done<()>>>) =
-            batch.drain(..).map(|(c, d)| (c, Some(d))).unzip();
-        self.write(commits, |i, r| {
-            if let Some(done) = dones[i].take() {
-                let _ = done.send(r);
+        let (commits, mut waiters): (Vec<ActorCommit>, Vec<Option<Waiter>>) =
+            batch.drain(..).map(|(c, w)| (c, Some(w))).unzip();
+        self.write(commits, |i, r, c| {
+            if let Some(waiter) = waiters[i].take() {
+                waiter.answer(r, c);
             }
         });
     }
 
     /// Writes the riders and `batch` in one transaction; tells `answer` the outcome of each
-    /// commit of `batch`, by its index.
+    /// commit of `batch`, by its index, with the commit itself once written.
     fn write(
         &mut self,
         batch: Vec<ActorCommit>,
-        mut answer: impl FnMut(usize, Result<(), StoreError>),
+        mut answer: impl FnMut(usize, Result<(), StoreError>, Option<ActorCommit>),
     ) {
         if self.poisoned.is_some() {
             // Nothing more is written until the store is reopened: drop the riders too.
             self.riders.clear();
             for i in 0..batch.len() {
-                answer(i, Err(self.refuse().expect("poisoned")));
+                answer(i, Err(self.refuse().expect("poisoned")), None);
             }
             return;
         }
@@ -939,8 +972,10 @@ impl Committer {
                     c.commits.fetch_add(commits.len() as u64, Ordering::Relaxed);
                     let riders = owners.iter().filter(|w| w.is_none()).count();
                     c.riders.fetch_add(riders as u64, Ordering::Relaxed);
-                    for i in owners.into_iter().flatten() {
-                        answer(i, Ok(()));
+                    for (commit, owner) in commits.into_iter().zip(owners) {
+                        if let Some(i) = owner {
+                            answer(i, Ok(()), Some(commit));
+                        }
                     }
                     return;
                 }
@@ -951,7 +986,7 @@ impl Committer {
                         if let Some(i) = owners.remove(fence.index) {
                             let mut one = fence.clone();
                             one.index = 0;
-                            answer(i, Err(StoreError::Fenced(vec![one])));
+                            answer(i, Err(StoreError::Fenced(vec![one])), None);
                         }
                     }
                 }
@@ -959,7 +994,7 @@ impl Committer {
                     // Nobody knows what is on disk now: fail everyone, refuse further writes.
                     self.poisoned = Some(e.to_string());
                     for i in owners.into_iter().flatten() {
-                        answer(i, Err(clone_err(&e)));
+                        answer(i, Err(clone_err(&e)), None);
                     }
                     return;
                 }
@@ -1158,7 +1193,7 @@ mod tests {
         let (entered, release) = store.hold_next();
         let (done, mut first) = oneshot::channel();
         storage
-            .send(Request::Commit(commit_of("a0", epochs[0], 1), done))
+            .send(Request::Commit(commit_of("a0", epochs[0], 1), done.into()))
             .unwrap();
         tokio::task::spawn_blocking(move || entered.recv().unwrap())
             .await
@@ -1178,7 +1213,7 @@ mod tests {
             let (queued_tx, queued) = oneshot::channel();
             tokio::spawn(async move {
                 let (done, rx) = oneshot::channel();
-                s.send(Request::Commit(c, done)).unwrap();
+                s.send(Request::Commit(c, done.into())).unwrap();
                 queued_tx.send(()).unwrap();
                 tx.send(rx.await.unwrap()).unwrap();
             });
@@ -1229,7 +1264,10 @@ mod tests {
         for (i, e) in epochs.iter().enumerate().skip(1) {
             let (done, rx) = oneshot::channel();
             storage
-                .send(Request::Commit(commit_of(&format!("b{i}"), *e, 1), done))
+                .send(Request::Commit(
+                    commit_of(&format!("b{i}"), *e, 1),
+                    done.into(),
+                ))
                 .unwrap();
             waiters.push(rx);
         }
@@ -1311,7 +1349,7 @@ mod tests {
         let (entered, release) = store.hold_next();
         let (done, held) = oneshot::channel();
         storage
-            .send(Request::Commit(commit_of("other", other, 1), done))
+            .send(Request::Commit(commit_of("other", other, 1), done.into()))
             .unwrap();
         tokio::task::spawn_blocking(move || entered.recv().unwrap())
             .await
@@ -1319,11 +1357,17 @@ mod tests {
         // Behind the held write, a stale and a live commit share the next batch.
         let (stale_done, stale_rx) = oneshot::channel();
         storage
-            .send(Request::Commit(commit_of("old", stale, 7), stale_done))
+            .send(Request::Commit(
+                commit_of("old", stale, 7),
+                stale_done.into(),
+            ))
             .unwrap();
         let (live_done, live_rx) = oneshot::channel();
         storage
-            .send(Request::Commit(commit_of("live", live, 9), live_done))
+            .send(Request::Commit(
+                commit_of("live", live, 9),
+                live_done.into(),
+            ))
             .unwrap();
         release.send(()).unwrap();
         held.await.unwrap().unwrap();
@@ -1379,7 +1423,7 @@ mod tests {
         // A commit arriving meanwhile waits for the committer thread.
         let (done, third) = oneshot::channel();
         storage
-            .send(Request::Commit(commit_of("other", other, 3), done))
+            .send(Request::Commit(commit_of("other", other, 3), done.into()))
             .unwrap();
         release.send(()).unwrap();
         second.await.unwrap().unwrap();
