@@ -17,15 +17,15 @@ CORE = "persist-core/src/"
 MUTATIONS = {
     "ack-live-commit-beside-a-fenced-one-without-writing": (
         CORE + "storage.rs",
-        """                            answer(i, Err(StoreError::Fenced(vec![one])));
+        """                            answer(i, Err(StoreError::Fenced(vec![one])), None);
                         }
                     }
 """,
-        """                            answer(i, Err(StoreError::Fenced(vec![one])));
+        """                            answer(i, Err(StoreError::Fenced(vec![one])), None);
                         }
                     }
                     for i in owners.into_iter().flatten() {
-                        answer(i, Ok(()));
+                        answer(i, Ok(()), None);
                     }
                     return;
 """,
@@ -59,7 +59,7 @@ MUTATIONS = {
 """,
         """        for o in owners.iter_mut() {
             if let Some(i) = o.take() {
-                answer(i, Ok(()));
+                answer(i, Ok(()), None);
             }
         }
         loop {
@@ -244,7 +244,7 @@ MUTATIONS = {
     "p6-write-every-message": (
         CORE + "runtime.rs",
         """    if changed || ops_changed {""",
-        """    if changed || ops_changed || encoded == rt.committed {""",
+        """    if changed || ops_changed || digest == rt.committed {""",
         ["--test", "behaviour", "unchanged_state_without_op_changes_writes_nothing"],
     ),
     "p7-memory-store-skips-the-fence": (

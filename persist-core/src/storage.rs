@@ -1,8 +1,10 @@
 //! [`Storage`]: the handle actors share, and its group committer.
 //!
-//! One thread per store owns the backend. Actors send it requests; it drains everything
-//! waiting, writes all commits in one transaction (one sync) and then releases each actor.
-//! A lone actor waits for no one: the thread writes as soon as a request arrives.
+//! One writer at a time holds the backend. An actor whose commit finds the store idle writes
+//! it itself, on its own thread, and replies at once; commits that find the store held queue
+//! for the committer thread, which drains everything waiting, writes it in one transaction
+//! (one sync) and then releases each actor. A lone actor waits for no one: no hand-off, no
+//! timer.
 
 use std::any::Any;
 use std::collections::VecDeque;
