@@ -750,6 +750,13 @@ impl Storage {
 /// sent before it) and serves it.
 fn run(shared: &Shared) {
     let mut taken: Vec<Request> = Vec::new();
+    // The limits never change; read once, so that the queue's lock is never held while the
+    // backend's is taken.
+    let (max_batch, max_bytes) = lock(&shared.core)
+        .as_ref()
+        .map_or((usize::MAX, usize::MAX), |c| {
+            (c.config.max_batch, c.config.max_batch_bytes)
+        });
     loop {
         let mut q = lock(&shared.queue);
         loop {
@@ -772,13 +779,7 @@ fn run(shared: &Shared) {
             q.sleeping = false;
         }
         q.writing = true;
-        let max_batch = lock(&shared.core)
-            .as_ref()
-            .map_or(usize::MAX, |c| c.config.max_batch);
         let (mut commits, mut bytes) = (0, 0);
-        let max_bytes = lock(&shared.core)
-            .as_ref()
-            .map_or(usize::MAX, |c| c.config.max_batch_bytes);
         while let Some(request) = q.requests.pop_front() {
             let last = match &request {
                 Request::Commit(c, _) => {
