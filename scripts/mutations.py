@@ -564,6 +564,19 @@ MUTATIONS = {
         """        None => {}""",
         ["-p", "persist-core", "--lib", "runtime::tests::a_rollback_that_cannot_read_the_store_back"],
     ),
+    "a-rollback-after-a-failed-first-commit-skips-the-store": (
+        CORE + "runtime.rs",
+        """    let restored = if rt.initial.is_some() && written == Attempt::NotWritten {""",
+        """    let restored = if rt.initial.is_some() {""",
+        ["--test", "adversarial_committer", "rollback_after_a_first_commit_that_landed_but_failed"],
+    ),
+    "a-fence-naming-no-commit-of-the-batch-taken-as-one": (
+        CORE + "storage.rs",
+        """                        && fences.windows(2).all(|w| w[0].index < w[1].index)
+                        && fences.last().is_some_and(|f| f.index < commits.len()) =>""",
+        """                        && true =>""",
+        ["--test", "adversarial_committer", "a_fence_with_a_bad_index_is_an_error_not_a_hang"],
+    ),
 }
 
 

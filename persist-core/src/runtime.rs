@@ -978,37 +978,64 @@ impl Digest {
 fn roll_back<A: Persistent>(
     rt: &mut Runtime<A>,
     error: ActorProcessingErr,
+    written: Attempt,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ActorProcessingErr> + Send + '_>> {
     Box::pin(async move {
-        restore(rt).await;
+        restore(rt, written).await;
         error
     })
 }
 
-/// Makes the state in memory the last committed one: `init`'s, if nothing was committed yet;
-/// otherwise the snapshot read back from the store (even a poisoned one: the read tells
-/// what the store holds). If that cannot be read or decoded, the instance is marked failed
-/// and serves nothing more.
-async fn restore<A: Persistent>(rt: &mut Runtime<A>) {
-    let restored = match &rt.initial {
-        Some(initial) => envelope::payload::<A::State>(initial).ok(),
-        None => match rt.storage.read_back(&rt.key).await {
-            Ok(Some(bytes)) => envelope::open(
-                &bytes,
-                Kind::Snapshot,
-                A::VERSION,
-                rt.storage.transforms(),
-                Place {
-                    key: &rt.key,
-                    id: 0,
-                },
-            )
-            .and_then(|(header, body)| {
-                decode_versioned(A::VERSION, header, &body, A::migrate_state)
-            })
-            .ok(),
-            _ => None,
-        },
+/// Whether the failed message's commit reached the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// No: the handler or the encoding failed before any write.
+    NotWritten,
+    /// It was handed to the store, which failed: it may have been written all the same (a
+    /// sync that failed after the write, an answer lost on the way back).
+    MaybeWritten,
+}
+
+/// Makes the state in memory the last committed one. Before any commit, with nothing handed
+/// to the store, that is `init`'s state. Otherwise it is what the store holds: the snapshot
+/// read back (even from a poisoned store: the read tells what it holds), or `init`'s state if
+/// the store holds none yet. If the store cannot be read, or its snapshot decoded, the
+/// instance is marked failed and serves nothing more.
+async fn restore<A: Persistent>(rt: &mut Runtime<A>, written: Attempt) {
+    let initial = |rt: &Runtime<A>| {
+        rt.initial
+            .as_deref()
+            .and_then(|bytes| envelope::payload::<A::State>(bytes).ok())
+    };
+    let restored = if rt.initial.is_some() && written == Attempt::NotWritten {
+        initial(rt)
+    } else {
+        match rt.storage.read_back(&rt.key).await {
+            Ok(Some(bytes)) => {
+                let state = envelope::open(
+                    &bytes,
+                    Kind::Snapshot,
+                    A::VERSION,
+                    rt.storage.transforms(),
+                    Place {
+                        key: &rt.key,
+                        id: 0,
+                    },
+                )
+                .and_then(|(header, body)| {
+                    decode_versioned(A::VERSION, header, &body, A::migrate_state)
+                })
+                .ok();
+                if state.is_some() {
+                    // The store holds a state now: later rollbacks read it.
+                    rt.initial = None;
+                }
+                state
+            }
+            // Nothing stored yet: the failed first commit did not land.
+            Ok(None) => initial(rt),
+            Err(_) => None,
+        }
     };
     match restored {
         Some(state) => rt.state = state,
@@ -1114,7 +1141,7 @@ async fn cycle<A: Persistent>(
         }
     }
     if let Err(e) = handled {
-        return Err(roll_back(rt, e).await);
+        return Err(roll_back(rt, e, Attempt::NotWritten).await);
     }
     let encoded = match envelope::to_payload(&rt.state) {
         Ok(bytes) => bytes,
@@ -1124,7 +1151,7 @@ async fn cycle<A: Persistent>(
                 what: "state",
                 source,
             };
-            return Err(roll_back(rt, e.into()).await);
+            return Err(roll_back(rt, e.into(), Attempt::NotWritten).await);
         }
     };
     let digest = Digest::of(&encoded);
@@ -1161,12 +1188,12 @@ async fn cycle<A: Persistent>(
         drop(encoded);
         let (commit, commit_floor) = match built {
             Ok(built) => built,
-            Err(e) => return Err(roll_back(rt, e).await),
+            Err(e) => return Err(roll_back(rt, e, Attempt::NotWritten).await),
         };
         if let Err(source) = rt.storage.commit(commit).await {
             // Replies and operations are dropped with `parts`: callers see an error.
             let e = rt.fail(source).into();
-            return Err(roll_back(rt, e).await);
+            return Err(roll_back(rt, e, Attempt::MaybeWritten).await);
         }
         rt.committed = digest;
         rt.initial = None;

@@ -982,7 +982,11 @@ impl Committer {
                     }
                     return;
                 }
-                Err(StoreError::Fenced(fences)) if !fences.is_empty() => {
+                Err(StoreError::Fenced(fences))
+                    if !fences.is_empty()
+                        && fences.windows(2).all(|w| w[0].index < w[1].index)
+                        && fences.last().is_some_and(|f| f.index < commits.len()) =>
+                {
                     // Refuse the stale commits alone and write the others.
                     for fence in fences.iter().rev() {
                         commits.remove(fence.index);
@@ -995,6 +999,19 @@ impl Committer {
                 }
                 Err(e) => {
                     // Nobody knows what is on disk now: fail everyone, refuse further writes.
+                    // (A fence that names no commit of the batch, or names them out of order,
+                    // breaks the seam's contract: it is such a failure too.)
+                    let e = match e {
+                        StoreError::Fenced(fences) => StoreError::Corrupt {
+                            store: self.name.clone(),
+                            detail: format!(
+                                "the backend refused a batch of {} commits with fences that do not name its commits in order: {:?}",
+                                commits.len(),
+                                fences.iter().map(|f| f.index).collect::<Vec<_>>()
+                            ),
+                        },
+                        e => e,
+                    };
                     self.poisoned = Some(e.to_string());
                     for i in owners.into_iter().flatten() {
                         answer(i, Err(clone_err(&e)), None);
