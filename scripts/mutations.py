@@ -72,7 +72,7 @@ MUTATIONS = {
     "no-rollback-after-a-handler-error": (
         CORE + "runtime.rs",
         """    if let Err(e) = handled {
-        return Err(roll_back(rt, e).await);
+        return Err(roll_back(rt, e, Attempt::NotWritten).await);
     }""",
         """    if let Err(e) = handled {
         return Err(e);
@@ -82,7 +82,7 @@ MUTATIONS = {
     "no-rollback-after-a-failed-commit": (
         CORE + "runtime.rs",
         """            let e = rt.fail(source).into();
-            return Err(roll_back(rt, e).await);""",
+            return Err(roll_back(rt, e, Attempt::MaybeWritten).await);""",
         """            return Err(rt.fail(source).into());""",
         ["--test", "rollback", "failed_commit"],
     ),
@@ -134,7 +134,7 @@ MUTATIONS = {
     ),
     "a-load-does-not-see-queued-riders": (
         CORE + "storage.rs",
-        """        if !read_back && !self.riders.is_empty() {""",
+        """        if access == Access::Any && !self.riders.is_empty() {""",
         """        if false && !self.riders.is_empty() {""",
         ["--test", "delivery", "a_dead_letter_stays_dead_after_a_respawn"],
     ),
@@ -547,15 +547,17 @@ MUTATIONS = {
     ),
     "rollback-returns-to-init-after-the-first-commit": (
         CORE + "runtime.rs",
-        """        rt.initial = None;
+        """        rt.committed = digest;
+        rt.initial = None;
 """,
-        """""",
+        """        rt.committed = digest;
+""",
         ["--test", "rollback", "failed_handler"],
     ),
     "rollback-read-refused-on-a-poisoned-store": (
         CORE + "storage.rs",
-        """        let even_poisoned = read_back;""",
-        """        let even_poisoned = false;""",
+        """        match self.refuse().filter(|_| access == Access::Any) {""",
+        """        match self.refuse() {""",
         ["--test", "rollback", "failed_commit"],
     ),
     "a-rollback-that-could-not-read-back-still-serves": (

@@ -1657,6 +1657,20 @@ mod tests {
 
     use crate::envelope::decode;
 
+    /// A `Flaky` store, an actor to stand for `myself`, and the runtime of key "k" on the
+    /// store, started.
+    async fn started() -> (Flaky, ActorRef<AccMsg>, Runtime<Acc>) {
+        let store = Flaky::default();
+        let storage = Storage::new(store.clone());
+        let (myself, _) = ractor::Actor::spawn(None, Acc, Start::new(&storage, "probe", ()))
+            .await
+            .unwrap();
+        let rt = pre_start(&Acc, myself.clone(), Start::new(&storage, "k", ()))
+            .await
+            .unwrap();
+        (store, myself, rt)
+    }
+
     fn stored(store: &MemoryStore) -> Vec<u32> {
         let bytes = store
             .snapshot(&ActorKey::new("acc", "k"))
@@ -1666,14 +1680,7 @@ mod tests {
 
     #[tokio::test]
     async fn failed_handler_and_failed_commit_leave_memory_equal_to_the_store() {
-        let store = Flaky::default();
-        let storage = Storage::new(store.clone());
-        let (myself, _) = ractor::Actor::spawn(None, Acc, Start::new(&storage, "probe", ()))
-            .await
-            .unwrap();
-        let mut rt = pre_start(&Acc, myself.clone(), Start::new(&storage, "k", ()))
-            .await
-            .unwrap();
+        let (store, myself, mut rt) = started().await;
         handle(&Acc, myself.clone(), AccMsg::Add(2), &mut rt)
             .await
             .unwrap();
@@ -1710,14 +1717,7 @@ mod tests {
     /// first error anyway): the failed message's state is never committed or replied.
     #[tokio::test]
     async fn a_rollback_that_cannot_read_the_store_back_refuses_everything_after() {
-        let store = Flaky::default();
-        let storage = Storage::new(store.clone());
-        let (myself, _) = ractor::Actor::spawn(None, Acc, Start::new(&storage, "probe", ()))
-            .await
-            .unwrap();
-        let mut rt = pre_start(&Acc, myself.clone(), Start::new(&storage, "k", ()))
-            .await
-            .unwrap();
+        let (store, myself, mut rt) = started().await;
         // Before the first commit, the rollback needs no store: `init`'s state comes back.
         let err = handle(&Acc, myself.clone(), AccMsg::AddThenFail(7), &mut rt).await;
         assert!(err.is_err());

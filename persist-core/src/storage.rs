@@ -112,35 +112,12 @@ pub struct CommitStats {
 
 type Done<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// Who waits for a queued commit.
-enum Waiter {
-    /// Told the outcome only.
-    Told(Done<()>),
-    /// Told the outcome and handed the commit back, so that its buffers, allocated on the
-    /// actor's thread, are freed there and not on the committer thread (glibc frees a chunk
-    /// into the arena of the thread that allocated it, under that arena's lock, so freeing
-    /// a batch's buffers here contends with the actors allocating in those arenas).
-    Back(oneshot::Sender<(Result<(), StoreError>, Option<ActorCommit>)>),
-}
-
-impl Waiter {
-    fn answer(self, result: Result<(), StoreError>, commit: Option<ActorCommit>) {
-        match self {
-            Waiter::Told(done) => {
-                let _ = done.send(result);
-            }
-            Waiter::Back(back) => {
-                let _ = back.send((result, commit));
-            }
-        }
-    }
-}
-
-impl From<Done<()>> for Waiter {
-    fn from(done: Done<()>) -> Self {
-        Waiter::Told(done)
-    }
-}
+/// Who waits for a queued commit: told the outcome and handed the commit back, so that its
+/// buffers, allocated on the actor's thread, are freed there and not on the committer thread
+/// (glibc frees a chunk into the arena of the thread that allocated it, under that arena's
+/// lock, so freeing a batch's buffers here contends with the actors allocating in those
+/// arenas).
+type Waiter = oneshot::Sender<(Result<(), StoreError>, Option<ActorCommit>)>;
 
 /// A record moved aside because it could not be decoded, with its original bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,11 +175,21 @@ impl QuarantineBody {
 /// of its own failed.
 type Job = Box<dyn FnOnce(Result<&dyn Store, StoreError>) -> Option<String> + Send>;
 
+/// What a call may do with the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anything (a load, a delete, an export): refused on a poisoned store, and run after
+    /// the queued riders are written, since it must see every change sent before it.
+    Any,
+    /// Read an actor's snapshot back for a rollback: run even on a poisoned store (reading
+    /// cannot make it worse), and without writing the riders first (they never touch a
+    /// snapshot).
+    ReadBack,
+}
+
 enum Request {
-    /// Administrative work (delete, list, quarantine), in order with the commits.
-    Call(Job),
-    /// A read run even on a poisoned store (reading cannot make it worse).
-    Read(Job),
+    /// Administrative work (delete, list, quarantine) and loads, in order with the commits.
+    Call(Job, Access),
     Commit(ActorCommit, Waiter),
     Close(Done<()>),
 }
@@ -458,6 +445,7 @@ impl Storage {
             },
             |_| None,
             self.inline_here(),
+            Access::Any,
         )
         .await
     }
@@ -483,7 +471,7 @@ impl Storage {
             return holding.with(|c| c.map_or_else(|| Err(self.closed()), |c| c.write_one(commit)));
         }
         let (tx, rx) = oneshot::channel();
-        self.send(Request::Commit(commit, Waiter::Back(tx)))?;
+        self.send(Request::Commit(commit, tx))?;
         let (result, written) = rx.await.map_err(|_| self.closed())?;
         // Freed here, on the thread that allocated it.
         drop(written);
@@ -504,36 +492,19 @@ impl Storage {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.call_then(f, |_| None, false).await
+        self.call_then(f, |_| None, false, Access::Any).await
     }
 
     /// The snapshot row of `key` as the store holds it now, read after every commit sent
     /// before, even if a failed write poisoned the store: what a rollback puts back.
     pub(crate) async fn read_back(&self, key: &ActorKey) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.clone();
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |store| {
-            let rows = store.and_then(|s| {
-                catch_unwind(AssertUnwindSafe(|| {
-                    s.read(&key, Some(Space::SNAPSHOT), 0..=0)
-                }))
-                .unwrap_or_else(|_| Err(s.unsupported("read after a panic")))
-            });
-            let _ = tx.send(rows.map(|r| r.into_iter().next().map(|row| row.bytes)));
-            None
-        });
-        match self
-            .inline_here()
-            .then(|| self.inner.shared.take_idle())
-            .flatten()
-        {
-            Some(mut holding) => holding.with(|c| match c {
-                Some(c) => c.call(job, true),
-                None => drop(job),
-            }),
-            None => self.send(Request::Read(job))?,
-        }
-        rx.await.map_err(|_| self.closed())?
+        let read = move |s: &dyn Store| {
+            let rows = s.read(&key, Some(Space::SNAPSHOT), 0..=0)?;
+            Ok(rows.into_iter().next().map(|row| row.bytes))
+        };
+        self.call_then(read, |_| None, self.inline_here(), Access::ReadBack)
+            .await
     }
 
     /// Runs `f`, which writes, on the committer thread: a failed write (anything but a
@@ -549,6 +520,7 @@ impl Storage {
                 Err(e) => Some(e.to_string()),
             },
             false,
+            Access::Any,
         )
         .await
     }
@@ -561,6 +533,7 @@ impl Storage {
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
         poison: fn(&Result<T, StoreError>) -> Option<String>,
         inline: bool,
+        access: Access,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let name = self.inner.name.clone();
@@ -582,12 +555,12 @@ impl Storage {
             Some(mut holding) => {
                 // The answer is in the channel when this returns.
                 holding.with(|c| match c {
-                    Some(c) => c.call(job, false),
+                    Some(c) => c.call(job, access),
                     // Dropping the job tells the caller the store is closed.
                     None => drop(job),
                 });
             }
-            None => self.send(Request::Call(job))?,
+            None => self.send(Request::Call(job, access))?,
         }
         rx.await.map_err(|_| self.closed())?
     }
@@ -640,6 +613,7 @@ impl Storage {
                 _ => None,
             },
             false,
+            Access::Any,
         )
         .await?
     }
@@ -787,7 +761,7 @@ fn run(shared: &Shared) {
                     bytes += c.byte_len();
                     commits >= max_batch || bytes >= max_bytes
                 }
-                Request::Call(_) | Request::Read(_) | Request::Close(_) => true,
+                Request::Call(..) | Request::Close(_) => true,
             };
             taken.push(request);
             if last {
@@ -811,13 +785,9 @@ fn run(shared: &Shared) {
         for request in taken.drain(..) {
             match request {
                 Request::Commit(commit, waiter) => batch.push((commit, waiter)),
-                Request::Call(job) => {
+                Request::Call(job, access) => {
                     c.flush(&mut batch);
-                    c.call(job, false);
-                }
-                Request::Read(job) => {
-                    c.flush(&mut batch);
-                    c.call(job, true);
+                    c.call(job, access);
                 }
                 Request::Close(done) => close = Some(done),
             }
@@ -856,15 +826,12 @@ impl Committer {
     /// Runs a call, after writing the riders: a call (a load among them) must see every
     /// change sent before it, the riders too (a dead-letter move or an attempt count that a
     /// respawn's load must not miss). Only then a rider costs a write of its own.
-    ///
-    /// A read back (`read_back`) runs even on a poisoned store and writes no riders first:
-    /// it reads only a snapshot, which riders never touch.
-    fn call(&mut self, job: Job, read_back: bool) {
-        let even_poisoned = read_back;
-        if !read_back && !self.riders.is_empty() {
+    /// A read back ([`Access::ReadBack`]) needs neither.
+    fn call(&mut self, job: Job, access: Access) {
+        if access == Access::Any && !self.riders.is_empty() {
             self.write(Vec::new(), |_, _, _| {});
         }
-        match self.refuse().filter(|_| !even_poisoned) {
+        match self.refuse().filter(|_| access == Access::Any) {
             Some(e) => {
                 job(Err(e));
             }
@@ -933,7 +900,7 @@ impl Committer {
             batch.drain(..).map(|(c, w)| (c, Some(w))).unzip();
         self.write(commits, |i, r, c| {
             if let Some(waiter) = waiters[i].take() {
-                waiter.answer(r, c);
+                let _ = waiter.send((r, c));
             }
         });
     }
@@ -1213,7 +1180,7 @@ mod tests {
         let (entered, release) = store.hold_next();
         let (done, mut first) = oneshot::channel();
         storage
-            .send(Request::Commit(commit_of("a0", epochs[0], 1), done.into()))
+            .send(Request::Commit(commit_of("a0", epochs[0], 1), done))
             .unwrap();
         tokio::task::spawn_blocking(move || entered.recv().unwrap())
             .await
@@ -1233,9 +1200,9 @@ mod tests {
             let (queued_tx, queued) = oneshot::channel();
             tokio::spawn(async move {
                 let (done, rx) = oneshot::channel();
-                s.send(Request::Commit(c, done.into())).unwrap();
+                s.send(Request::Commit(c, done)).unwrap();
                 queued_tx.send(()).unwrap();
-                tx.send(rx.await.unwrap()).unwrap();
+                tx.send(rx.await.unwrap().0).unwrap();
             });
             queued.await.unwrap();
         }
@@ -1245,7 +1212,7 @@ mod tests {
             "acknowledged before the batch was written"
         );
         release.send(()).unwrap();
-        first.await.unwrap().unwrap();
+        first.await.unwrap().0.unwrap();
         let mut n = 0;
         while let Some(ack) = acks.recv().await {
             ack.unwrap();
@@ -1284,10 +1251,7 @@ mod tests {
         for (i, e) in epochs.iter().enumerate().skip(1) {
             let (done, rx) = oneshot::channel();
             storage
-                .send(Request::Commit(
-                    commit_of(&format!("b{i}"), *e, 1),
-                    done.into(),
-                ))
+                .send(Request::Commit(commit_of(&format!("b{i}"), *e, 1), done))
                 .unwrap();
             waiters.push(rx);
         }
@@ -1297,6 +1261,7 @@ mod tests {
             let err = rx
                 .await
                 .unwrap()
+                .0
                 .expect_err("a failed batch acknowledges no one");
             assert!(err.to_string().contains("disk on fire"), "{err}");
         }
@@ -1369,7 +1334,7 @@ mod tests {
         let (entered, release) = store.hold_next();
         let (done, held) = oneshot::channel();
         storage
-            .send(Request::Commit(commit_of("other", other, 1), done.into()))
+            .send(Request::Commit(commit_of("other", other, 1), done))
             .unwrap();
         tokio::task::spawn_blocking(move || entered.recv().unwrap())
             .await
@@ -1377,23 +1342,18 @@ mod tests {
         // Behind the held write, a stale and a live commit share the next batch.
         let (stale_done, stale_rx) = oneshot::channel();
         storage
-            .send(Request::Commit(
-                commit_of("old", stale, 7),
-                stale_done.into(),
-            ))
+            .send(Request::Commit(commit_of("old", stale, 7), stale_done))
             .unwrap();
         let (live_done, live_rx) = oneshot::channel();
         storage
-            .send(Request::Commit(
-                commit_of("live", live, 9),
-                live_done.into(),
-            ))
+            .send(Request::Commit(commit_of("live", live, 9), live_done))
             .unwrap();
         release.send(()).unwrap();
-        held.await.unwrap().unwrap();
+        held.await.unwrap().0.unwrap();
         let refused = stale_rx
             .await
             .unwrap()
+            .0
             .expect_err("the stale commit is fenced");
         assert!(
             matches!(refused, StoreError::Fenced(ref f) if f.len() == 1),
@@ -1402,6 +1362,7 @@ mod tests {
         live_rx
             .await
             .unwrap()
+            .0
             .expect("the live commit is acknowledged");
         // Acknowledged means written: the live commit is in the store, the stale one is not.
         let live_key = ActorKey::new("t", "live");
@@ -1443,11 +1404,11 @@ mod tests {
         // A commit arriving meanwhile waits for the committer thread.
         let (done, third) = oneshot::channel();
         storage
-            .send(Request::Commit(commit_of("other", other, 3), done.into()))
+            .send(Request::Commit(commit_of("other", other, 3), done))
             .unwrap();
         release.send(()).unwrap();
         second.await.unwrap().unwrap();
-        third.await.unwrap().unwrap();
+        third.await.unwrap().0.unwrap();
         assert_eq!(
             store.inner.ops(&key),
             vec![(2, vec![2])],
