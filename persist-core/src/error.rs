@@ -44,6 +44,19 @@ pub enum StoreError {
         /// The failure that poisoned it.
         cause: String,
     },
+    /// A call failed without harming the store: a server database rolled the transaction
+    /// back, timed it out, or lost the connection. A commit that failed so may or may not have
+    /// landed (the server may have committed it just before the connection was lost): a later
+    /// load shows all of its batch or none of it. The store is not poisoned; it connects again
+    /// for the next call.
+    #[error("store `{store}`: {source} (the store stays usable; a commit that failed so may or may not have landed)")]
+    Interrupted {
+        /// The store's name.
+        store: String,
+        /// What the backend said.
+        #[source]
+        source: BoxError,
+    },
     /// The backend does not implement this operation.
     #[error("store `{store}` does not support `{operation}`")]
     Unsupported {

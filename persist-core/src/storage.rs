@@ -516,7 +516,7 @@ impl Storage {
         self.call_then(
             f,
             |r| match r {
-                Err(StoreError::Fenced(_)) | Ok(_) => None,
+                Err(StoreError::Fenced(_) | StoreError::Interrupted { .. }) | Ok(_) => None,
                 Err(e) => Some(e.to_string()),
             },
             false,
@@ -964,6 +964,15 @@ impl Committer {
                         }
                     }
                 }
+                Err(e @ StoreError::Interrupted { .. }) => {
+                    // The database is whole (the server rolled back, or committed all of the
+                    // batch before the connection was lost): fail everyone, as nobody knows
+                    // which, and serve the next batch.
+                    for i in owners.into_iter().flatten() {
+                        answer(i, Err(clone_err(&e)), None);
+                    }
+                    return;
+                }
                 Err(e) => {
                     // Nobody knows what is on disk now: fail everyone, refuse further writes.
                     // (A fence that names no commit of the batch, or names them out of order,
@@ -1056,6 +1065,10 @@ fn clone_err(e: &StoreError) -> StoreError {
             operation,
         },
         StoreError::Backend { store, source } => StoreError::Backend {
+            store: store.clone(),
+            source: source.to_string().into(),
+        },
+        StoreError::Interrupted { store, source } => StoreError::Interrupted {
             store: store.clone(),
             source: source.to_string().into(),
         },
