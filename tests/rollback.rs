@@ -86,6 +86,7 @@ fn probe_key(test: &str, b: &Backend) -> String {
         Backend::Memory(_) => "memory",
         Backend::Redb(..) => "redb",
         Backend::Sqlite(..) => "sqlite",
+        Backend::Postgres(..) => "postgres",
     };
     format!("{test}-{backend}")
 }

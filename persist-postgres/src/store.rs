@@ -42,6 +42,23 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Dropping the client closes the connection with the client's own `block_on`, which
+        // panics on a thread that drives a tokio runtime.
+        let session = self
+            .session
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if session.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|scope| {
+                scope.spawn(move || drop(session));
+            });
+        }
+    }
+}
+
 /// A live connection and its prepared statements.
 struct Session {
     client: Client,
@@ -96,14 +113,10 @@ impl PostgresStore {
 
     /// Closes the connection.
     pub fn close(self) -> Result<(), StoreError> {
-        let session = self.session.into_inner().unwrap_or_else(|p| p.into_inner());
-        match session {
-            Some(s) => s
-                .client
-                .close()
-                .map_err(|e| Failure::from(e).into_store_error(&self.name)),
+        self.run(|s| match s.session().take() {
+            Some(session) => Ok(session.client.close()?),
             None => Ok(()),
-        }
+        })
     }
 
     fn session(&self) -> MutexGuard<'_, Option<Session>> {

@@ -83,7 +83,7 @@ impl TestCluster {
             .get_or_init(|| {
                 let found = match std::env::var(URL) {
                     Ok(url) if !url.is_empty() => Ok(TestCluster::external(url)),
-                    _ => TestCluster::start(),
+                    _ => off_runtime(TestCluster::start),
                 };
                 match found {
                     Ok(c) => {
@@ -117,6 +117,10 @@ impl TestCluster {
     /// Starts a server of this process's own, stopped and removed when dropped. For tests
     /// that crash or restart it; others share [`TestCluster::shared`].
     pub fn start() -> Result<TestCluster, TestClusterError> {
+        off_runtime(Self::start_here)
+    }
+
+    fn start_here() -> Result<TestCluster, TestClusterError> {
         let bin = find_binaries()?;
         remove_stale();
         static N: AtomicU64 = AtomicU64::new(0);
@@ -227,7 +231,8 @@ impl TestCluster {
     /// Starts the server again after [`TestCluster::crash`], on the same port, and waits
     /// until it accepts connections.
     pub fn start_again(&self) -> Result<(), TestClusterError> {
-        self.owned("start again")?.start_server()
+        let owned = self.owned("start again")?;
+        off_runtime(|| owned.start_server())
     }
 
     fn owned(&self, step: &'static str) -> Result<&Owned, TestClusterError> {
@@ -481,4 +486,14 @@ fn nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Runs `f` on a thread of its own: the synchronous client that polls the server must not
+/// block a tokio worker (its `block_on` panics there).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }

@@ -1,7 +1,8 @@
 //! Test actors and backends shared by the end-to-end tests.
 #![allow(dead_code, unused_macros)]
 
-/// Runs each named `async fn(Backend)` as a test against the memory store, redb and SQLite:
+/// Runs each named `async fn(Backend)` as a test against the memory store, redb, SQLite and
+/// PostgreSQL:
 /// one behaviour suite for every backend.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -17,6 +18,15 @@ macro_rules! on_every_backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::common::Backend::sqlite()).await })*
         }
+        // Skipped (with a note) when no PostgreSQL server can be started; CI requires it.
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(b) = super::common::Backend::postgres() {
+                    super::$name(b).await
+                }
+            })*
+        }
     };
 }
 
@@ -29,8 +39,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_persist::{
     ActorCommit, ActorKey, DecodeError, LoadError, Loaded, Marks, MemoryStore, OpId, Outcome,
-    Pending, Persistent, PersistentActor, RedbStore, RetryPolicy, Row, Space, SqliteStore, Start,
-    Storage, Store, StoreError, Tx,
+    Pending, Persistent, PersistentActor, PostgresOptions, PostgresStore, RedbStore, RetryPolicy,
+    Row, Space, SqliteStore, Start, Storage, Store, StoreError, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -203,6 +213,8 @@ pub enum Backend {
     Memory(MemoryStore),
     Redb(tempfile::TempDir, PathBuf),
     Sqlite(tempfile::TempDir, PathBuf),
+    /// A schema of its own on the shared test server.
+    Postgres(PostgresOptions),
 }
 
 impl Backend {
@@ -222,6 +234,12 @@ impl Backend {
         Backend::Sqlite(dir, path)
     }
 
+    /// A fresh schema on the shared PostgreSQL test server; `None` (the test skips) when there
+    /// is no server.
+    pub fn postgres() -> Option<Self> {
+        persist_postgres::TestCluster::shared().map(|c| Backend::Postgres(c.options()))
+    }
+
     /// Opens the store (again), wrapped so a test can count and fail commits.
     pub fn open(&self, faults: &Faults) -> Storage {
         match self {
@@ -232,6 +250,9 @@ impl Backend {
             Backend::Sqlite(_, path) => {
                 Storage::new(faults.wrap(SqliteStore::open(path).expect("open sqlite")))
             }
+            Backend::Postgres(o) => {
+                Storage::new(faults.wrap(PostgresStore::open(o.clone()).expect("open postgres")))
+            }
         }
     }
 
@@ -240,6 +261,7 @@ impl Backend {
             Backend::Memory(m) => f(m),
             Backend::Redb(_, path) => f(&RedbStore::open(path).expect("open redb")),
             Backend::Sqlite(_, path) => f(&SqliteStore::open(path).expect("open sqlite")),
+            Backend::Postgres(o) => f(&PostgresStore::open(o.clone()).expect("open postgres")),
         }
     }
 
