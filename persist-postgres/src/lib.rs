@@ -13,6 +13,8 @@
 
 mod error;
 mod options;
+#[cfg(feature = "test-cluster")]
+mod proxy;
 mod schema;
 mod store;
 #[cfg(feature = "test-cluster")]
@@ -20,6 +22,8 @@ mod test_cluster;
 
 pub use error::PostgresError;
 pub use options::{DEFAULT_SCHEMA, DEFAULT_TABLE_PREFIX, PostgresOptions};
+#[cfg(feature = "test-cluster")]
+pub use proxy::{Cut, CuttingProxy};
 pub use store::{PostgresStore, SCHEMA_VERSION};
 #[cfg(feature = "test-cluster")]
 pub use test_cluster::{TestCluster, TestClusterError};
