@@ -5,7 +5,8 @@
 //!
 //! Run with `cargo run --example torture -- PATH [SEED] [ACTORS] [--check] [--backend B]
 //! [--accounts N] [--bank-base ID] [--resend SPEC]...`: it recovers every actor from the
-//! store at PATH (a `RedbStore`, or with `--backend sqlite` a `SqliteStore`), prints what it
+//! store at PATH (a `RedbStore`; with `--backend sqlite` a `SqliteStore`; with `--backend
+//! postgres` a `PostgresStore`, PATH being `SCHEMA@CONNECTION-STRING`), prints what it
 //! found, then loads them until it is killed (`--check` stops after the recovery).
 //! `tests/crash_kill_loop.rs` is the driver; it runs this same code in a child process, kills
 //! it with SIGKILL and checks each restart.
@@ -57,8 +58,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call};
 use ractor_persist::{
     ActorKey, Control, DecodeReason, Inbound, Once, OpId, Outcome, Pending, Persistent,
-    PersistentActor, RedbStore, Redelivery, Settled, Settlement, Space, SqliteStore, Start,
-    Storage, Store, Tx,
+    PersistentActor, PostgresOptions, PostgresStore, RedbStore, Redelivery, Settled, Settlement,
+    Space, SqliteStore, Start, Storage, Store, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -204,6 +205,19 @@ fn line(args: std::fmt::Arguments<'_>) {
 pub enum Backend {
     Redb,
     Sqlite,
+    /// PATH is `SCHEMA@CONNECTION-STRING`.
+    Postgres,
+}
+
+/// The PostgreSQL options a PATH of `SCHEMA@CONNECTION-STRING` names.
+fn postgres_options(
+    path: &std::path::Path,
+) -> Result<PostgresOptions, Box<dyn std::error::Error + Send + Sync>> {
+    let text = path.to_str().ok_or("a PostgreSQL PATH is UTF-8")?;
+    let (schema, params) = text
+        .split_once('@')
+        .ok_or("a PostgreSQL PATH is SCHEMA@CONNECTION-STRING")?;
+    Ok(PostgresOptions::new(params)?.schema(schema))
 }
 
 impl Backend {
@@ -212,6 +226,7 @@ impl Backend {
         match self {
             Backend::Redb => "redb",
             Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
         }
     }
 
@@ -223,6 +238,7 @@ impl Backend {
         Ok(match self {
             Backend::Redb => Storage::new(RedbStore::open(path)?),
             Backend::Sqlite => Storage::new(SqliteStore::open(path)?),
+            Backend::Postgres => Storage::new(PostgresStore::open(postgres_options(path)?)?),
         })
     }
 
@@ -243,6 +259,7 @@ impl Backend {
         Ok(match self {
             Backend::Redb => count(&RedbStore::open(path)?)?,
             Backend::Sqlite => count(&SqliteStore::open(path)?)?,
+            Backend::Postgres => count(&PostgresStore::open(postgres_options(path)?)?)?,
         })
     }
 }
@@ -264,10 +281,10 @@ pub struct Options {
 }
 
 impl Options {
-    /// Reads `PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite] [--accounts N]
+    /// Reads `PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite|postgres] [--accounts N]
     /// [--bank-base ID] [--resend SPEC]...`.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
-        let usage = "usage: torture PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite] \
+        let usage = "usage: torture PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite|postgres] \
                      [--accounts N] [--bank-base ID] [--resend SPEC]...";
         let mut check = false;
         let mut backend = Backend::Redb;
@@ -283,6 +300,7 @@ impl Options {
                     backend = match args.next().as_deref() {
                         Some("redb") => Backend::Redb,
                         Some("sqlite") => Backend::Sqlite,
+                        Some("postgres") => Backend::Postgres,
                         _ => return Err(usage.into()),
                     }
                 }

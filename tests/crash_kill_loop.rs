@@ -30,8 +30,9 @@
 //!
 //! A kill keeps the OS page cache, so this proves the process side (nothing acknowledged
 //! before its commit returned, recovery of a store left open); power loss is the simulator's
-//! job (`crash_power_loss.rs`). The loop runs on redb and on SQLite (`--backend sqlite`), each
-//! printing its figure line. `CRASH_CYCLES=n` runs n cycles on each (default 300); `CRASH_SEED`
+//! job (`crash_power_loss.rs`). The loop runs on redb, on SQLite (`--backend sqlite`) and on
+//! PostgreSQL (`--backend postgres`, the shared throwaway server), each printing its figure
+//! line. `CRASH_CYCLES=n` runs n cycles on each (default 300); `CRASH_SEED`
 //! reruns a seed.
 
 mod crash;
@@ -591,13 +592,32 @@ fn killed_process_on_sqlite_loses_no_acknowledged_change_and_replays_every_pendi
     kill_loop(Backend::Sqlite, count("CRASH_CYCLES", 300));
 }
 
+#[test]
+fn killed_process_on_postgres_loses_no_acknowledged_change_and_replays_every_pending_op() {
+    if crash::child_args().is_some() {
+        return;
+    }
+    if persist_postgres::TestCluster::shared().is_none() {
+        return;
+    }
+    kill_loop(Backend::Postgres, count("CRASH_CYCLES", 300));
+}
+
 /// Runs `cycles` kills of the torture program on `backend` and checks every restart.
 fn kill_loop(backend: Backend, cycles: u64) {
     let name = backend.name();
     let seed = seed(&format!("kill-loop {name}"));
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(format!("torture.{name}"));
+    let path = match backend {
+        // A schema of its own on the shared test server; the children connect to it.
+        Backend::Postgres => {
+            let server = persist_postgres::TestCluster::shared().expect("checked by the caller");
+            let schema = server.options();
+            std::path::PathBuf::from(format!("{}@{}", schema.schema_name(), server.params()))
+        }
+        _ => dir.path().join(format!("torture.{name}")),
+    };
     let mut model = Model {
         actors: (0..ACTORS).map(|_| ActorModel::default()).collect(),
         bank: Bank::default(),
