@@ -54,6 +54,8 @@
 //! | `derive` | yes | `#[derive(Persistent)]` |
 //! | `redb` | yes | [`RedbStore`], the embedded store |
 //! | `sqlite` | no | `SqliteStore`, the SQLite store (SQLite compiled in), in its own file or beside an application's tables |
+//! | `postgres` | no | `PostgresStore`, the PostgreSQL store that many nodes share |
+//! | `cluster` | no | `cluster`: persistent actors on several ractor_cluster nodes |
 //! | `memory` | no | `MemoryStore`, the in-memory store |
 //! | `testkit` | no | the conformance kit: `testkit` and `store_conformance!` for your own `Store` |
 //! | `async-trait` | no | needed when ractor's own `async-trait` feature is on in the build |
@@ -93,6 +95,14 @@ pub use persist_redb::{FormatError, RedbStore};
 pub use persist_sqlite::{
     DEFAULT_TABLE_PREFIX, FormatError as SqliteFormatError, SqliteOptions, SqliteStore,
 };
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use persist_postgres::{PostgresOptions, PostgresStore};
+
+#[cfg(feature = "cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+pub mod cluster;
 
 /// What the derive's output names. Not public API.
 #[doc(hidden)]
