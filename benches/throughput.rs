@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo bench --bench throughput`; `BENCH_QUICK=1 cargo bench --bench throughput`
 //! (or `-- quick`) runs a shorter version. Naming sections after `--` runs only those:
-//! `durable`, `unchanged`, `cycle`, `resident`, `recovery`, `transforms`, `delivery`; `BENCH_ACTORS=1,1024` limits
+//! `durable`, `unchanged`, `cycle`, `postgres`, `resident`, `recovery`, `transforms`, `delivery`; `BENCH_ACTORS=1,1024` limits
 //! `durable` to those actor counts (for profiling). See docs/performance.md.
 
 #[path = "throughput/actors.rs"]
@@ -16,6 +16,8 @@ mod delivery;
 mod durable;
 #[path = "throughput/measure.rs"]
 mod measure;
+#[path = "throughput/postgres.rs"]
+mod postgres;
 #[path = "throughput/raw.rs"]
 mod raw;
 #[path = "throughput/recovery.rs"]
@@ -41,6 +43,8 @@ struct Plan {
     idle_actors: usize,
     recovery_actors: usize,
     respawn: usize,
+    /// (actors, messages per actor for the library, for the baseline) on PostgreSQL.
+    postgres: [(usize, usize, usize); 3],
 }
 
 impl Plan {
@@ -62,6 +66,7 @@ impl Plan {
                 idle_actors: 10_000,
                 recovery_actors: 20_000,
                 respawn: 200,
+                postgres: [(1, 100, 100), (256, 5, 2), (1024, 3, 1)],
             }
         } else {
             Plan {
@@ -78,6 +83,7 @@ impl Plan {
                 idle_actors: 10_000,
                 recovery_actors: 100_000,
                 respawn: 1_000,
+                postgres: [(1, 500, 500), (256, 40, 10), (1024, 20, 4)],
             }
         }
     }
@@ -444,6 +450,10 @@ fn main() {
             );
         }
 
+        if run("postgres") {
+            postgres_section(&plan).await;
+        }
+
         if run("resident") {
             let n = plan.idle_actors;
             println!("\n== 5. resident memory, {n} idle actors with a 1 KiB state (Vec<u8> of 1024 filled bytes), each kind in a fresh process");
@@ -517,6 +527,58 @@ fn main() {
         100.0 * own / (total1 - total0).max(1e-9),
         100.0 * (steal1 - steal0) / (total1 - total0).max(1e-9),
     );
+}
+
+/// The library on PostgreSQL beside a hand-written actor doing one transaction per message,
+/// on a throwaway server (or `PERSIST_PG_URL`'s), in the same run.
+async fn postgres_section(plan: &Plan) {
+    println!(
+        "\n== PostgreSQL: state-changing messages (each pushes one op; perform -> Done), one throwaway server (fsync on, synchronous_commit on), 127.0.0.1"
+    );
+    let Some(server) = persist_postgres::TestCluster::shared() else {
+        println!("   skipped: no PostgreSQL server (see above)");
+        return;
+    };
+    println!(
+        "   baseline: a hand-written ractor actor, one transaction per message (upsert state, insert op, delete previous op), {} shared connections, statements prepared once",
+        postgres::BASELINE_CONNECTIONS
+    );
+    for &(actors, per_lib, per_naive) in &plan.postgres {
+        let (mut lib, mut naive) = (Vec::new(), Vec::new());
+        for _ in 0..plan.reps {
+            lib.push(postgres::library(server, actors, per_lib).await);
+            naive.push(postgres::naive(server, actors, per_naive).await);
+        }
+        let ratio = median(
+            lib.iter()
+                .zip(&naive)
+                .map(|(l, n)| l.rate() / n.rate())
+                .collect(),
+        );
+        let (l, n) = (summary(&lib), summary(&naive));
+        println!(
+            "{actors:>5} actors  library  {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  batch {:>6.1} msgs ({:.1} commits with riders)  CPU/msg {} (committer thread {})  [{} msgs]",
+            count(l.rate),
+            range(&l),
+            dur(l.p50),
+            dur(l.p99),
+            l.batch,
+            l.batch_all,
+            us(l.cpu),
+            us(l.committer),
+            count(lib[0].msgs as f64),
+        );
+        println!(
+            "              baseline {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  CPU/msg {}  -> library / baseline {:>6.1}x  [{} msgs]",
+            count(n.rate),
+            range(&n),
+            dur(n.p50),
+            dur(n.p99),
+            us(n.cpu),
+            ratio,
+            count(naive[0].msgs as f64),
+        );
+    }
 }
 
 /// What the durable section's targets are checked against, per actor count.
