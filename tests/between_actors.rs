@@ -733,3 +733,76 @@ async fn a_refusal_past_a_gap_brings_the_missing_message_at_once() {
     assert_eq!(settle(&a, &second).await, Settled::Delivered);
     assert_eq!(balance(&b).await.credited, vec![(1, 1), (2, 2)]);
 }
+
+/// A courier that loses every message letter while `lose` is set, and records what the
+/// postbox tells it of registrations.
+#[derive(Clone, Default)]
+struct Link {
+    lose: Arc<Mutex<bool>>,
+    heard: Arc<Mutex<Vec<(bool, ActorKey)>>>,
+}
+
+impl Courier for Link {
+    fn carry(&self, letter: Letter, postbox: &Postbox) {
+        if !letter.is_ack() && *self.lose.lock().unwrap() {
+            return;
+        }
+        postbox.deliver(letter);
+    }
+
+    fn registered(&self, key: &ActorKey) {
+        self.heard.lock().unwrap().push((true, key.clone()));
+    }
+
+    fn unregistered(&self, key: &ActorKey) {
+        self.heard.lock().unwrap().push((false, key.clone()));
+    }
+}
+
+#[tokio::test]
+async fn a_courier_hears_who_runs_here_and_a_wake_posts_the_lost_messages_again() {
+    let link = Link::default();
+    let config = StorageConfig::default().with_courier(link.clone());
+    let storage = Storage::with_config(MemoryStore::new(), config);
+    // No timer redelivers within the test: only the wake can bring the lost messages.
+    let slow = Redelivery::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let start =
+        |key: &str, opening: u64| Start::<Account>::new(&storage, key, opening).redelivery(slow);
+    let (a, _) = ractor::Actor::spawn(None, Account, start("a", 100))
+        .await
+        .unwrap();
+    let (b, _) = ractor::Actor::spawn(None, Account, start("b", 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        *link.heard.lock().unwrap(),
+        vec![(true, account("a")), (true, account("b"))]
+    );
+
+    // The link loses two messages; it comes back, and the courier wakes the sender.
+    *link.lose.lock().unwrap() = true;
+    let first = transfer(&a, 1, "b", 1).await.unwrap();
+    let second = transfer(&a, 2, "b", 2).await.unwrap();
+    assert!(balance(&b).await.credited.is_empty(), "both lost");
+    *link.lose.lock().unwrap() = false;
+    assert!(storage.postbox().wake(&account("a"), &account("b")));
+    assert_eq!(settle(&a, &first).await, Settled::Delivered);
+    assert_eq!(settle(&a, &second).await, Settled::Delivered);
+    assert_eq!(balance(&b).await.credited, vec![(1, 1), (2, 2)]);
+    // A wake too many applies nothing twice (the third transfer is posted after whatever
+    // it posted, on the same channel, so its delivery means b has seen that too).
+    assert!(storage.postbox().wake(&account("a"), &account("b")));
+    let third = transfer(&a, 3, "b", 3).await.unwrap();
+    assert_eq!(settle(&a, &third).await, Settled::Delivered);
+    assert_eq!(balance(&b).await.credited, vec![(1, 1), (2, 2), (3, 3)]);
+
+    stop(b).await;
+    assert_eq!(
+        link.heard.lock().unwrap().last(),
+        Some(&(false, account("b")))
+    );
+    assert!(
+        !storage.postbox().wake(&account("b"), &account("a")),
+        "b does not run"
+    );
+}

@@ -170,9 +170,28 @@ impl Letter {
 /// destination's mailbox at once ([`Postbox::deliver`]); a courier may instead carry it over
 /// a network, or (in tests) drop, duplicate, delay or reorder it: the runtime posts again
 /// what was not acknowledged and applies each message once.
+///
+/// A courier between nodes also hears which actors run here ([`Courier::registered`],
+/// [`Courier::unregistered`]), to tell the other nodes where to carry their letters, and
+/// wakes the senders whose letters were lost with a link when it comes back
+/// ([`Postbox::wake`]).
 pub trait Courier: Send + Sync + 'static {
     /// Carries `letter`, now or later, to `postbox.deliver` (or to another node's postbox).
     fn carry(&self, letter: Letter, postbox: &Postbox);
+
+    /// Actor `key` now takes letters on this postbox (it started here). Called once per
+    /// registration, in the order of the registrations and removals of the key, with the
+    /// postbox's lock held: it must be quick and must not call back into the postbox. The
+    /// default does nothing.
+    fn registered(&self, key: &ActorKey) {
+        let _ = key;
+    }
+
+    /// Actor `key` no longer takes letters on this postbox (it stopped, failed or was
+    /// killed). Same rules as [`Courier::registered`]. The default does nothing.
+    fn unregistered(&self, key: &ActorKey) {
+        let _ = key;
+    }
 }
 
 /// What the postbox hands an actor's mailbox.
@@ -270,6 +289,9 @@ impl Postbox {
                 .is_some_and(|(e, _)| *e == epoch)
             {
                 state.actors.remove(&letter.to);
+                if let Some(courier) = &self.shared.courier {
+                    courier.unregistered(&letter.to);
+                }
             }
         }
     }
@@ -294,6 +316,9 @@ impl Postbox {
                 return;
             }
             state.actors.insert(key.clone(), (epoch, slot));
+            if let Some(courier) = &self.shared.courier {
+                courier.registered(key);
+            }
             let waiting: Vec<ActorKey> = state
                 .waiting
                 .remove(key)
@@ -314,12 +339,26 @@ impl Postbox {
         let mut state = self.state();
         if state.actors.get(key).is_some_and(|(e, _)| *e == epoch) {
             state.actors.remove(key);
+            if let Some(courier) = &self.shared.courier {
+                courier.unregistered(key);
+            }
         }
     }
 
     /// Whether an actor of `key` is registered (it may have stopped since).
     pub fn is_running(&self, key: &ActorKey) -> bool {
         self.state().actors.contains_key(key)
+    }
+
+    /// Tells the running actor `sender` to post again, now, every message in its outbox
+    /// for `destination` (as when a missing destination starts on this storage): for a
+    /// courier that lost letters with a link and learns the link is back. Messages already
+    /// acknowledged are not in the outbox, and a message applied before is only
+    /// acknowledged again, so a wake too many costs posts, never a second effect. Returns
+    /// false when no actor of key `sender` runs here (it posts its outbox when it starts).
+    pub fn wake(&self, sender: &ActorKey, destination: &ActorKey) -> bool {
+        let slot = self.state().actors.get(sender).map(|(_, s)| s.clone());
+        slot.is_some_and(|slot| slot(Wire::Arrived(destination.clone())))
     }
 
     /// Records and logs a refusal.
