@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 CORE = "persist-core/src/"
+PG = "persist-postgres/src/"
 
 # name: (file, original text, broken text, cargo test arguments)
 MUTATIONS = {
@@ -578,6 +579,91 @@ MUTATIONS = {
                         && fences.last().is_some_and(|f| f.index < commits.len()) =>""",
         """                        && true =>""",
         ["--test", "adversarial_committer", "a_fence_with_a_bad_index_is_an_error_not_a_hang"],
+    ),
+    "postgres-commit-skips-the-fence": (
+        PG + "store.rs",
+        """            if !fences.is_empty() {
+                // Dropping the transaction rolls it back; nothing of it was ever visible.""",
+        """            if fences.is_empty() && false {
+                // Dropping the transaction rolls it back; nothing of it was ever visible.""",
+        ["--test", "scale_out", "the_same_key_on_two_nodes"],
+    ),
+    "postgres-load-takes-no-new-epoch": (
+        PG + "schema.rs",
+        """ON CONFLICT (ns, key) DO UPDATE SET epoch = {k}.epoch + 1 RETURNING epoch, floor""",
+        """ON CONFLICT (ns, key) DO UPDATE SET epoch = {k}.epoch RETURNING epoch, floor""",
+        ["-p", "persist-postgres", "--test", "conformance"],
+    ),
+    "postgres-puts-before-deletes": (
+        PG + "store.rs",
+        """                        for a in covered {
+                            net.puts.remove(&a);
+                        }""",
+        """                        let _ = covered;""",
+        ["-p", "persist-postgres", "--test", "conformance"],
+    ),
+    "postgres-interrupted-poisons-the-storage": (
+        "persist-postgres/src/error.rs",
+        """            Failure::Pg(e) => StoreError::Interrupted {
+                store: store.to_owned(),
+                source: Box::new(e),
+            },""",
+        """            Failure::Pg(e) => StoreError::backend(store, e),""",
+        ["--test", "postgres"],
+    ),
+    "committer-acknowledges-an-interrupted-batch": (
+        CORE + "storage.rs",
+        """                    for i in owners.into_iter().flatten() {
+                        answer(i, Err(clone_err(&e)), None);
+                    }
+                    return;
+                }
+                Err(e) => {""",
+        """                    let _ = e;
+                    for (commit, owner) in commits.into_iter().zip(owners) {
+                        if let Some(i) = owner {
+                            answer(i, Ok(()), Some(commit));
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {""",
+        ["--test", "postgres"],
+    ),
+    "postgres-never-reconnects": (
+        PG + "store.rs",
+        """        if session.client.is_closed() {
+            *guard = None;
+        }
+        result""",
+        """        result""",
+        ["-p", "persist-postgres", "--test", "faults", "a_connection_cut"],
+    ),
+    "postgres-session-commits-asynchronously": (
+        PG + "store.rs",
+        """            "SET synchronous_commit = on; \\""",
+        """            "SET synchronous_commit = off; \\""",
+        ["-p", "persist-postgres", "--test", "faults"],
+    ),
+    "cluster-no-wake-on-reconnect": (
+        "src/cluster.rs",
+        """        for (sender, to) in &woken {
+            self.postbox.wake(sender, to);
+        }""",
+        """        let _ = &woken;""",
+        ["--features", "cluster", "--test", "cluster"],
+    ),
+    "cluster-pending-keyed-by-connection-id": (
+        "src/cluster.rs",
+        """    ses.peer_name.as_ref().map(|n| n.name.clone())""",
+        """    Some(ses.node_id.to_string())""",
+        ["--features", "cluster", "--test", "cluster"],
+    ),
+    "postgres-fence-reads-without-locking": (
+        PG + "schema.rs",
+        'ORDER BY ns, key FOR UPDATE"',
+        'ORDER BY ns, key"',
+        ["-p", "persist-postgres", "--test", "fence"],
     ),
 }
 

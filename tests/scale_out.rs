@@ -197,6 +197,19 @@ impl Node {
         panic!("the node ended before printing {prefix:?}; it printed {before:?}");
     }
 
+    /// Every line up to the node's last (`DONE n` or `REFUSED n`), and that line.
+    fn until_end(&mut self) -> (Vec<String>, String) {
+        let mut before = Vec::new();
+        for line in self.lines.by_ref() {
+            let line = line.unwrap();
+            if line.starts_with("DONE ") || line.starts_with("REFUSED ") {
+                return (before, line);
+            }
+            before.push(line);
+        }
+        panic!("the node ended before its last line; it printed {before:?}");
+    }
+
     fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -238,17 +251,25 @@ fn the_same_key_on_two_nodes_has_one_writer_and_their_changes_never_interleave()
         return;
     };
     let schema = server.options().schema_name().to_owned();
-    // A appends without end; once it has 20 acknowledged, B spawns the same key.
-    let mut a = Node::start(server, &schema, "shared", "A", u64::MAX);
+    // A appends (up to a bound, so that a broken fence fails the test instead of hanging
+    // it); once it has 20 acknowledged, B spawns the same key.
+    let mut a = Node::start(server, &schema, "shared", "A", 20_000);
     assert_eq!(a.expect("STARTED"), "0");
     a.expect("ACK 20");
     let mut b = Node::start(server, &schema, "shared", "B", 10);
     let b_found: usize = b.expect("STARTED").parse().unwrap();
-    let (b_lines, b_acked) = b.until("DONE");
-    assert_eq!(b_acked, "10", "B, the newer instance, writes: {b_lines:?}");
+    let (b_lines, b_end) = b.until_end();
+    assert_eq!(
+        b_end, "DONE 10",
+        "B, the newer instance, writes: {b_lines:?}"
+    );
     // A's next commit after B's load is fenced: A's actor stops with the fence.
-    let (a_lines, a_acked) = a.until("REFUSED");
-    let a_acked: u64 = a_acked.parse().unwrap();
+    let (a_lines, end) = a.until_end();
+    let a_acked: u64 = end
+        .strip_prefix("REFUSED ")
+        .unwrap_or_else(|| panic!("A was never fenced: it ended with {end:?}"))
+        .parse()
+        .unwrap();
     let failed = a_lines
         .iter()
         .find_map(|l| l.strip_prefix("FAILED "))
@@ -285,8 +306,8 @@ fn an_actor_moved_to_another_node_after_a_sigkill_has_its_state_and_performs_its
     for (round, kill) in [(1, true), (2, false)] {
         let key = format!("mover{round}");
         let mut a = Node::start(server, &schema, &key, "A", 12);
-        let (_, done) = a.until("DONE");
-        assert_eq!(done, "12");
+        let (_, end) = a.until_end();
+        assert_eq!(end, "DONE 12");
         if kill {
             a.kill(); // SIGKILL
         } else {
@@ -304,8 +325,8 @@ fn an_actor_moved_to_another_node_after_a_sigkill_has_its_state_and_performs_its
             .collect();
         let expected: Vec<String> = (1..=12).map(|i| format!("A {i}")).collect();
         assert_eq!(performed, expected, "B performs A's pending ops, in order");
-        let (_, acked) = b.until("DONE");
-        assert_eq!(acked, "3");
+        let (_, end) = b.until_end();
+        assert_eq!(end, "DONE 3");
         b.kill();
         let log = stored_log(server, &schema, &key);
         let mut expected = entries("A", 1..=12);

@@ -49,7 +49,9 @@ pub enum StoreError {
     /// landed (the server may have committed it just before the connection was lost): a later
     /// load shows all of its batch or none of it. The store is not poisoned; it connects again
     /// for the next call.
-    #[error("store `{store}`: {source} (the store stays usable; a commit that failed so may or may not have landed)")]
+    #[error(
+        "store `{store}`: {source} (the store stays usable; a commit that failed so may or may not have landed)"
+    )]
     Interrupted {
         /// The store's name.
         store: String,

@@ -223,14 +223,18 @@ impl PostgresStore {
              SET default_transaction_isolation = 'read committed'; \
              SET statement_timeout = {timeout}"
         ))?;
-        let fsync: String = client.query_one("SHOW fsync", &[])?.get(0);
-        if fsync != "on" {
-            return Err(PostgresError::NotDurable {
-                setting: "fsync",
-                value: fsync,
-                expected: "on",
+        // Checked, not assumed: a connection pooler in transaction mode drops a session's
+        // SET, and a server with fsync off acknowledges commits it may lose.
+        for setting in ["fsync", "synchronous_commit"] {
+            let value: String = client.query_one(&format!("SHOW {setting}"), &[])?.get(0);
+            if value != "on" {
+                return Err(PostgresError::NotDurable {
+                    setting,
+                    value,
+                    expected: "on",
+                }
+                .into());
             }
-            .into());
         }
         Ok(client)
     }

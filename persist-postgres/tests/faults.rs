@@ -147,19 +147,27 @@ fn a_server_crash_under_load_loses_no_acknowledged_commit() {
     let failed = Arc::new(AtomicU64::new(0));
     let crashed = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(WRITERS + 1));
-    let threads: Vec<_> = (0..WRITERS)
+    // Opened here, so that a store that cannot open fails the test instead of leaving the
+    // barrier waiting.
+    let stores: Vec<(PostgresStore, ActorKey, u64)> = (0..WRITERS)
         .map(|w| {
-            let (options, acked, failed, crashed, start) = (
-                options.clone(),
+            let store = PostgresStore::open(options.clone()).unwrap();
+            let k = key(&format!("w{w}"));
+            let epoch = store.open_actor(&k, &[]).unwrap().epoch;
+            (store, k, epoch)
+        })
+        .collect();
+    let threads: Vec<_> = stores
+        .into_iter()
+        .enumerate()
+        .map(|(w, (store, k, epoch))| {
+            let (acked, failed, crashed, start) = (
                 acked[w].clone(),
                 failed.clone(),
                 crashed.clone(),
                 start.clone(),
             );
             std::thread::spawn(move || {
-                let store = PostgresStore::open(options).unwrap();
-                let k = key(&format!("w{w}"));
-                let epoch = store.open_actor(&k, &[]).unwrap().epoch;
                 start.wait();
                 let mut next = 1u64;
                 // Each commit writes the counter `next`; a failed one is tried again with the
@@ -186,7 +194,15 @@ fn a_server_crash_under_load_loses_no_acknowledged_commit() {
         .collect();
     start.wait();
     // Crash once every writer has had commits acknowledged, then start the server again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while acked.iter().any(|a| a.load(Ordering::SeqCst) < BEFORE / 2) {
+        if threads.iter().any(|t| t.is_finished()) {
+            break; // a writer failed: its join below says why
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writers made no progress"
+        );
         std::thread::yield_now();
     }
     server.crash().unwrap();

@@ -214,7 +214,7 @@ pub enum Backend {
     Redb(tempfile::TempDir, PathBuf),
     Sqlite(tempfile::TempDir, PathBuf),
     /// A schema of its own on the shared test server.
-    Postgres(PostgresOptions),
+    Postgres(Box<PostgresOptions>),
 }
 
 impl Backend {
@@ -237,7 +237,7 @@ impl Backend {
     /// A fresh schema on the shared PostgreSQL test server; `None` (the test skips) when there
     /// is no server.
     pub fn postgres() -> Option<Self> {
-        persist_postgres::TestCluster::shared().map(|c| Backend::Postgres(c.options()))
+        persist_postgres::TestCluster::shared().map(|c| Backend::Postgres(Box::new(c.options())))
     }
 
     /// Opens the store (again), wrapped so a test can count and fail commits.
@@ -250,9 +250,9 @@ impl Backend {
             Backend::Sqlite(_, path) => {
                 Storage::new(faults.wrap(SqliteStore::open(path).expect("open sqlite")))
             }
-            Backend::Postgres(o) => {
-                Storage::new(faults.wrap(PostgresStore::open(o.clone()).expect("open postgres")))
-            }
+            Backend::Postgres(o) => Storage::new(
+                faults.wrap(PostgresStore::open((**o).clone()).expect("open postgres")),
+            ),
         }
     }
 
@@ -261,7 +261,7 @@ impl Backend {
             Backend::Memory(m) => f(m),
             Backend::Redb(_, path) => f(&RedbStore::open(path).expect("open redb")),
             Backend::Sqlite(_, path) => f(&SqliteStore::open(path).expect("open sqlite")),
-            Backend::Postgres(o) => f(&PostgresStore::open(o.clone()).expect("open postgres")),
+            Backend::Postgres(o) => f(&PostgresStore::open((**o).clone()).expect("open postgres")),
         }
     }
 
