@@ -604,11 +604,8 @@ MUTATIONS = {
     ),
     "postgres-interrupted-poisons-the-storage": (
         "persist-postgres/src/error.rs",
-        """            Failure::Pg(e) => StoreError::Interrupted {
-                store: store.to_owned(),
-                source: Box::new(e),
-            },""",
-        """            Failure::Pg(e) => StoreError::backend(store, e),""",
+        """            Failure::Pg(e) | Failure::Begin(e) => interrupted(describe(&e)),""",
+        """            Failure::Pg(e) | Failure::Begin(e) => StoreError::backend(store, describe(&e)),""",
         ["--test", "postgres"],
     ),
     "committer-acknowledges-an-interrupted-batch": (
@@ -632,11 +629,9 @@ MUTATIONS = {
     ),
     "postgres-never-reconnects": (
         PG + "store.rs",
-        """        if session.client.is_closed() {
-            *guard = None;
-        }
-        result""",
-        """        result""",
+        """                let (client, driver) = self.reconnect().map_err(Failure::lost)?;""",
+        """                let (client, driver): (Client, tokio::task::JoinHandle<()>) =
+                    return Err(Failure::Stalled(Duration::ZERO));""",
         ["-p", "persist-postgres", "--test", "faults", "a_connection_cut"],
     ),
     "postgres-session-commits-asynchronously": (
@@ -661,8 +656,8 @@ MUTATIONS = {
     ),
     "postgres-fence-reads-without-locking": (
         PG + "schema.rs",
-        'ORDER BY ns, key FOR UPDATE"',
-        'ORDER BY ns, key"',
+        '                "INSERT INTO {k} (ns, key, epoch, floor) \\\n                 SELECT n, k, $3, $3 FROM unnest($1::bytea[], $2::bytea[]) AS u (n, k) \\\n                 ORDER BY n, k \\\n                 ON CONFLICT (ns, key) DO UPDATE SET epoch = {k}.epoch RETURNING ns, key, epoch"',
+        '                "SELECT ns, key, epoch FROM {k} WHERE (ns, key) IN (SELECT * FROM unnest($1::bytea[], $2::bytea[])) AND $3::bigint IS NOT NULL"',
         ["-p", "persist-postgres", "--test", "fence"],
     ),
 }

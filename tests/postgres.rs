@@ -14,10 +14,10 @@ use ractor_persist::{PostgresOptions, PostgresStore, Storage};
 
 /// Options for `server`'s database in `schema`, through a new cutting proxy.
 fn through_proxy(server: &TestCluster, schema: &str) -> (CuttingProxy, PostgresOptions) {
-    let direct: postgres::Config = server.params().parse().unwrap();
+    let direct: tokio_postgres::Config = server.params().parse().unwrap();
     let port = direct.get_ports().first().copied().unwrap_or(5432);
     let proxy = CuttingProxy::start("127.0.0.1", port).unwrap();
-    let mut config = postgres::Config::new();
+    let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
         .port(proxy.port())

@@ -1,8 +1,9 @@
 //! [`PostgresError`]: why a store could not be opened; and how the client's errors become
 //! [`StoreError`]s that name the store.
 
+use std::time::Duration;
+
 use persist_core::StoreError;
-use postgres::error::SqlState;
 
 /// Why [`crate::PostgresStore::open`] refused, as the source of [`StoreError::Backend`]. Each
 /// names the server (never the password) and what was expected. Nothing was written.
@@ -97,7 +98,11 @@ pub enum PostgresError {
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// The client or the server refused.
-    Pg(postgres::Error),
+    Pg(tokio_postgres::Error),
+    /// A transaction's BEGIN failed: nothing of it ran.
+    Begin(tokio_postgres::Error),
+    /// No answer within the call's time: the connection is dropped.
+    Stalled(Duration),
     /// The server is not one a store can use.
     Open(PostgresError),
     /// The store could not connect again during a call.
@@ -116,20 +121,17 @@ impl Failure {
     /// have landed); either way the database is whole and the store reconnects for the next
     /// call, so nothing is poisoned.
     pub(crate) fn into_store_error(self, store: &str) -> StoreError {
+        let interrupted = |text: String| StoreError::Interrupted {
+            store: store.to_owned(),
+            source: text.into(),
+        };
         match self {
-            Failure::Pg(e) if is_exhausted(&e) => StoreError::Corrupt {
-                store: store.to_owned(),
-                detail: format!("a writer epoch or sequence floor is exhausted: {e}"),
-            },
-            Failure::Pg(e) => StoreError::Interrupted {
-                store: store.to_owned(),
-                source: Box::new(e),
-            },
+            Failure::Pg(e) | Failure::Begin(e) => interrupted(describe(&e)),
+            Failure::Stalled(limit) => interrupted(format!(
+                "no answer from the server within {limit:?}: the connection was dropped"
+            )),
             Failure::Open(e) => StoreError::backend(store, e),
-            Failure::Lost(e) => StoreError::Interrupted {
-                store: store.to_owned(),
-                source: Box::new(e),
-            },
+            Failure::Lost(e) => interrupted(e.to_string()),
             Failure::Corrupt(detail) => StoreError::Corrupt {
                 store: store.to_owned(),
                 detail,
@@ -139,9 +141,26 @@ impl Failure {
     }
 }
 
-/// A number overflowed on the server: only an epoch at its last value can (`+ 1`).
-fn is_exhausted(e: &postgres::Error) -> bool {
-    e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE)
+/// The client's error with every cause: its own text is only "db error" or "error
+/// connecting to server"; the server's message (with its SQLSTATE) or the I/O error is in
+/// the causes.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(db) = e.as_db_error() {
+        text.push_str(&format!(
+            ": {} {} ({})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ));
+        return text;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 impl Failure {
@@ -155,8 +174,8 @@ impl Failure {
     }
 }
 
-impl From<postgres::Error> for Failure {
-    fn from(e: postgres::Error) -> Self {
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
         Failure::Pg(e)
     }
 }

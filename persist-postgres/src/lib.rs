@@ -1,5 +1,5 @@
-//! [`PostgresStore`]: the PostgreSQL backend of ractor-persist, on the synchronous
-//! [postgres](https://docs.rs/postgres) client.
+//! [`PostgresStore`]: the PostgreSQL backend of ractor-persist, on the async
+//! [tokio-postgres](https://docs.rs/tokio-postgres) client, on a runtime of its own.
 //!
 //! Many nodes share one database. A store is three tables, `{prefix}meta` (the format marker
 //! and the schema version), `{prefix}marks` (each key's writer epoch and sequence floor) and
@@ -24,7 +24,7 @@ pub use error::PostgresError;
 pub use options::{DEFAULT_SCHEMA, DEFAULT_TABLE_PREFIX, PostgresOptions};
 #[cfg(feature = "test-cluster")]
 pub use proxy::{Cut, CuttingProxy};
-pub use store::{PostgresStore, SCHEMA_VERSION};
+pub use store::{MAX_KEY_BYTES, PostgresStore, SCHEMA_VERSION};
 #[cfg(feature = "test-cluster")]
 pub use test_cluster::{TestCluster, TestClusterError};
 

@@ -31,7 +31,7 @@ const LONGEST_SUFFIX: usize = 5;
 /// ```
 #[derive(Clone)]
 pub struct PostgresOptions {
-    pub(crate) config: postgres::Config,
+    pub(crate) config: tokio_postgres::Config,
     pub(crate) schema: String,
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
@@ -59,18 +59,34 @@ impl PostgresOptions {
     /// The tables go in [`DEFAULT_SCHEMA`] with [`DEFAULT_TABLE_PREFIX`]; connecting gives up
     /// after 10 s, a statement after 30 s, and after a lost connection the store tries again
     /// for 30 s (with backoff) before a call fails.
+    ///
+    /// A URL whose address holds more than one `@` is refused: the client would cut it at the
+    /// first one and show the rest of the password as the host (percent-encode an `@` of the
+    /// password as `%40`).
     pub fn new(params: &str) -> Result<PostgresOptions, PostgresError> {
-        let config: postgres::Config =
+        for scheme in ["postgres://", "postgresql://"] {
+            if let Some(rest) = params.strip_prefix(scheme) {
+                let authority = rest.split(['/', '?']).next().unwrap_or("");
+                if authority.matches('@').count() > 1 {
+                    return Err(PostgresError::InvalidParams {
+                        reason: "the address holds more than one `@`: percent-encode an `@` \
+                                 of the password as %40"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let config: tokio_postgres::Config =
             params
                 .parse()
-                .map_err(|e: postgres::Error| PostgresError::InvalidParams {
+                .map_err(|e: tokio_postgres::Error| PostgresError::InvalidParams {
                     reason: e.to_string(),
                 })?;
         Ok(Self::from_config(config))
     }
 
     /// Options for a client configuration built by hand.
-    pub fn from_config(config: postgres::Config) -> PostgresOptions {
+    pub fn from_config(config: tokio_postgres::Config) -> PostgresOptions {
         PostgresOptions {
             config,
             schema: DEFAULT_SCHEMA.to_owned(),
@@ -103,7 +119,10 @@ impl PostgresOptions {
     }
 
     /// How long the server lets one statement run (default 30 s): a commit or a load that
-    /// waits longer (on a lock, a full disk) fails, and its actors get an error.
+    /// waits longer (on a lock, a full disk) fails, and its actors get an error. A whole call
+    /// that gets no answer for this long plus 10 s (a server that stopped answering) fails
+    /// too, on the client's own clock, and its connection is dropped. At most 24 days
+    /// (PostgreSQL's limit); a longer one is refused on open.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = timeout;
         self
@@ -131,9 +150,9 @@ impl PostgresOptions {
         let c = &self.config;
         let user = c.get_user().unwrap_or("?");
         let host = match c.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]
-            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
             None => "localhost".to_owned(),
         };
         let port = c.get_ports().first().copied().unwrap_or(5432);
@@ -141,8 +160,19 @@ impl PostgresOptions {
         format!("{user}@{host}:{port}/{db}")
     }
 
-    /// The schema and the prefix, if both are identifiers a store may use.
+    /// The schema and the prefix, if both are identifiers a store may use and the timeouts
+    /// are ones the server takes.
     pub(crate) fn checked(&self) -> Result<(&str, &str), PostgresError> {
+        // PostgreSQL keeps timeouts as milliseconds in an i32.
+        if self.statement_timeout.as_millis() > i32::MAX as u128 || self.statement_timeout.is_zero()
+        {
+            return Err(PostgresError::InvalidParams {
+                reason: format!(
+                    "statement_timeout {:?} is out of range: 1 ms to 24 days",
+                    self.statement_timeout
+                ),
+            });
+        }
         check("schema", &self.schema, MAX_IDENTIFIER)?;
         check(
             "table prefix",

@@ -82,9 +82,14 @@ impl Schema {
             // In key order, so that two batches lock their keys in the same order and never
             // deadlock; the lock holds until the transaction ends, so a load on another node
             // (which updates the row) waits for this commit, or this commit sees its epoch.
+            // A key without a marks row gets one (epoch 0) so that it can be locked too: else
+            // a commit at epoch 0 would pass while another node's first load of the key is in
+            // flight. An existing row is locked by the no-op update, as FOR UPDATE would.
             lock_marks: format!(
-                "SELECT ns, key, epoch FROM {k} WHERE (ns, key) IN \
-                 (SELECT * FROM unnest($1::bytea[], $2::bytea[])) ORDER BY ns, key FOR UPDATE"
+                "INSERT INTO {k} (ns, key, epoch, floor) \
+                 SELECT n, k, $3, $3 FROM unnest($1::bytea[], $2::bytea[]) AS u (n, k) \
+                 ORDER BY n, k \
+                 ON CONFLICT (ns, key) DO UPDATE SET epoch = {k}.epoch RETURNING ns, key, epoch"
             ),
             // One atomic statement: a new key starts at epoch 1, a known one takes the next.
             open: format!(
@@ -122,7 +127,7 @@ impl Schema {
             ),
             keys: format!("SELECT DISTINCT key FROM {r} WHERE ns = $1 AND space = $2 ORDER BY key"),
             scan: format!(
-                "SELECT a.ns, a.key, m.epoch, m.floor FROM \
+                "SELECT a.ns, a.key, m.epoch, m.floor, m.key IS NOT NULL FROM \
                  (SELECT ns, key FROM {r} UNION SELECT ns, key FROM {k}) AS a \
                  LEFT JOIN {k} AS m ON m.ns = a.ns AND m.key = a.key ORDER BY a.ns, a.key"
             ),

@@ -8,15 +8,28 @@ use std::time::{Duration, Instant};
 use persist_core::{
     ActorCommit, ActorKey, Loaded, Marks, Row, RowWrite, Space, Store, StoreError, check_epochs,
 };
-use postgres::error::SqlState;
-use postgres::{Client, NoTls, Statement, Transaction};
+use tokio::runtime::Runtime;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
-use crate::error::{Failure, PostgresError};
+use crate::error::{Failure, PostgresError, describe};
 use crate::options::PostgresOptions;
 use crate::schema::{self, MARKER, Schema, dec, enc};
 
 /// The version of the tables this build writes and reads; a newer one is refused.
 pub const SCHEMA_VERSION: u32 = schema::VERSION;
+
+/// The longest actor key (namespace and key together, in bytes) the store takes: the tables'
+/// primary keys hold the key, and an index entry cannot exceed about 2.7 KB.
+pub const MAX_KEY_BYTES: usize = 2_000;
+
+/// How many bytes of rows one statement puts at most: the protocol caps a message at 1 GiB.
+const PUT_CHUNK: usize = 64 << 20;
+
+/// How much longer than the statement timeout a call may go without an answer before the
+/// client gives up on the connection (the server's own timeout should fire first).
+const CALL_MARGIN: Duration = Duration::from_secs(10);
 
 /// A store in a PostgreSQL database that many nodes (processes) may share.
 ///
@@ -24,13 +37,16 @@ pub const SCHEMA_VERSION: u32 = schema::VERSION;
 /// or an actor writing its commit while the store is idle). Each commit is one transaction
 /// that locks the marks rows of its actors in key order and checks their epochs before it
 /// writes; it is durable when [`Store::commit`] returns (the session runs with
-/// `synchronous_commit = on`). A lost connection fails the call in flight with
-/// [`StoreError::Interrupted`] (a commit may then have landed or not: a later load shows
-/// all of its batch or none of it); the next call connects again, with backoff.
+/// `synchronous_commit = on`, which the open checks). A lost connection, a server error or a
+/// server that stops answering fails the call in flight with [`StoreError::Interrupted`] (a
+/// commit may then have landed or not: a later load shows all of its batch or none of it);
+/// the next call connects again, with backoff.
 pub struct PostgresStore {
     name: String,
     options: PostgresOptions,
     schema: Schema,
+    /// The client's own runtime (one thread: the caller's); taken by `Drop`.
+    rt: Option<Runtime>,
     session: Mutex<Option<Session>>,
 }
 
@@ -44,25 +60,34 @@ impl std::fmt::Debug for PostgresStore {
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        // Dropping the client closes the connection with the client's own `block_on`, which
-        // panics on a thread that drives a tokio runtime.
         let session = self
             .session
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if session.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+        let rt = self.rt.take();
+        // A runtime must not be dropped on a thread that drives another one.
+        if tokio::runtime::Handle::try_current().is_ok() {
             std::thread::scope(|scope| {
-                scope.spawn(move || drop(session));
+                scope.spawn(move || drop((session, rt)));
             });
+        } else {
+            drop((session, rt));
         }
     }
 }
 
-/// A live connection and its prepared statements.
+/// A live connection, the task that drives it, and its prepared statements.
 struct Session {
     client: Client,
+    driver: tokio::task::JoinHandle<()>,
     st: Prepared,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 struct Prepared {
@@ -88,24 +113,30 @@ impl PostgresStore {
     ///   ([`PostgresError::NewerSchema`]) or only some of the tables
     ///   ([`PostgresError::Incomplete`]) is refused, and nothing is written.
     /// - A server that cannot be reached, or refuses the password, is a typed error naming
-    ///   the server (never the password). So is one whose `fsync` is off.
+    ///   the server (never the password). So is one whose `fsync` is off, or a session that
+    ///   does not keep `synchronous_commit = on`.
     pub fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         let name = match options.checked() {
             Ok((schema, prefix)) => format!("postgres://{} {schema}.{prefix}*", options.server()),
             Err(e) => return Err(StoreError::backend(&options.server(), e)),
         };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::backend(&name, e))?;
         let (schema, prefix) = options.checked().expect("checked above");
         let store = PostgresStore {
             schema: Schema::new(schema, prefix),
             name,
             options,
+            rt: Some(rt),
             session: Mutex::new(None),
         };
         store.run(|s| {
-            let mut client = s.connect_once()?;
-            s.prepare_tables(&mut client)?;
-            let st = s.prepare(&mut client)?;
-            *s.session() = Some(Session { client, st });
+            let (mut client, driver) = s.connect_once()?;
+            s.block(s.prepare_tables(&mut client))?;
+            let st = s.block(s.prepare(&client))?;
+            *s.session() = Some(Session { client, driver, st });
             Ok(())
         })?;
         Ok(store)
@@ -113,20 +144,21 @@ impl PostgresStore {
 
     /// Closes the connection.
     pub fn close(self) -> Result<(), StoreError> {
-        self.run(|s| match s.session().take() {
-            Some(session) => Ok(session.client.close()?),
-            None => Ok(()),
-        })
+        drop(self.session().take());
+        Ok(())
     }
 
     fn session(&self) -> MutexGuard<'_, Option<Session>> {
-        // A panic inside a transaction drops it, which rolls it back.
         self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `body` where the synchronous client may block: on this thread, or on a scoped
-    /// thread when this one drives a tokio runtime (the client's own `block_on` would panic
-    /// there). Names the store in the error.
+    fn rt(&self) -> &Runtime {
+        self.rt.as_ref().expect("taken only by drop")
+    }
+
+    /// Runs `body` where the client's runtime may block: on this thread, or on a scoped
+    /// thread when this one drives a tokio runtime (a `block_on` would panic there). Names the
+    /// store in the error.
     fn run<T: Send>(
         &self,
         body: impl FnOnce(&Self) -> Result<T, Failure> + Send,
@@ -146,37 +178,61 @@ impl PostgresStore {
         result.map_err(|f| f.into_store_error(&self.name))
     }
 
+    /// The longest a call may go without finishing.
+    fn call_limit(&self) -> Duration {
+        self.options.statement_timeout + CALL_MARGIN
+    }
+
+    /// Runs `fut` on the client's runtime, failing it if it takes longer than a call may.
+    fn block<T>(&self, fut: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+        let limit = self.call_limit();
+        self.rt().block_on(async {
+            tokio::time::timeout(limit, fut)
+                .await
+                .unwrap_or(Err(Failure::Stalled(limit)))
+        })
+    }
+
     /// Runs `f` on the live session, connecting (again) first if there is none. A failure
-    /// that closed the connection drops it, so the next call connects again.
+    /// that closed the connection, or a call that stalled, drops it, so the next call
+    /// connects again. A transaction whose BEGIN found the connection closed (the server
+    /// ended it while idle) ran nothing: it runs once more on a new connection.
     fn with_session<T>(
         &self,
-        f: impl FnOnce(&mut Client, &Prepared) -> Result<T, Failure>,
+        f: impl AsyncFn(&mut Client, &Prepared) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
         let mut guard = self.session();
-        if guard.as_ref().is_none_or(|s| s.client.is_closed()) {
-            *guard = None;
-            let mut client = self.reconnect().map_err(Failure::lost)?;
-            let st = self.prepare(&mut client)?;
-            *guard = Some(Session { client, st });
+        for attempt in 0..2 {
+            if guard.as_ref().is_none_or(|s| s.client.is_closed()) {
+                *guard = None;
+                let (client, driver) = self.reconnect().map_err(Failure::lost)?;
+                let st = self.block(self.prepare(&client))?;
+                *guard = Some(Session { client, driver, st });
+            }
+            let session = guard.as_mut().expect("connected above");
+            let result = self.block(f(&mut session.client, &session.st));
+            let lost = session.client.is_closed() || matches!(result, Err(Failure::Stalled(_)));
+            if lost {
+                *guard = None;
+            }
+            match result {
+                Err(Failure::Begin(_)) if lost && attempt == 0 => continue,
+                Err(Failure::Begin(e)) => return Err(Failure::Pg(e)),
+                result => return result,
+            }
         }
-        let session = guard.as_mut().expect("connected above");
-        let result = f(&mut session.client, &session.st);
-        if session.client.is_closed() {
-            *guard = None;
-        }
-        result
+        unreachable!("the loop returns on its second attempt")
     }
 
     /// Connects, trying again with backoff (20 ms doubling to 1 s) for up to the options'
     /// `reconnect_for`.
-    fn reconnect(&self) -> Result<Client, Failure> {
+    fn reconnect(&self) -> Result<(Client, tokio::task::JoinHandle<()>), Failure> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(20);
         loop {
             match self.connect_once() {
-                Ok(client) => return Ok(client),
-                Err(e) if started.elapsed() + pause < self.options.reconnect_for => {
-                    let _ = e;
+                Ok(connected) => return Ok(connected),
+                Err(_) if started.elapsed() + pause < self.options.reconnect_for => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
@@ -185,17 +241,34 @@ impl PostgresStore {
         }
     }
 
-    /// One connection attempt, with the session set up for the store.
-    fn connect_once(&self) -> Result<Client, Failure> {
+    /// One connection attempt, the session set up for the store, all within the connect
+    /// timeout (the client's own covers only the TCP connect, not the server's handshake).
+    fn connect_once(&self) -> Result<(Client, tokio::task::JoinHandle<()>), Failure> {
+        let limit = self.options.connect_timeout;
+        let server = self.options.server();
+        self.rt().block_on(async {
+            tokio::time::timeout(limit, self.connect())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(PostgresError::Unreachable {
+                        server,
+                        reason: format!("no answer within the connect timeout ({limit:?})"),
+                    }
+                    .into())
+                })
+        })
+    }
+
+    async fn connect(&self) -> Result<(Client, tokio::task::JoinHandle<()>), Failure> {
         let mut config = self.options.config.clone();
         config.connect_timeout(self.options.connect_timeout);
-        // A server that stops answering (a cut cable) fails the call instead of hanging it.
+        // A server that vanished without closing the connection fails the call instead of
+        // hanging it.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(10));
-        let timeout = self.options.statement_timeout.as_millis().max(1);
         let server = self.options.server();
         let user = self.options.config.get_user().unwrap_or("?").to_owned();
-        let mut client = config.connect(NoTls).map_err(|e| {
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
             let auth = matches!(
                 e.code(),
                 Some(c) if *c == SqlState::INVALID_PASSWORD
@@ -205,28 +278,37 @@ impl PostgresStore {
                 Failure::Open(PostgresError::Authentication {
                     server: server.clone(),
                     user,
-                    reason: e.to_string(),
+                    reason: describe(&e),
                 })
             } else if e.as_db_error().is_some() {
                 Failure::Pg(e)
             } else {
                 Failure::Open(PostgresError::Unreachable {
                     server: server.clone(),
-                    reason: e.to_string(),
+                    reason: describe(&e),
                 })
             }
         })?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let timeout = self.options.statement_timeout.as_millis().max(1);
         // Durable when COMMIT returns, read committed (the fence relies on row locks, not
-        // on snapshots), and no statement waits forever.
-        client.batch_execute(&format!(
-            "SET synchronous_commit = on; \
-             SET default_transaction_isolation = 'read committed'; \
-             SET statement_timeout = {timeout}"
-        ))?;
+        // on snapshots), no statement waits forever, and a transaction left open by a
+        // client that vanished does not hold its locks for long.
+        client
+            .batch_execute(&format!(
+                "SET synchronous_commit = on; \
+                 SET default_transaction_isolation = 'read committed'; \
+                 SET statement_timeout = {timeout}; \
+                 SET idle_in_transaction_session_timeout = {timeout}"
+            ))
+            .await?;
         // Checked, not assumed: a connection pooler in transaction mode drops a session's
         // SET, and a server with fsync off acknowledges commits it may lose.
         for setting in ["fsync", "synchronous_commit"] {
-            let value: String = client.query_one(&format!("SHOW {setting}"), &[])?.get(0);
+            let row = client.query_one(&format!("SHOW {setting}"), &[]).await?;
+            let value: String = col(&row, 0, setting)?;
             if value != "on" {
                 return Err(PostgresError::NotDurable {
                     setting,
@@ -236,41 +318,55 @@ impl PostgresStore {
                 .into());
             }
         }
-        Ok(client)
+        Ok((client, driver))
     }
 
-    fn prepare(&self, client: &mut Client) -> Result<Prepared, Failure> {
+    async fn prepare(&self, client: &Client) -> Result<Prepared, Failure> {
         let s = &self.schema;
         Ok(Prepared {
-            lock_marks: client.prepare(&s.lock_marks)?,
-            open: client.prepare(&s.open)?,
-            load_rows: client.prepare(&s.load_rows)?,
-            delete_rows: client.prepare(&s.delete_rows)?,
-            put_rows: client.prepare(&s.put_rows)?,
-            raise_marks: client.prepare(&s.raise_marks)?,
-            space_rows: client.prepare(&s.space_rows)?,
-            key_rows: client.prepare(&s.key_rows)?,
-            keys: client.prepare(&s.keys)?,
-            scan: client.prepare(&s.scan)?,
+            lock_marks: client.prepare(&s.lock_marks).await?,
+            open: client.prepare(&s.open).await?,
+            load_rows: client.prepare(&s.load_rows).await?,
+            delete_rows: client.prepare(&s.delete_rows).await?,
+            put_rows: client.prepare(&s.put_rows).await?,
+            raise_marks: client.prepare(&s.raise_marks).await?,
+            space_rows: client.prepare(&s.space_rows).await?,
+            key_rows: client.prepare(&s.key_rows).await?,
+            keys: client.prepare(&s.keys).await?,
+            scan: client.prepare(&s.scan).await?,
         })
     }
 
     /// Creates the tables if none exists; checks them if all do; refuses anything else.
-    fn prepare_tables(&self, client: &mut Client) -> Result<(), Failure> {
+    async fn prepare_tables(&self, client: &mut Client) -> Result<(), Failure> {
         // Two nodes opening a new store at once may both try to create it: the loser's
         // CREATE fails, and it checks what the winner made.
         for attempt in 0..3 {
-            match self.inspect(client)? {
+            match self.inspect(client).await? {
                 Tables::Ours => return Ok(()),
                 Tables::None => {
-                    let mut txn = client.transaction()?;
-                    let created = txn
-                        .batch_execute(&format!(
-                            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
-                            self.schema.schema
-                        ))
-                        .and_then(|()| txn.batch_execute(&self.schema.create));
-                    match created.and_then(|()| txn.commit()) {
+                    // Only a missing schema is created: CREATE SCHEMA IF NOT EXISTS needs the
+                    // CREATE privilege on the database even when the schema exists.
+                    let exists = !client
+                        .query(
+                            "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
+                            &[&self.schema.schema],
+                        )
+                        .await?
+                        .is_empty();
+                    let created = async {
+                        let txn = client.transaction().await?;
+                        if !exists {
+                            txn.batch_execute(&format!(
+                                "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+                                self.schema.schema
+                            ))
+                            .await?;
+                        }
+                        txn.batch_execute(&self.schema.create).await?;
+                        txn.commit().await
+                    };
+                    match created.await {
                         Ok(()) => return Ok(()),
                         Err(e) if attempt < 2 && is_race(&e) => continue,
                         Err(e) => return Err(e.into()),
@@ -284,20 +380,28 @@ impl PostgresStore {
     }
 
     /// What the schema holds of the store's tables; a refusal if it is not a store.
-    fn inspect(&self, client: &mut Client) -> Result<Tables, Failure> {
+    async fn inspect(&self, client: &Client) -> Result<Tables, Failure> {
         let s = &self.schema;
-        let rows = client.query(
-            "SELECT table_name::text, column_name::text, data_type::text \
-             FROM information_schema.columns WHERE table_schema = $1 AND table_name = ANY($2) \
-             ORDER BY table_name, ordinal_position",
-            &[&s.schema, &s.tables.to_vec()],
-        )?;
+        let rows = client
+            .query(
+                "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text \
+                 FROM information_schema.columns WHERE table_schema = $1 AND table_name = ANY($2) \
+                 ORDER BY table_name, ordinal_position",
+                &[&s.schema, &s.tables.to_vec()],
+            )
+            .await?;
         let mut found: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         for r in &rows {
-            found
-                .entry(r.get(0))
-                .or_default()
-                .push((r.get(1), r.get(2)));
+            let table: String = col(r, 0, "table name")?;
+            let column: String = col(r, 1, "column name")?;
+            let kind: String = col(r, 2, "column type")?;
+            let nullable: String = col(r, 3, "column nullability")?;
+            let kind = if nullable == "NO" {
+                kind
+            } else {
+                format!("{kind} (nullable)")
+            };
+            found.entry(table).or_default().push((column, kind));
         }
         if found.is_empty() {
             return Ok(Tables::None);
@@ -329,20 +433,26 @@ impl PostgresStore {
                 .into());
             }
         }
-        let meta = client.query(&s.get_meta, &[])?;
-        let meta: BTreeMap<String, String> = meta.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let meta = client.query(&s.get_meta, &[]).await?;
+        let mut entries = BTreeMap::new();
+        for r in &meta {
+            entries.insert(
+                col::<String>(r, 0, "meta name")?,
+                col::<String>(r, 1, "meta value")?,
+            );
+        }
         let table = format!("{}.{}", s.schema, s.tables[0]);
-        if meta.get("format").map(String::as_str) != Some(MARKER) {
+        if entries.get("format").map(String::as_str) != Some(MARKER) {
             return Err(PostgresError::Foreign {
                 table,
                 detail: format!(
                     "its format marker is {:?}, expected {MARKER:?}",
-                    meta.get("format")
+                    entries.get("format")
                 ),
             }
             .into());
         }
-        let version = meta.get("schema_version");
+        let version = entries.get("schema_version");
         match version.and_then(|v| v.parse::<u32>().ok()) {
             Some(v) if v > SCHEMA_VERSION => Err(PostgresError::NewerSchema {
                 found: v,
@@ -360,23 +470,39 @@ impl PostgresStore {
 
     /// The next writer epoch of `key`, its floor and the rows of `spaces`, in one transaction.
     fn load(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, Failure> {
-        self.with_session(|client, st| {
-            let (ns, k) = key_bytes(key);
-            let mut txn = client.transaction()?;
-            let marks = txn.query_one(&st.open, &[&ns, &k, &enc(1), &enc(0)])?;
-            let (epoch, floor) = (dec(marks.get(0)), dec(marks.get(1)));
-            let mut ids: Vec<i16> = spaces.iter().map(|s| i16::from(s.id())).collect();
-            ids.sort_unstable();
-            ids.dedup();
+        if key.namespace().len() + key.key().len() > MAX_KEY_BYTES {
+            return Err(StoreError::Unsupported {
+                store: self.name.clone(),
+                operation: "an actor key (namespace and key) over 2,000 bytes",
+            }
+            .into());
+        }
+        let mut ids: Vec<i16> = spaces.iter().map(|s| i16::from(s.id())).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let (ns, k) = key_bytes(key);
+        self.with_session(async |client, st| {
+            let txn = begin(client).await?;
+            let marks = match txn.query_one(&st.open, &[&ns, &k, &enc(1), &enc(0)]).await {
+                Err(e) if e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) => {
+                    return Err(Failure::Corrupt(format!(
+                        "the writer epoch of `{key}` is exhausted"
+                    )));
+                }
+                marks => marks?,
+            };
+            let epoch = dec(col(&marks, 0, "epoch")?);
+            let floor = dec(col(&marks, 1, "floor")?);
             let rows = if ids.is_empty() {
                 Vec::new()
             } else {
-                txn.query(&st.load_rows, &[&ns, &k, &ids])?
+                let found = txn.query(&st.load_rows, &[&ns, &k, &ids]).await?;
+                found
                     .iter()
                     .map(to_row)
                     .collect::<Result<Vec<Row>, Failure>>()?
             };
-            txn.commit()?;
+            txn.commit().await?;
             Ok(Loaded { epoch, floor, rows })
         })
     }
@@ -396,9 +522,9 @@ impl PostgresStore {
             .into());
         }
         let net = Net::of(batch);
-        self.with_session(|client, st| {
-            let mut txn = client.transaction()?;
-            let stored = lock_marks(&mut txn, st, batch)?;
+        self.with_session(async |client, st| {
+            let txn = begin(client).await?;
+            let stored = lock_marks(&txn, st, batch).await?;
             let fences = check_epochs(batch, |key| {
                 Ok(stored.get(key).copied().unwrap_or_default())
             })?;
@@ -406,8 +532,8 @@ impl PostgresStore {
                 // Dropping the transaction rolls it back; nothing of it was ever visible.
                 return Err(StoreError::Fenced(fences).into());
             }
-            net.apply(&mut txn, st)?;
-            txn.commit()?;
+            net.apply(&txn, st).await?;
+            txn.commit().await?;
             Ok(())
         })
     }
@@ -420,37 +546,50 @@ impl PostgresStore {
     ) -> Result<Vec<Row>, Failure> {
         let (ns, k) = key_bytes(key);
         let (lo, hi) = (enc(*ids.start()), enc(*ids.end()));
-        self.with_session(|client, st| {
+        self.with_session(async |client, st| {
             let rows = match space {
-                Some(s) => client.query(&st.space_rows, &[&ns, &k, &i16::from(s.id()), &lo, &hi]),
-                None => client.query(&st.key_rows, &[&ns, &k, &lo, &hi]),
+                Some(s) => {
+                    client
+                        .query(&st.space_rows, &[&ns, &k, &i16::from(s.id()), &lo, &hi])
+                        .await
+                }
+                None => client.query(&st.key_rows, &[&ns, &k, &lo, &hi]).await,
             }?;
             rows.iter().map(to_row).collect()
         })
     }
 
     fn list_keys(&self, namespace: &str, space: Space) -> Result<Vec<String>, Failure> {
-        self.with_session(|client, st| {
+        self.with_session(async |client, st| {
             client
-                .query(&st.keys, &[&namespace.as_bytes(), &i16::from(space.id())])?
+                .query(&st.keys, &[&namespace.as_bytes(), &i16::from(space.id())])
+                .await?
                 .iter()
-                .map(|r| text(r.get(0), "key"))
+                .map(|r| text(col(r, 0, "key")?, "key"))
                 .collect()
         })
     }
 
     fn scan_marks(&self) -> Result<Vec<(ActorKey, Marks)>, Failure> {
-        self.with_session(|client, st| {
+        self.with_session(async |client, st| {
             client
-                .query(&st.scan, &[])?
+                .query(&st.scan, &[])
+                .await?
                 .iter()
                 .map(|r| {
-                    let key = ActorKey::new(text(r.get(0), "namespace")?, text(r.get(1), "key")?);
-                    let epoch: Option<i64> = r.get(2);
-                    let floor: Option<i64> = r.get(3);
-                    let marks = Marks {
-                        epoch: epoch.map_or(0, dec),
-                        floor: floor.map_or(0, dec),
+                    let key = ActorKey::new(
+                        text(col(r, 0, "namespace")?, "namespace")?,
+                        text(col(r, 1, "key")?, "key")?,
+                    );
+                    // A key with rows and no marks row has marks 0; a marks row holds both.
+                    let has_marks: bool = col(r, 4, "marks row")?;
+                    let marks = if has_marks {
+                        Marks {
+                            epoch: dec(col(r, 2, "epoch")?),
+                            floor: dec(col(r, 3, "floor")?),
+                        }
+                    } else {
+                        Marks::default()
                     };
                     Ok((key, marks))
                 })
@@ -465,8 +604,13 @@ enum Tables {
     Ours,
 }
 
+/// Starts a transaction; a failure here ran nothing of it.
+async fn begin(client: &mut Client) -> Result<Transaction<'_>, Failure> {
+    client.transaction().await.map_err(Failure::Begin)
+}
+
 /// Whether a failed CREATE lost a race with another node creating the same tables.
-fn is_race(e: &postgres::Error) -> bool {
+fn is_race(e: &tokio_postgres::Error) -> bool {
     matches!(
         e.code(),
         Some(c) if *c == SqlState::DUPLICATE_TABLE
@@ -480,6 +624,17 @@ fn key_bytes(key: &ActorKey) -> (&[u8], &[u8]) {
     (key.namespace().as_bytes(), key.key().as_bytes())
 }
 
+/// Column `i` of `r`, or a typed error for a value this crate never writes there (a NULL, a
+/// value of another type).
+fn col<'a, T: FromSql<'a>>(r: &'a tokio_postgres::Row, i: usize, what: &str) -> Result<T, Failure> {
+    r.try_get(i).map_err(|e| {
+        Failure::Corrupt(format!(
+            "a stored {what} is not what this crate writes ({}): the table was changed by hand",
+            describe(&e)
+        ))
+    })
+}
+
 fn text(bytes: Vec<u8>, what: &str) -> Result<String, Failure> {
     String::from_utf8(bytes).map_err(|e| {
         Failure::Corrupt(format!(
@@ -488,8 +643,8 @@ fn text(bytes: Vec<u8>, what: &str) -> Result<String, Failure> {
     })
 }
 
-fn to_row(r: &postgres::Row) -> Result<Row, Failure> {
-    let space: i16 = r.get(0);
+fn to_row(r: &tokio_postgres::Row) -> Result<Row, Failure> {
+    let space: i16 = col(r, 0, "space")?;
     let space = u8::try_from(space).map_err(|_| {
         Failure::Corrupt(format!(
             "a stored row has space {space}, which this crate never writes"
@@ -497,25 +652,30 @@ fn to_row(r: &postgres::Row) -> Result<Row, Failure> {
     })?;
     Ok(Row {
         space: Space::new(space),
-        id: dec(r.get(1)),
-        bytes: r.get(2),
+        id: dec(col(r, 1, "row id")?),
+        bytes: col(r, 2, "row")?,
     })
 }
 
-/// Locks the marks row of every key of `batch` (in key order) and returns the stored epochs.
-fn lock_marks(
-    txn: &mut Transaction<'_>,
+/// Locks the marks row of every key of `batch` (in key order, creating the missing ones at
+/// epoch 0 so that they can be locked too) and returns the stored epochs.
+async fn lock_marks(
+    txn: &Transaction<'_>,
     st: &Prepared,
     batch: &[ActorCommit],
 ) -> Result<BTreeMap<ActorKey, u64>, Failure> {
     let keys: BTreeSet<&ActorKey> = batch.iter().map(|c| &*c.key).collect();
     let ns: Vec<&[u8]> = keys.iter().map(|k| k.namespace().as_bytes()).collect();
     let ks: Vec<&[u8]> = keys.iter().map(|k| k.key().as_bytes()).collect();
-    txn.query(&st.lock_marks, &[&ns, &ks])?
+    txn.query(&st.lock_marks, &[&ns, &ks, &enc(0)])
+        .await?
         .iter()
         .map(|r| {
-            let key = ActorKey::new(text(r.get(0), "namespace")?, text(r.get(1), "key")?);
-            Ok((key, dec(r.get(2))))
+            let key = ActorKey::new(
+                text(col(r, 0, "namespace")?, "namespace")?,
+                text(col(r, 1, "key")?, "key")?,
+            );
+            Ok((key, dec(col(r, 2, "epoch")?)))
         })
         .collect()
 }
@@ -573,7 +733,7 @@ impl<'a> Net<'a> {
         net
     }
 
-    fn apply(&self, txn: &mut Transaction<'_>, st: &Prepared) -> Result<(), Failure> {
+    async fn apply(&self, txn: &Transaction<'_>, st: &Prepared) -> Result<(), Failure> {
         if !self.deletes.is_empty() {
             let d = &self.deletes;
             let ns: Vec<&[u8]> = d.iter().map(|x| x.0.namespace().as_bytes()).collect();
@@ -581,16 +741,28 @@ impl<'a> Net<'a> {
             let spaces: Vec<i16> = d.iter().map(|x| i16::from(x.1)).collect();
             let lo: Vec<i64> = d.iter().map(|x| enc(x.2)).collect();
             let hi: Vec<i64> = d.iter().map(|x| enc(x.3)).collect();
-            txn.execute(&st.delete_rows, &[&ns, &ks, &spaces, &lo, &hi])?;
+            txn.execute(&st.delete_rows, &[&ns, &ks, &spaces, &lo, &hi])
+                .await?;
         }
-        if !self.puts.is_empty() {
-            let p = &self.puts;
-            let ns: Vec<&[u8]> = p.keys().map(|x| x.0.namespace().as_bytes()).collect();
-            let ks: Vec<&[u8]> = p.keys().map(|x| x.0.key().as_bytes()).collect();
-            let spaces: Vec<i16> = p.keys().map(|x| i16::from(x.1)).collect();
-            let ids: Vec<i64> = p.keys().map(|x| enc(x.2)).collect();
-            let bytes: Vec<&[u8]> = p.values().copied().collect();
-            txn.execute(&st.put_rows, &[&ns, &ks, &spaces, &ids, &bytes])?;
+        // In statements of at most PUT_CHUNK bytes (and at least one row each).
+        let puts: Vec<(&Address<'a>, &&[u8])> = self.puts.iter().collect();
+        let mut start = 0;
+        while start < puts.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < puts.len() && (end == start || bytes + puts[end].1.len() <= PUT_CHUNK) {
+                bytes += puts[end].1.len();
+                end += 1;
+            }
+            let p = &puts[start..end];
+            let ns: Vec<&[u8]> = p.iter().map(|x| x.0.0.namespace().as_bytes()).collect();
+            let ks: Vec<&[u8]> = p.iter().map(|x| x.0.0.key().as_bytes()).collect();
+            let spaces: Vec<i16> = p.iter().map(|x| i16::from(x.0.1)).collect();
+            let ids: Vec<i64> = p.iter().map(|x| enc(x.0.2)).collect();
+            let rows: Vec<&[u8]> = p.iter().map(|x| *x.1).collect();
+            txn.execute(&st.put_rows, &[&ns, &ks, &spaces, &ids, &rows])
+                .await?;
+            start = end;
         }
         if !self.raises.is_empty() {
             let r = &self.raises;
@@ -598,7 +770,8 @@ impl<'a> Net<'a> {
             let ks: Vec<&[u8]> = r.keys().map(|k| k.key().as_bytes()).collect();
             let epochs: Vec<i64> = r.values().map(|m| enc(m.epoch)).collect();
             let floors: Vec<i64> = r.values().map(|m| enc(m.floor)).collect();
-            txn.execute(&st.raise_marks, &[&ns, &ks, &epochs, &floors])?;
+            txn.execute(&st.raise_marks, &[&ns, &ks, &epochs, &floors])
+                .await?;
         }
         Ok(())
     }
