@@ -32,6 +32,7 @@ pub(crate) struct Schema {
     pub(crate) create: String,
     pub(crate) get_meta: String,
     pub(crate) lock_marks: String,
+    pub(crate) create_marks: String,
     pub(crate) open: String,
     pub(crate) load_rows: String,
     pub(crate) delete_rows: String,
@@ -82,14 +83,20 @@ impl Schema {
             // In key order, so that two batches lock their keys in the same order and never
             // deadlock; the lock holds until the transaction ends, so a load on another node
             // (which updates the row) waits for this commit, or this commit sees its epoch.
-            // A key without a marks row gets one (epoch 0) so that it can be locked too: else
-            // a commit at epoch 0 would pass while another node's first load of the key is in
-            // flight. An existing row is locked by the no-op update, as FOR UPDATE would.
+            // In key order, so that two batches lock their keys in the same order and never
+            // deadlock; the lock holds until the transaction ends, so a load on another node
+            // (which updates the row) waits for this commit, or this commit sees its epoch.
             lock_marks: format!(
+                "SELECT ns, key, epoch FROM {k} WHERE (ns, key) IN \
+                 (SELECT * FROM unnest($1::bytea[], $2::bytea[])) ORDER BY ns, key FOR UPDATE"
+            ),
+            // A key of the batch without a marks row gets one (epoch 0), to be locked too:
+            // else a commit at epoch 0 would pass while another node's first load of the key
+            // is in flight. (An insert waits for a concurrent one of the same key.)
+            create_marks: format!(
                 "INSERT INTO {k} (ns, key, epoch, floor) \
                  SELECT n, k, $3, $3 FROM unnest($1::bytea[], $2::bytea[]) AS u (n, k) \
-                 ORDER BY n, k \
-                 ON CONFLICT (ns, key) DO UPDATE SET epoch = {k}.epoch RETURNING ns, key, epoch"
+                 ORDER BY n, k ON CONFLICT (ns, key) DO NOTHING"
             ),
             // One atomic statement: a new key starts at epoch 1, a known one takes the next.
             open: format!(

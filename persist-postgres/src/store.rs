@@ -92,6 +92,7 @@ impl Drop for Session {
 
 struct Prepared {
     lock_marks: Statement,
+    create_marks: Statement,
     open: Statement,
     load_rows: Statement,
     delete_rows: Statement,
@@ -211,7 +212,9 @@ impl PostgresStore {
             }
             let session = guard.as_mut().expect("connected above");
             let result = self.block(f(&mut session.client, &session.st));
-            let lost = session.client.is_closed() || matches!(result, Err(Failure::Stalled(_)));
+            let lost = session.client.is_closed()
+                || matches!(&result, Err(Failure::Stalled(_)))
+                || matches!(&result, Err(Failure::Begin(e)) if connection_gone(e));
             if lost {
                 *guard = None;
             }
@@ -325,6 +328,7 @@ impl PostgresStore {
         let s = &self.schema;
         Ok(Prepared {
             lock_marks: client.prepare(&s.lock_marks).await?,
+            create_marks: client.prepare(&s.create_marks).await?,
             open: client.prepare(&s.open).await?,
             load_rows: client.prepare(&s.load_rows).await?,
             delete_rows: client.prepare(&s.delete_rows).await?,
@@ -609,6 +613,21 @@ async fn begin(client: &mut Client) -> Result<Transaction<'_>, Failure> {
     client.transaction().await.map_err(Failure::Begin)
 }
 
+/// Whether `e` says the connection is gone: closed, an I/O error, or the server ending the
+/// session (administrator command, crash, shutdown; SQLSTATE class 08).
+fn connection_gone(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(c) => {
+            let c = c.code();
+            c.starts_with("08") || ["57P01", "57P02", "57P03"].contains(&c)
+        }
+        None => true,
+    }
+}
+
 /// Whether a failed CREATE lost a race with another node creating the same tables.
 fn is_race(e: &tokio_postgres::Error) -> bool {
     matches!(
@@ -657,17 +676,39 @@ fn to_row(r: &tokio_postgres::Row) -> Result<Row, Failure> {
     })
 }
 
-/// Locks the marks row of every key of `batch` (in key order, creating the missing ones at
-/// epoch 0 so that they can be locked too) and returns the stored epochs.
+/// Locks the marks row of every key of `batch` (in key order) and returns the stored epochs.
+/// A key without a marks row gets one at epoch 0, locked too: one round trip when every key
+/// has its row (any key that was ever loaded), three when some have none.
 async fn lock_marks(
     txn: &Transaction<'_>,
     st: &Prepared,
     batch: &[ActorCommit],
 ) -> Result<BTreeMap<ActorKey, u64>, Failure> {
     let keys: BTreeSet<&ActorKey> = batch.iter().map(|c| &*c.key).collect();
+    let mut locked = lock(txn, st, &keys).await?;
+    let missing: BTreeSet<&ActorKey> = keys
+        .iter()
+        .copied()
+        .filter(|k| !locked.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        let ns: Vec<&[u8]> = missing.iter().map(|k| k.namespace().as_bytes()).collect();
+        let ks: Vec<&[u8]> = missing.iter().map(|k| k.key().as_bytes()).collect();
+        txn.execute(&st.create_marks, &[&ns, &ks, &enc(0)]).await?;
+        locked.extend(lock(txn, st, &missing).await?);
+    }
+    Ok(locked)
+}
+
+/// `SELECT ... FOR UPDATE` of the marks rows of `keys`.
+async fn lock(
+    txn: &Transaction<'_>,
+    st: &Prepared,
+    keys: &BTreeSet<&ActorKey>,
+) -> Result<BTreeMap<ActorKey, u64>, Failure> {
     let ns: Vec<&[u8]> = keys.iter().map(|k| k.namespace().as_bytes()).collect();
     let ks: Vec<&[u8]> = keys.iter().map(|k| k.key().as_bytes()).collect();
-    txn.query(&st.lock_marks, &[&ns, &ks, &enc(0)])
+    txn.query(&st.lock_marks, &[&ns, &ks])
         .await?
         .iter()
         .map(|r| {

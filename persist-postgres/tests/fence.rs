@@ -45,7 +45,7 @@ fn a_commit_racing_a_load_on_another_node_waits_for_it_and_is_fenced() {
         let waiting: i64 = watcher
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND query LIKE '%ractor_persist_marks%'",
+                 AND query LIKE '%FOR UPDATE%'",
                 &[],
             )
             .unwrap()
