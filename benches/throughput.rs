@@ -183,28 +183,8 @@ fn main() {
                         .collect(),
                 );
                 let (l, n, r) = (summary(&lib), summary(&naive), summary(&raw));
-                println!(
-                    "{actors:>5} actors  library  {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  batch {:>6.1} msgs ({:.1} commits with riders)  CPU/msg {} (committer thread {})  [{} msgs]",
-                    count(l.rate),
-                    range(&l),
-                    dur(l.p50),
-                    dur(l.p99),
-                    l.batch,
-                    l.batch_all,
-                    us(l.cpu),
-                    us(l.committer),
-                    count(lib[0].msgs as f64),
-                );
-                println!(
-                    "              baseline {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  CPU/msg {}  -> library / baseline {:>6.1}x  [{} msgs]",
-                    count(n.rate),
-                    range(&n),
-                    dur(n.p50),
-                    dur(n.p99),
-                    us(n.cpu),
-                    vs_naive,
-                    count(naive[0].msgs as f64),
-                );
+                print_library(actors, &l, lib[0].msgs);
+                print_baseline(&n, vs_naive, naive[0].msgs);
                 println!(
                     "              raw redb {:>8} msg/s {:>17}  txn p50 {:>9}  p99 {:>9}  CPU/msg {}  -> library / raw {:>5.2}, library p50 / raw txn p50 {:>5.2}  ({} msgs per txn, {actors} keys)",
                     count(r.rate),
@@ -556,29 +536,39 @@ async fn postgres_section(plan: &Plan) {
                 .collect(),
         );
         let (l, n) = (summary(&lib), summary(&naive));
-        println!(
-            "{actors:>5} actors  library  {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  batch {:>6.1} msgs ({:.1} commits with riders)  CPU/msg {} (committer thread {})  [{} msgs]",
-            count(l.rate),
-            range(&l),
-            dur(l.p50),
-            dur(l.p99),
-            l.batch,
-            l.batch_all,
-            us(l.cpu),
-            us(l.committer),
-            count(lib[0].msgs as f64),
-        );
-        println!(
-            "              baseline {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  CPU/msg {}  -> library / baseline {:>6.1}x  [{} msgs]",
-            count(n.rate),
-            range(&n),
-            dur(n.p50),
-            dur(n.p99),
-            us(n.cpu),
-            ratio,
-            count(naive[0].msgs as f64),
-        );
+        print_library(actors, &l, lib[0].msgs);
+        print_baseline(&n, ratio, naive[0].msgs);
     }
+}
+
+/// The library's line of a durable configuration.
+fn print_library(actors: usize, l: &Summary, msgs: usize) {
+    println!(
+        "{actors:>5} actors  library  {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  batch {:>6.1} msgs ({:.1} commits with riders)  CPU/msg {} (committer thread {})  [{} msgs]",
+        count(l.rate),
+        range(l),
+        dur(l.p50),
+        dur(l.p99),
+        l.batch,
+        l.batch_all,
+        us(l.cpu),
+        us(l.committer),
+        count(msgs as f64),
+    );
+}
+
+/// The hand-written baseline's line, with the library's ratio to it.
+fn print_baseline(n: &Summary, ratio: f64, msgs: usize) {
+    println!(
+        "              baseline {:>8} msg/s {:>17}  p50 {:>9}  p99 {:>9}  CPU/msg {}  -> library / baseline {:>6.1}x  [{} msgs]",
+        count(n.rate),
+        range(n),
+        dur(n.p50),
+        dur(n.p99),
+        us(n.cpu),
+        ratio,
+        count(msgs as f64),
+    );
 }
 
 /// What the durable section's targets are checked against, per actor count.

@@ -5,8 +5,6 @@
 #[macro_use]
 mod common;
 
-use std::time::Duration;
-
 use common::{Ledger, LedgerMsg, spawn_ledger};
 use persist_postgres::{Cut, CuttingProxy, TestCluster};
 use ractor::call;
@@ -17,16 +15,7 @@ fn through_proxy(server: &TestCluster, schema: &str) -> (CuttingProxy, PostgresO
     let direct: tokio_postgres::Config = server.params().parse().unwrap();
     let port = direct.get_ports().first().copied().unwrap_or(5432);
     let proxy = CuttingProxy::start("127.0.0.1", port).unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(proxy.port())
-        .user(direct.get_user().unwrap())
-        .password(direct.get_password().unwrap())
-        .dbname(direct.get_dbname().unwrap());
-    let options = PostgresOptions::from_config(config)
-        .schema(schema)
-        .reconnect_for(Duration::from_secs(10));
+    let options = server.options_via(proxy.port(), schema);
     (proxy, options)
 }
 

@@ -214,6 +214,27 @@ impl TestCluster {
             .schema(schema)
     }
 
+    /// Options for the tables in `schema` reached through `127.0.0.1:port` (a proxy in
+    /// front of the server, such as a [`crate::CuttingProxy`]), with the server's user,
+    /// password and database, and 10 s to reconnect.
+    pub fn options_via(&self, port: u16, schema: &str) -> PostgresOptions {
+        let direct: tokio_postgres::Config = self.params().parse().expect("valid parameters");
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port);
+        if let Some(user) = direct.get_user() {
+            config.user(user);
+        }
+        if let Some(password) = direct.get_password() {
+            config.password(password);
+        }
+        if let Some(db) = direct.get_dbname() {
+            config.dbname(db);
+        }
+        PostgresOptions::from_config(config)
+            .schema(schema)
+            .reconnect_for(Duration::from_secs(10))
+    }
+
     /// The port the server listens on, if it was started here.
     pub fn port(&self) -> Option<u16> {
         match &self.kind {

@@ -26,17 +26,7 @@ fn proxy_to(server: &TestCluster) -> CuttingProxy {
 
 /// Options for `server`'s database through `proxy`, in `schema`.
 fn through(proxy: &CuttingProxy, server: &TestCluster, schema: &str) -> PostgresOptions {
-    let direct: tokio_postgres::Config = server.params().parse().unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(proxy.port())
-        .user(direct.get_user().unwrap())
-        .password(direct.get_password().unwrap())
-        .dbname(direct.get_dbname().unwrap());
-    PostgresOptions::from_config(config)
-        .schema(schema)
-        .reconnect_for(Duration::from_secs(10))
+    server.options_via(proxy.port(), schema)
 }
 
 /// A batch of two actors, each with a snapshot and two ops.
