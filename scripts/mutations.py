@@ -582,11 +582,20 @@ MUTATIONS = {
     ),
     "postgres-commit-skips-the-fence": (
         PG + "store.rs",
-        """            if !fences.is_empty() {
-                // Dropping the transaction rolls it back; nothing of it was ever visible.""",
-        """            if fences.is_empty() && false {
-                // Dropping the transaction rolls it back; nothing of it was ever visible.""",
+        """                if !fences.is_empty() {
+                    return Err(StoreError::Fenced(fences).into());""",
+        """                if fences.is_empty() && false {
+                    return Err(StoreError::Fenced(fences).into());""",
         ["--test", "scale_out", "the_same_key_on_two_nodes"],
+    ),
+    "postgres-commit-sent-before-the-writes": (
+        PG + "store.rs",
+        """        let mut sent: Vec<Sent<'_>> = Vec::new();""",
+        """        let mut sent: Vec<Sent<'_>> = vec![Box::pin(async {
+            client.batch_execute("COMMIT").await?;
+            Ok(())
+        })];""",
+        ["-p", "persist-postgres", "--test", "atomic"],
     ),
     "postgres-load-takes-no-new-epoch": (
         PG + "schema.rs",

@@ -526,19 +526,32 @@ impl PostgresStore {
             .into());
         }
         let net = Net::of(batch);
+        let keys: BTreeSet<&ActorKey> = batch.iter().map(|c| &*c.key).collect();
         self.with_session(async |client, st| {
-            let txn = begin(client).await?;
-            let stored = lock_marks(&txn, st, batch).await?;
-            let fences = check_epochs(batch, |key| {
-                Ok(stored.get(key).copied().unwrap_or_default())
-            })?;
-            if !fences.is_empty() {
-                // Dropping the transaction rolls it back; nothing of it was ever visible.
-                return Err(StoreError::Fenced(fences).into());
+            let client = &*client;
+            // Two round trips when every key has its marks row: BEGIN with the locking read,
+            // then the writes with COMMIT (tokio-postgres pipelines requests sent together,
+            // in the order they are first polled).
+            let (begun, locked) =
+                tokio::join!(client.batch_execute("BEGIN"), lock(client, st, &keys));
+            begun.map_err(Failure::Begin)?;
+            let written = async {
+                let stored = lock_missing(client, st, &keys, locked?).await?;
+                let fences = check_epochs(batch, |key| {
+                    Ok(stored.get(key).copied().unwrap_or_default())
+                })?;
+                if !fences.is_empty() {
+                    return Err(StoreError::Fenced(fences).into());
+                }
+                net.apply_and_commit(client, st).await
             }
-            net.apply(&txn, st).await?;
-            txn.commit().await?;
-            Ok(())
+            .await;
+            if written.is_err() && !client.is_closed() {
+                // Nothing of it is visible; a ROLLBACK outside a transaction (after a COMMIT
+                // the server turned into one) only warns.
+                client.batch_execute("ROLLBACK").await?;
+            }
+            written
         })
     }
 
@@ -676,16 +689,15 @@ fn to_row(r: &tokio_postgres::Row) -> Result<Row, Failure> {
     })
 }
 
-/// Locks the marks row of every key of `batch` (in key order) and returns the stored epochs.
-/// A key without a marks row gets one at epoch 0, locked too: one round trip when every key
-/// has its row (any key that was ever loaded), three when some have none.
-async fn lock_marks(
-    txn: &Transaction<'_>,
+/// Completes `locked` (the marks rows of `keys` found and locked): a key without a marks row
+/// gets one at epoch 0, locked too. Nothing to do when every key has its row (any key that
+/// was ever loaded); two more round trips when some have none.
+async fn lock_missing(
+    client: &Client,
     st: &Prepared,
-    batch: &[ActorCommit],
+    keys: &BTreeSet<&ActorKey>,
+    mut locked: BTreeMap<ActorKey, u64>,
 ) -> Result<BTreeMap<ActorKey, u64>, Failure> {
-    let keys: BTreeSet<&ActorKey> = batch.iter().map(|c| &*c.key).collect();
-    let mut locked = lock(txn, st, &keys).await?;
     let missing: BTreeSet<&ActorKey> = keys
         .iter()
         .copied()
@@ -694,15 +706,17 @@ async fn lock_marks(
     if !missing.is_empty() {
         let ns: Vec<&[u8]> = missing.iter().map(|k| k.namespace().as_bytes()).collect();
         let ks: Vec<&[u8]> = missing.iter().map(|k| k.key().as_bytes()).collect();
-        txn.execute(&st.create_marks, &[&ns, &ks, &enc(0)]).await?;
-        locked.extend(lock(txn, st, &missing).await?);
+        client
+            .execute(&st.create_marks, &[&ns, &ks, &enc(0)])
+            .await?;
+        locked.extend(lock(client, st, &missing).await?);
     }
     Ok(locked)
 }
 
 /// `SELECT ... FOR UPDATE` of the marks rows of `keys`.
 async fn lock(
-    txn: &Transaction<'_>,
+    txn: &Client,
     st: &Prepared,
     keys: &BTreeSet<&ActorKey>,
 ) -> Result<BTreeMap<ActorKey, u64>, Failure> {
@@ -774,19 +788,19 @@ impl<'a> Net<'a> {
         net
     }
 
-    async fn apply(&self, txn: &Transaction<'_>, st: &Prepared) -> Result<(), Failure> {
-        if !self.deletes.is_empty() {
-            let d = &self.deletes;
-            let ns: Vec<&[u8]> = d.iter().map(|x| x.0.namespace().as_bytes()).collect();
-            let ks: Vec<&[u8]> = d.iter().map(|x| x.0.key().as_bytes()).collect();
-            let spaces: Vec<i16> = d.iter().map(|x| i16::from(x.1)).collect();
-            let lo: Vec<i64> = d.iter().map(|x| enc(x.2)).collect();
-            let hi: Vec<i64> = d.iter().map(|x| enc(x.3)).collect();
-            txn.execute(&st.delete_rows, &[&ns, &ks, &spaces, &lo, &hi])
-                .await?;
-        }
+    /// Sends the batch's statements and COMMIT together, in this order, and waits for all
+    /// of them: one round trip. If any statement fails, the server turns the COMMIT into a
+    /// ROLLBACK, and the failure is returned.
+    async fn apply_and_commit(&self, client: &Client, st: &Prepared) -> Result<(), Failure> {
+        let d = &self.deletes;
+        let d_ns: Vec<&[u8]> = d.iter().map(|x| x.0.namespace().as_bytes()).collect();
+        let d_ks: Vec<&[u8]> = d.iter().map(|x| x.0.key().as_bytes()).collect();
+        let d_spaces: Vec<i16> = d.iter().map(|x| i16::from(x.1)).collect();
+        let d_lo: Vec<i64> = d.iter().map(|x| enc(x.2)).collect();
+        let d_hi: Vec<i64> = d.iter().map(|x| enc(x.3)).collect();
         // In statements of at most PUT_CHUNK bytes (and at least one row each).
         let puts: Vec<(&Address<'a>, &&[u8])> = self.puts.iter().collect();
+        let mut chunks = Vec::new();
         let mut start = 0;
         while start < puts.len() {
             let mut end = start;
@@ -796,24 +810,60 @@ impl<'a> Net<'a> {
                 end += 1;
             }
             let p = &puts[start..end];
-            let ns: Vec<&[u8]> = p.iter().map(|x| x.0.0.namespace().as_bytes()).collect();
-            let ks: Vec<&[u8]> = p.iter().map(|x| x.0.0.key().as_bytes()).collect();
-            let spaces: Vec<i16> = p.iter().map(|x| i16::from(x.0.1)).collect();
-            let ids: Vec<i64> = p.iter().map(|x| enc(x.0.2)).collect();
-            let rows: Vec<&[u8]> = p.iter().map(|x| *x.1).collect();
-            txn.execute(&st.put_rows, &[&ns, &ks, &spaces, &ids, &rows])
-                .await?;
+            chunks.push((
+                p.iter()
+                    .map(|x| x.0.0.namespace().as_bytes())
+                    .collect::<Vec<&[u8]>>(),
+                p.iter()
+                    .map(|x| x.0.0.key().as_bytes())
+                    .collect::<Vec<&[u8]>>(),
+                p.iter().map(|x| i16::from(x.0.1)).collect::<Vec<i16>>(),
+                p.iter().map(|x| enc(x.0.2)).collect::<Vec<i64>>(),
+                p.iter().map(|x| *x.1).collect::<Vec<&[u8]>>(),
+            ));
             start = end;
         }
-        if !self.raises.is_empty() {
-            let r = &self.raises;
-            let ns: Vec<&[u8]> = r.keys().map(|k| k.namespace().as_bytes()).collect();
-            let ks: Vec<&[u8]> = r.keys().map(|k| k.key().as_bytes()).collect();
-            let epochs: Vec<i64> = r.values().map(|m| enc(m.epoch)).collect();
-            let floors: Vec<i64> = r.values().map(|m| enc(m.floor)).collect();
-            txn.execute(&st.raise_marks, &[&ns, &ks, &epochs, &floors])
-                .await?;
+        let r = &self.raises;
+        let r_ns: Vec<&[u8]> = r.keys().map(|k| k.namespace().as_bytes()).collect();
+        let r_ks: Vec<&[u8]> = r.keys().map(|k| k.key().as_bytes()).collect();
+        let r_epochs: Vec<i64> = r.values().map(|m| enc(m.epoch)).collect();
+        let r_floors: Vec<i64> = r.values().map(|m| enc(m.floor)).collect();
+
+        type Sent<'f> = std::pin::Pin<Box<dyn Future<Output = Result<(), Failure>> + Send + 'f>>;
+        let mut sent: Vec<Sent<'_>> = Vec::new();
+        if !d.is_empty() {
+            sent.push(Box::pin(async {
+                client
+                    .execute(&st.delete_rows, &[&d_ns, &d_ks, &d_spaces, &d_lo, &d_hi])
+                    .await?;
+                Ok(())
+            }));
         }
+        for (ns, ks, spaces, ids, rows) in &chunks {
+            sent.push(Box::pin(async move {
+                client
+                    .execute(&st.put_rows, &[ns, ks, spaces, ids, rows])
+                    .await?;
+                Ok(())
+            }));
+        }
+        if !r.is_empty() {
+            sent.push(Box::pin(async {
+                client
+                    .execute(&st.raise_marks, &[&r_ns, &r_ks, &r_epochs, &r_floors])
+                    .await?;
+                Ok(())
+            }));
+        }
+        sent.push(Box::pin(async {
+            client.batch_execute("COMMIT").await?;
+            Ok(())
+        }));
+        // `join_all` polls them first in order, which is the order they are sent in.
+        futures::future::join_all(sent)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, Failure>>()?;
         Ok(())
     }
 }
