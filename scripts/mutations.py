@@ -619,21 +619,18 @@ MUTATIONS = {
     ),
     "committer-acknowledges-an-interrupted-batch": (
         CORE + "storage.rs",
-        """                    for i in owners.into_iter().flatten() {
-                        answer(i, Err(clone_err(&e)), None);
-                    }
-                    return;
-                }
-                Err(e) => {""",
-        """                    let _ = e;
-                    for (commit, owner) in commits.into_iter().zip(owners) {
-                        if let Some(i) = owner {
-                            answer(i, Ok(()), Some(commit));
+        """                    if !matches!(e, StoreError::Interrupted { .. }) {
+                        self.poisoned = Some(e.to_string());
+                    }""",
+        """                    if let StoreError::Interrupted { .. } = e {
+                        for (commit, owner) in commits.into_iter().zip(owners) {
+                            if let Some(i) = owner {
+                                answer(i, Ok(()), Some(commit));
+                            }
                         }
+                        return;
                     }
-                    return;
-                }
-                Err(e) => {""",
+                    self.poisoned = Some(e.to_string());""",
         ["--test", "postgres"],
     ),
     "postgres-never-reconnects": (

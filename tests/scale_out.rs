@@ -173,41 +173,35 @@ impl Node {
         Node { child, lines }
     }
 
-    /// The next line starting with `prefix`, skipping others; panics if the node ends first.
+    /// The next line starting with `prefix`, without it, skipping others; panics if the
+    /// node ends first.
     fn expect(&mut self, prefix: &str) -> String {
-        for line in self.lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return rest.trim().to_owned();
-            }
-        }
-        panic!("the node ended before printing {prefix:?}");
+        self.until(prefix).1
     }
 
-    /// Every line up to (and without) the first starting with `prefix`.
+    /// Every line up to (and without) the first starting with `prefix`, and that line
+    /// without the prefix.
     fn until(&mut self, prefix: &str) -> (Vec<String>, String) {
-        let mut before = Vec::new();
-        for line in self.lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return (before, rest.trim().to_owned());
-            }
-            before.push(line);
-        }
-        panic!("the node ended before printing {prefix:?}; it printed {before:?}");
+        let (before, line) = self.until_line(|l| l.starts_with(prefix));
+        (before, line[prefix.len()..].trim().to_owned())
     }
 
     /// Every line up to the node's last (`DONE n` or `REFUSED n`), and that line.
     fn until_end(&mut self) -> (Vec<String>, String) {
+        self.until_line(|l| l.starts_with("DONE ") || l.starts_with("REFUSED "))
+    }
+
+    /// Every line up to (and without) the first that `last` picks, and that line.
+    fn until_line(&mut self, last: impl Fn(&str) -> bool) -> (Vec<String>, String) {
         let mut before = Vec::new();
         for line in self.lines.by_ref() {
             let line = line.unwrap();
-            if line.starts_with("DONE ") || line.starts_with("REFUSED ") {
+            if last(&line) {
                 return (before, line);
             }
             before.push(line);
         }
-        panic!("the node ended before its last line; it printed {before:?}");
+        panic!("the node ended before the line awaited; it printed {before:?}");
     }
 
     fn kill(mut self) {

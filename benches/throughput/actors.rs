@@ -167,21 +167,16 @@ impl Actor for Naive {
         msg: Msg,
         st: &mut NaiveState,
     ) -> Result<(), ActorProcessingErr> {
-        let port = match msg {
-            Msg::Add(port) | Msg::AddKept(port) | Msg::AddWide(port) => port,
-            Msg::Peek(port) => {
-                let _ = port.send(st.account.n);
-                return Ok(());
-            }
-        };
-        let mut next = st.account.clone();
-        let n = next.bump();
-        let state_row = postcard::to_allocvec(&next)?;
-        let op_row = postcard::to_allocvec(&Note {
+        let Some(NaiveWrite {
+            port,
+            next,
             n,
-            keep: false,
-            blob: Vec::new(),
-        })?;
+            state_row,
+            op_row,
+        }) = NaiveWrite::of(msg, &st.account)?
+        else {
+            return Ok(());
+        };
         let mut txn = st.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
@@ -198,6 +193,49 @@ impl Actor for Naive {
         st.seq += 1;
         let _ = port.send(n);
         Ok(())
+    }
+}
+
+/// What a hand-written baseline actor writes for one state-changing message.
+pub struct NaiveWrite {
+    /// Where the reply goes once the write returned.
+    pub port: RpcReplyPort<u64>,
+    /// The state after the message.
+    pub next: Account,
+    /// The reply.
+    pub n: u64,
+    /// The state's row, as the library would encode it.
+    pub state_row: Vec<u8>,
+    /// The op's row, as the library would encode it.
+    pub op_row: Vec<u8>,
+}
+
+impl NaiveWrite {
+    /// The write `msg` asks of an actor holding `account`; `None` after answering a `Peek`,
+    /// which writes nothing.
+    pub fn of(msg: Msg, account: &Account) -> Result<Option<NaiveWrite>, postcard::Error> {
+        let port = match msg {
+            Msg::Add(port) | Msg::AddKept(port) | Msg::AddWide(port) => port,
+            Msg::Peek(port) => {
+                let _ = port.send(account.n);
+                return Ok(None);
+            }
+        };
+        let mut next = account.clone();
+        let n = next.bump();
+        let state_row = postcard::to_allocvec(&next)?;
+        let op_row = postcard::to_allocvec(&Note {
+            n,
+            keep: false,
+            blob: Vec::new(),
+        })?;
+        Ok(Some(NaiveWrite {
+            port,
+            next,
+            n,
+            state_row,
+            op_row,
+        }))
     }
 }
 

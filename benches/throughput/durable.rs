@@ -25,6 +25,19 @@ pub async fn library_with(
 ) -> Run {
     let path = dir.join(format!("library-{actors}.redb"));
     let storage = Storage::new(RedbStore::open(&path).expect("open the store"));
+    let run = library_on(storage, actors, per_actor, msg).await;
+    let _ = std::fs::remove_file(&path);
+    run
+}
+
+/// `actors` persistent actors on `storage`, each sending `per_actor` messages made by `msg`
+/// after one to warm up (each actor's first commit creates its snapshot); closes `storage`.
+pub async fn library_on(
+    storage: Storage,
+    actors: usize,
+    per_actor: usize,
+    msg: fn(ractor::RpcReplyPort<u64>) -> Msg,
+) -> Run {
     let mut refs = Vec::with_capacity(actors);
     for i in 0..actors {
         let (actor, _) = Acct::spawn_persistent(&storage, format!("a{i}"), ROW_PAD)
@@ -32,7 +45,6 @@ pub async fn library_with(
             .expect("spawn");
         refs.push(actor);
     }
-    // Warm-up: each actor's first commit creates its snapshot.
     closed_loop(&refs, 1, msg).await;
     let before = storage.stats();
     let (cpu, committer) = (cpu_time(), threads_cpu("persist-commit"));
@@ -43,7 +55,6 @@ pub async fn library_with(
         actor.stop_and_wait(None, None).await.expect("stop");
     }
     storage.close().await.expect("close");
-    let _ = std::fs::remove_file(&path);
     let riders = after.riders - before.riders;
     Run {
         msgs: actors * per_actor,

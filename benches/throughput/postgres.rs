@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use persist_postgres::{PostgresStore, TestCluster};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use ractor_persist::{SpawnPersistent, Storage};
+use ractor_persist::Storage;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::actors::{Account, Acct, Msg, Note, ROW_PAD};
-use crate::measure::{Run, closed_loop, cpu_time, threads_cpu};
+use crate::actors::{Account, Msg, NaiveWrite, ROW_PAD};
+use crate::measure::{Run, closed_loop, cpu_time};
 
 /// Connections the baseline's actors share (the server allows 300).
 pub const BASELINE_CONNECTIONS: usize = 32;
@@ -23,35 +23,7 @@ pub async fn library(server: &TestCluster, actors: usize, per_actor: usize) -> R
         .await
         .expect("open task")
         .expect("open the store");
-    let storage = Storage::new(store);
-    let mut refs = Vec::with_capacity(actors);
-    for i in 0..actors {
-        let (actor, _) = Acct::spawn_persistent(&storage, format!("a{i}"), ROW_PAD)
-            .await
-            .expect("spawn");
-        refs.push(actor);
-    }
-    closed_loop(&refs, 1, Msg::Add).await;
-    let before = storage.stats();
-    let (cpu, committer) = (cpu_time(), threads_cpu("persist-commit"));
-    let (secs, lat) = closed_loop(&refs, per_actor, Msg::Add).await;
-    let (cpu, committer) = (cpu_time() - cpu, threads_cpu("persist-commit") - committer);
-    let after = storage.stats();
-    for actor in refs {
-        actor.stop_and_wait(None, None).await.expect("stop");
-    }
-    storage.close().await.expect("close");
-    let riders = after.riders - before.riders;
-    Run {
-        msgs: actors * per_actor,
-        secs,
-        lat,
-        batches: after.batches - before.batches,
-        commits: after.commits - before.commits - riders,
-        riders,
-        cpu,
-        cpu_committer: committer,
-    }
+    crate::durable::library_on(Storage::new(store), actors, per_actor, Msg::Add).await
 }
 
 /// The hand-written baseline: per message, one transaction that upserts the state row,
@@ -160,21 +132,16 @@ impl Actor for Naive {
         msg: Msg,
         st: &mut NaiveState,
     ) -> Result<(), ActorProcessingErr> {
-        let port = match msg {
-            Msg::Add(port) | Msg::AddKept(port) | Msg::AddWide(port) => port,
-            Msg::Peek(port) => {
-                let _ = port.send(st.account.n);
-                return Ok(());
-            }
-        };
-        let mut next = st.account.clone();
-        let n = next.bump();
-        let state_row = postcard::to_allocvec(&next)?;
-        let op_row = postcard::to_allocvec(&Note {
+        let Some(NaiveWrite {
+            port,
+            next,
             n,
-            keep: false,
-            blob: Vec::new(),
-        })?;
+            state_row,
+            op_row,
+        }) = NaiveWrite::of(msg, &st.account)?
+        else {
+            return Ok(());
+        };
         let mut client = st.client.lock().await;
         let txn = client.transaction().await?;
         txn.execute(&st.upsert, &[&st.key, &state_row]).await?;

@@ -289,9 +289,7 @@ impl Postbox {
                 .is_some_and(|(e, _)| *e == epoch)
             {
                 state.actors.remove(&letter.to);
-                if let Some(courier) = &self.shared.courier {
-                    courier.unregistered(&letter.to);
-                }
+                self.tell_courier(|c| c.unregistered(&letter.to));
             }
         }
     }
@@ -316,9 +314,7 @@ impl Postbox {
                 return;
             }
             state.actors.insert(key.clone(), (epoch, slot));
-            if let Some(courier) = &self.shared.courier {
-                courier.registered(key);
-            }
+            self.tell_courier(|c| c.registered(key));
             let waiting: Vec<ActorKey> = state
                 .waiting
                 .remove(key)
@@ -339,9 +335,14 @@ impl Postbox {
         let mut state = self.state();
         if state.actors.get(key).is_some_and(|(e, _)| *e == epoch) {
             state.actors.remove(key);
-            if let Some(courier) = &self.shared.courier {
-                courier.unregistered(key);
-            }
+            self.tell_courier(|c| c.unregistered(key));
+        }
+    }
+
+    /// Tells the courier, if there is one, that a key started or stopped taking letters.
+    fn tell_courier(&self, tell: impl FnOnce(&dyn Courier)) {
+        if let Some(courier) = &self.shared.courier {
+            tell(&**courier);
         }
     }
 

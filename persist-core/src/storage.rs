@@ -964,19 +964,13 @@ impl Committer {
                         }
                     }
                 }
-                Err(e @ StoreError::Interrupted { .. }) => {
-                    // The database is whole (the server rolled back, or committed all of the
-                    // batch before the connection was lost): fail everyone, as nobody knows
-                    // which, and serve the next batch.
-                    for i in owners.into_iter().flatten() {
-                        answer(i, Err(clone_err(&e)), None);
-                    }
-                    return;
-                }
                 Err(e) => {
-                    // Nobody knows what is on disk now: fail everyone, refuse further writes.
-                    // (A fence that names no commit of the batch, or names them out of order,
-                    // breaks the seam's contract: it is such a failure too.)
+                    // Fail everyone: nobody knows whether the batch landed. After an
+                    // interrupted call of a server database the database is whole (rolled
+                    // back, or all of the batch committed), so the next batch is served; after
+                    // any other failure nobody knows what is on disk, and further writes are
+                    // refused. (A fence that names no commit of the batch, or names them out
+                    // of order, breaks the seam's contract: it is such a failure too.)
                     let e = match e {
                         StoreError::Fenced(fences) => StoreError::Corrupt {
                             store: self.name.clone(),
@@ -988,7 +982,9 @@ impl Committer {
                         },
                         e => e,
                     };
-                    self.poisoned = Some(e.to_string());
+                    if !matches!(e, StoreError::Interrupted { .. }) {
+                        self.poisoned = Some(e.to_string());
+                    }
                     for i in owners.into_iter().flatten() {
                         answer(i, Err(clone_err(&e)), None);
                     }

@@ -716,13 +716,14 @@ async fn lock_missing(
 
 /// `SELECT ... FOR UPDATE` of the marks rows of `keys`.
 async fn lock(
-    txn: &Client,
+    client: &Client,
     st: &Prepared,
     keys: &BTreeSet<&ActorKey>,
 ) -> Result<BTreeMap<ActorKey, u64>, Failure> {
     let ns: Vec<&[u8]> = keys.iter().map(|k| k.namespace().as_bytes()).collect();
     let ks: Vec<&[u8]> = keys.iter().map(|k| k.key().as_bytes()).collect();
-    txn.query(&st.lock_marks, &[&ns, &ks])
+    client
+        .query(&st.lock_marks, &[&ns, &ks])
         .await?
         .iter()
         .map(|r| {
