@@ -224,7 +224,13 @@ struct State {
     waiting: HashMap<ActorKey, BTreeSet<ActorKey>>,
     refusals: VecDeque<Refusal>,
     refused: u64,
+    /// Registries by the namespace they serve: a letter to one of their actors that is not
+    /// running activates it.
+    activators: HashMap<String, Activator>,
 }
+
+/// Activates an actor that is not running (a registry's hook).
+pub(crate) type Activator = Arc<dyn Fn(&ActorKey) + Send + Sync>;
 
 /// How many refusals [`Postbox::refusals`] keeps.
 const KEPT_REFUSALS: usize = 1024;
@@ -263,18 +269,27 @@ impl Postbox {
             let found = {
                 let mut state = self.state();
                 match state.actors.get(&letter.to) {
-                    Some((epoch, slot)) => Some((*epoch, slot.clone())),
+                    Some((epoch, slot)) => Ok((*epoch, slot.clone())),
                     None => {
+                        let mut activate = None;
                         if !letter.is_ack() {
                             let (to, from) = (letter.to.clone(), letter.from.clone());
+                            activate = state.activators.get(to.namespace()).cloned();
                             state.waiting.entry(to).or_default().insert(from);
                         }
-                        None
+                        Err(activate)
                     }
                 }
             };
-            let Some((epoch, slot)) = found else {
-                return false;
+            let (epoch, slot) = match found {
+                Ok(found) => found,
+                Err(activate) => {
+                    // The sender is told when the destination registers, and posts again.
+                    if let Some(activate) = activate {
+                        activate(&letter.to);
+                    }
+                    return false;
+                }
             };
             let kept = letter.clone();
             if slot(Wire::Letter(letter)) {
@@ -328,6 +343,13 @@ impl Postbox {
         for slot in slots {
             slot(Wire::Arrived(key.clone()));
         }
+    }
+
+    /// Makes letters to a not-running actor of `namespace` call `activate` (a registry).
+    pub(crate) fn set_activator(&self, namespace: &str, activate: Activator) {
+        self.state()
+            .activators
+            .insert(namespace.to_owned(), activate);
     }
 
     /// Removes actor `key` if `epoch` is still the registered one.

@@ -86,6 +86,8 @@ pub(crate) enum Kind {
     Inbox = 8,
     /// The stored reply to an idempotent request.
     Request = 9,
+    /// A durable timer: its name, when it is due, and its payload.
+    Timer = 10,
 }
 
 impl Kind {
@@ -100,6 +102,7 @@ impl Kind {
             Kind::Channel => "channel",
             Kind::Inbox => "inbox entry",
             Kind::Request => "request reply",
+            Kind::Timer => "timer",
         }
     }
 }
@@ -391,6 +394,7 @@ pub(crate) fn verify(bytes: &[u8], schema: u32) -> Result<Verified<'_>, DecodeRe
         7 => Kind::Channel,
         8 => Kind::Inbox,
         9 => Kind::Request,
+        10 => Kind::Timer,
         found => {
             return Err(DecodeReason::WrongKind {
                 expected: "known",

@@ -101,6 +101,8 @@ pub enum RecordRef {
     Inbox(u64),
     /// The stored reply to an idempotent request, in this slot.
     Request(u64),
+    /// The durable timer stored under this row id.
+    Timer(u64),
 }
 
 impl fmt::Display for RecordRef {
@@ -112,6 +114,7 @@ impl fmt::Display for RecordRef {
             RecordRef::Channel(id) => write!(f, "channel #{id}"),
             RecordRef::Inbox(id) => write!(f, "inbox entry #{id}"),
             RecordRef::Request(id) => write!(f, "stored request reply #{id}"),
+            RecordRef::Timer(id) => write!(f, "timer #{id}"),
         }
     }
 }
@@ -301,6 +304,12 @@ pub enum DecodeReason {
         "`{actor_type}` takes no messages from other persistent actors (implement PersistentActor::inbound)"
     )]
     NotAccepted {
+        /// The actor's type.
+        actor_type: &'static str,
+    },
+    /// The actor takes no durable timers: its `PersistentActor::timer` is the default.
+    #[error("`{actor_type}` takes no durable timers (implement PersistentActor::timer)")]
+    NoTimers {
         /// The actor's type.
         actor_type: &'static str,
     },

@@ -8,6 +8,7 @@
 
 pub mod atomic_file;
 mod delivery;
+mod entities;
 mod envelope;
 mod error;
 mod key;
@@ -22,6 +23,7 @@ mod store;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
+mod timer;
 pub mod transfer;
 mod transform;
 mod tx;
@@ -30,6 +32,7 @@ pub use delivery::{
     Courier, DEFAULT_REQUEST_RETENTION, FirstRequest, Inbound, Letter, Once, Postbox, Redelivery,
     Refusal, RequestRefused, Settled, Settlement,
 };
+pub use entities::{Activate, Entities, EntitiesBuilder, EntityError};
 pub use error::{
     BoxError, CommitError, DecodeError, DecodeReason, Error, LoadError, NotDeadLetter,
     OverCapacity, RecordRef, RequeueError, ResumeError, RetryPolicyError, SendError, StoreError,
@@ -48,6 +51,7 @@ pub use store::{
     ActorCommit, Fence, Loaded, MAX_ROW_LEN, Marks, Row, RowWrite, Space, Store, check_epochs,
     next_epoch,
 };
+pub use timer::{Fired, MAX_SLEEP, TimerError};
 pub use transfer::{ImportMode, TransferError, TransferStats, export, import};
 pub use transform::{KEY_LEN, KeyError, Keyring, Transforms};
 pub use tx::Tx;

@@ -155,6 +155,26 @@ pub trait PersistentActor: Sized + Send + Sync + 'static {
             actor_type: std::any::type_name::<Self>(),
         })
     }
+
+    /// Turns a due durable timer (set with [`Tx::set_timer_after`] or [`Tx::set_timer_at`])
+    /// into one of this actor's messages, which [`handle`](Self::handle) then handles like any
+    /// other, with [`Tx::fired`] naming the timer. The timer is removed in that message's
+    /// commit: a crash before it fires the timer again (at least once, same name).
+    ///
+    /// It is also called when the timer is set, to refuse there a payload it would not take.
+    /// The default refuses every timer ([`DecodeReason::NoTimers`]).
+    ///
+    /// ```ignore
+    /// fn timer(fired: Fired) -> Result<ChannelMsg, DecodeReason> {
+    ///     Ok(ChannelMsg::Expire(fired.decode()?))
+    /// }
+    /// ```
+    fn timer(fired: crate::timer::Fired) -> Result<Self::Msg, DecodeReason> {
+        let _ = fired;
+        Err(DecodeReason::NoTimers {
+            actor_type: std::any::type_name::<Self>(),
+        })
+    }
 }
 
 /// Which pending operations a [`Control::Resume`] performs again.
@@ -175,6 +195,8 @@ pub enum Control<Op> {
     RedeliverDue,
     /// A destination this actor could not reach before is running now: post its messages.
     Arrived(ActorKey),
+    /// Durable timers may be due: fire those whose instant the wall clock has reached.
+    TimerDue,
 }
 
 impl<Op> fmt::Debug for Control<Op> {
@@ -185,6 +207,7 @@ impl<Op> fmt::Debug for Control<Op> {
             Control::Letter(l) => f.debug_tuple("Control::Letter").field(l).finish(),
             Control::RedeliverDue => f.write_str("Control::RedeliverDue"),
             Control::Arrived(k) => f.debug_tuple("Control::Arrived").field(k).finish(),
+            Control::TimerDue => f.write_str("Control::TimerDue"),
         }
     }
 }

@@ -22,8 +22,9 @@ use crate::model::{
 use crate::shape::shape_fingerprint;
 use crate::storage::{Storage, next_sequence, panic_text, sequence_floor};
 use crate::store::{ActorCommit, Space};
+use crate::timer::{Fired, Timer, TimerChange, TimerError, TimerRow, Timers};
 use crate::transform::Transforms;
-use crate::tx::Tx;
+use crate::tx::{FiredRow, Tx};
 
 /// The start arguments of a persistent actor: where it lives and what `init` gets.
 ///
@@ -39,6 +40,7 @@ pub struct Start<A: PersistentActor> {
     max_pending: usize,
     redelivery: Redelivery,
     request_retention: usize,
+    life: Option<Arc<crate::entities::Life>>,
 }
 
 /// How far ahead of the ids handed out the stored sequence floor is raised. Ids are
@@ -61,7 +63,14 @@ impl<A: PersistentActor> Start<A> {
             max_pending: DEFAULT_MAX_PENDING,
             redelivery: Redelivery::default(),
             request_retention: delivery::DEFAULT_REQUEST_RETENTION,
+            life: None,
         }
+    }
+
+    /// Ties the actor to a registry that tracks its activity and its next wake.
+    pub(crate) fn life(mut self, life: Arc<crate::entities::Life>) -> Self {
+        self.life = Some(life);
+        self
     }
 
     /// When messages to other persistent actors that were not acknowledged are posted
@@ -147,9 +156,23 @@ pub struct Runtime<A: PersistentActor> {
     mail: delivery::MailBox,
     redelivery: Redelivery,
     request_retention: usize,
+    /// Durable timers (allocated when the actor has one).
+    timers: Option<Box<TimerState>>,
+    /// The registry's view of this actor, when a registry activated it.
+    life: Option<Arc<crate::entities::Life>>,
     /// xorshift state for retry jitter.
     rng: u64,
 }
+
+/// An actor's durable timers and when the sleep armed for them ends.
+#[derive(Default)]
+struct TimerState {
+    timers: Timers,
+    wake: Option<Instant>,
+}
+
+/// No timers: what an actor without any reads.
+static NO_TIMERS: Timers = Timers::new();
 
 impl<A: PersistentActor> Runtime<A> {
     /// The actor's key.
@@ -262,7 +285,7 @@ pub async fn pre_start<A: Persistent>(
     // Ids go on above every one the key ever used, whatever happened to its record.
     let mut next_seq = next_sequence(&loaded, FLOOR_BLOCK);
     let mut reserved = loaded.floor;
-    let (snapshot, pending, dead, mail) =
+    let (snapshot, pending, dead, mail, timers) =
         match decode_record::<A>(&key, &loaded, start.storage.transforms()).map_err(|e| *e) {
             Ok(decoded) => decoded,
             Err(LoadError::Decode(e)) if start.quarantine && e.reason.is_damage() => {
@@ -276,7 +299,13 @@ pub async fn pre_start<A: Persistent>(
                     .await
                     .map_err(store_err)?;
                 (next_seq, reserved) = (floor, floor);
-                (None, BTreeMap::new(), BTreeMap::new(), Mail::default())
+                (
+                    None,
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                    Mail::default(),
+                    Timers::new(),
+                )
             }
             Err(e) => return Err(e.into()),
         };
@@ -334,17 +363,20 @@ pub async fn pre_start<A: Persistent>(
         mail: delivery::MailBox::new(mail),
         redelivery: start.redelivery,
         request_retention: start.request_retention,
+        timers: (!timers.is_empty()).then(|| Box::new(TimerState { timers, wake: None })),
+        life: start.life,
         rng: seed | 1,
     })
 }
 
 /// The decoded snapshot (state and its current-version encoding) if there is one; the
-/// pending operations; the dead letters; the delivery state.
+/// pending operations; the dead letters; the delivery state; the timers.
 type Decoded<A> = (
     Option<(<A as PersistentActor>::State, Vec<u8>)>,
     BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
     BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
     Mail,
+    Timers,
 );
 
 /// Decodes (and migrates) a loaded record without touching the store.
@@ -454,6 +486,17 @@ fn decode_record<A: Persistent>(
         };
         mail.requests.insert(row.key, stored);
     }
+    let mut timers = Timers::new();
+    for (row, t) in decode_rows::<TimerRow>(key, loaded, Space::TIMERS, transforms, &mut failed) {
+        // Rows come by ascending id: a later row of the same name (none is written) wins.
+        let timer = Timer {
+            row,
+            due: t.due,
+            fingerprint: t.fingerprint,
+            payload: t.payload.into(),
+        };
+        timers.insert(t.name, timer);
+    }
     errors.extend(
         failed
             .into_iter()
@@ -464,7 +507,7 @@ fn decode_record<A: Persistent>(
         .position(|e| !e.reason.is_damage())
         .unwrap_or(0);
     if errors.is_empty() {
-        Ok((snapshot, pending, dead, mail))
+        Ok((snapshot, pending, dead, mail, timers))
     } else {
         Err(Box::new(LoadError::Decode(errors.swap_remove(worst))))
     }
@@ -515,6 +558,7 @@ fn decode_rows<T: serde::de::DeserializeOwned>(
         Space::OUTBOX => (Kind::Outgoing, RecordRef::Outgoing),
         Space::CHANNELS => (Kind::Channel, RecordRef::Channel),
         Space::INBOX => (Kind::Inbox, RecordRef::Inbox),
+        Space::TIMERS => (Kind::Timer, RecordRef::Timer),
         _ => (Kind::Request, RecordRef::Request),
     };
     let mut rows = Vec::new();
@@ -525,6 +569,16 @@ fn decode_rows<T: serde::de::DeserializeOwned>(
         }
     }
     rows
+}
+
+/// Decodes a stored timer row without the actor's types (for a registry's wakes).
+pub(crate) fn decode_timer_row(
+    key: &ActorKey,
+    id: u64,
+    bytes: &[u8],
+    transforms: &Transforms,
+) -> Result<TimerRow, DecodeReason> {
+    decode_row(key, id, bytes, Kind::Timer, transforms)
 }
 
 /// Decodes one of the runtime's own rows, of `kind`, stored under `id`.
@@ -577,12 +631,123 @@ pub async fn post_start<A: Persistent>(
     myself: ActorRef<A::Msg>,
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
+    touch(rt);
     let replay: BTreeSet<u64> = rt.pending.keys().copied().collect();
-    cycle(actor, &myself, rt, Input::Started, replay, None).await?;
+    cycle(actor, &myself, rt, Input::Started, replay, None, None).await?;
     let all: Vec<u64> = rt.mail.outbox.keys().copied().collect();
     post_again(rt, all);
     arm_redelivery_timer(&myself, rt);
+    // Timers that fell due while the actor was not running fire now, before any message.
+    fire_due(actor, &myself, rt).await
+}
+
+/// Tells the registry, if one activated the actor, that it handled something.
+fn touch<A: PersistentActor>(rt: &Runtime<A>) {
+    if let Some(life) = &rt.life {
+        life.touch();
+    }
+}
+
+/// Fires, in order of their instants, the durable timers the wall clock has reached (only
+/// those due when called: a handler that sets a timer due at once gets it on the next wake,
+/// after the messages waiting), then arms the sleep for the next one.
+async fn fire_due<A: Persistent>(
+    actor: &A,
+    myself: &ActorRef<A::Msg>,
+    rt: &mut Runtime<A>,
+) -> Result<(), ActorProcessingErr> {
+    let Some(state) = &mut rt.timers else {
+        return Ok(());
+    };
+    state.wake = None;
+    let now = crate::timer::now_ms();
+    let mut due: Vec<(u64, u64, String)> = state
+        .timers
+        .iter()
+        .filter(|(_, t)| t.due <= now)
+        .map(|(name, t)| (t.due, t.row, name.clone()))
+        .collect();
+    due.sort_unstable();
+    for (_, row, name) in due {
+        // A handler before may have cancelled or replaced it.
+        let Some(timer) = rt.timers.as_ref().and_then(|s| s.timers.get(&name)) else {
+            continue;
+        };
+        if timer.row != row {
+            continue;
+        }
+        let fired = Fired::new((*rt.key).clone(), name.clone(), timer);
+        let msg = match A::timer(fired) {
+            Ok(msg) => msg,
+            Err(reason) => {
+                let key = (*rt.key).clone();
+                return Err(TimerError::Refused { key, name, reason }.into());
+            }
+        };
+        let fired = FiredRow { name, row };
+        let input = Input::Message(msg);
+        cycle(actor, myself, rt, input, BTreeSet::new(), None, Some(fired)).await?;
+    }
+    arm_timer(myself, rt);
     Ok(())
+}
+
+/// Makes sure a sleep wakes the actor when its earliest durable timer is due, or after
+/// [`crate::timer::MAX_SLEEP`] to look at the wall clock again.
+fn arm_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runtime<A>) {
+    let Some(state) = &mut rt.timers else {
+        return;
+    };
+    let Some(due) = state.timers.values().map(|t| t.due).min() else {
+        // Nothing left: an idle actor keeps no timer state.
+        rt.timers = None;
+        return;
+    };
+    let wait = std::time::Duration::from_millis(due.saturating_sub(crate::timer::now_ms()))
+        .min(crate::timer::MAX_SLEEP);
+    let now = Instant::now();
+    let wake = now + wait;
+    if state.wake.is_some_and(|armed| armed > now && armed <= wake) {
+        return;
+    }
+    let Some(msg) = A::wrap_control(Control::TimerDue) else {
+        return;
+    };
+    state.wake = Some(wake);
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(wake.into()).await;
+        // The actor may have stopped meanwhile; its timers are in the store.
+        let _ = myself.send_message(msg);
+    });
+}
+
+/// When the actor next needs to run without a message, in milliseconds since the Unix
+/// epoch: its earliest timer, retry or redelivery. `None`: nothing to wake it for.
+fn next_wake<A: PersistentActor>(rt: &Runtime<A>) -> Option<u64> {
+    let timers = rt
+        .timers
+        .as_ref()
+        .and_then(|s| s.timers.values().map(|t| t.due).min());
+    let now = Instant::now();
+    let wall = crate::timer::now_ms();
+    let at = |i: Instant| {
+        let ms = u64::try_from(i.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+        wall.saturating_add(ms)
+    };
+    let retry = rt.retry.values().min().map(|i| at(*i));
+    let mail = rt.mail.next_due().map(at);
+    // Operations pending with no retry or redelivery scheduled (a failed perform stopped
+    // the actor first) are performed when it starts: now.
+    let unscheduled = rt
+        .pending
+        .keys()
+        .any(|seq| !rt.retry.contains_key(seq) && !rt.mail.kept.contains_key(seq))
+        .then_some(wall);
+    [timers, retry, mail, unscheduled]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// A supervision event from a linked child, handled as a message cycle.
@@ -599,6 +764,7 @@ pub async fn handle_supervisor_evt<A: Persistent>(
         Input::Supervision(event),
         BTreeSet::new(),
         None,
+        None,
     )
     .await
 }
@@ -610,6 +776,9 @@ pub async fn post_stop<A: Persistent>(
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
     rt.storage.postbox().unregister(&rt.key, rt.epoch);
+    if let Some(life) = &rt.life {
+        life.stopped(next_wake(rt));
+    }
     PersistentActor::post_stop(actor, myself, &rt.state).await
 }
 
@@ -623,6 +792,7 @@ async fn control<A: Persistent>(
     if rt.failed {
         return Err(failed_before(rt).into());
     }
+    touch(rt);
     let mut order = due_retries(rt);
     match control {
         Control::Resume(filter) => order.extend(
@@ -641,7 +811,8 @@ async fn control<A: Persistent>(
                     arrival.channel,
                     arrival.seq,
                 );
-                cycle(actor, myself, rt, Input::Message(msg), order, Some(arrival)).await?;
+                let input = Input::Message(msg);
+                cycle(actor, myself, rt, input, order, Some(arrival), None).await?;
                 rt.storage.postbox().post(ack);
                 return Ok(());
             }
@@ -679,6 +850,7 @@ async fn control<A: Persistent>(
                 rt.mail.schedule(next);
             }
         }
+        Control::TimerDue => fire_due(actor, myself, rt).await?,
         Control::Arrived(key) => {
             let to: Vec<u64> = rt
                 .mail
@@ -1082,15 +1254,9 @@ pub async fn handle<A: Persistent>(
     match A::control(msg).map(Box::new) {
         Ok(c) => Box::pin(control(actor, &myself, *c, rt)).await,
         Err(msg) => {
-            cycle(
-                actor,
-                &myself,
-                rt,
-                Input::Message(msg),
-                BTreeSet::new(),
-                None,
-            )
-            .await
+            touch(rt);
+            let input = Input::Message(msg);
+            cycle(actor, &myself, rt, input, BTreeSet::new(), None, None).await
         }
     }
 }
@@ -1104,6 +1270,7 @@ async fn cycle<A: Persistent>(
     input: Input<A>,
     mut again: BTreeSet<u64>,
     arrival: Option<Box<Arrival>>,
+    fired: Option<FiredRow>,
 ) -> Result<(), ActorProcessingErr> {
     if rt.failed {
         return Err(failed_before(rt).into());
@@ -1122,6 +1289,8 @@ async fn cycle<A: Persistent>(
         &rt.dead,
         &rt.mail,
         arrival.map(|a| &a.id),
+        rt.timers.as_ref().map_or(&NO_TIMERS, |s| &s.timers),
+        fired.as_ref(),
         rt.max_pending,
         first_id,
     );
@@ -1162,8 +1331,9 @@ async fn cycle<A: Persistent>(
         || !parts.requeued.is_empty()
         || extra
             .as_ref()
-            .is_some_and(|x| !x.sent.is_empty() || !x.requests.is_empty())
-        || arrival.is_some();
+            .is_some_and(|x| !x.sent.is_empty() || !x.requests.is_empty() || !x.timers.is_empty())
+        || arrival.is_some()
+        || fired.is_some();
     let new_requests = extra.as_ref().map_or(0, |x| x.requests.len());
     // Stored replies past the retention: the oldest go in this commit.
     let evicted: Vec<u64> = if new_requests == 0 {
@@ -1180,6 +1350,7 @@ async fn cycle<A: Persistent>(
             extra.as_deref(),
             arrival,
             slot,
+            fired.as_ref(),
             &encoded,
             changed,
             next_seq,
@@ -1231,6 +1402,7 @@ async fn cycle<A: Persistent>(
                 rt.mail.requests.remove(&key);
             }
         }
+        apply_timers(rt, fired.as_ref(), extra.as_deref_mut());
         let x = extra.as_deref_mut();
         for (slot, row) in x.into_iter().flat_map(|x| x.requests.drain(..)) {
             rt.mail.request_order.insert(slot, row.key.clone());
@@ -1314,7 +1486,81 @@ async fn cycle<A: Persistent>(
     };
     let result = perform(actor, myself, rt, order).await;
     arm_redelivery_timer(myself, rt);
+    arm_timer(myself, rt);
     result
+}
+
+/// Takes a committed message's timer changes into memory: the fired timer is gone, then the
+/// sets and cancels in order.
+fn apply_timers<A: PersistentActor>(
+    rt: &mut Runtime<A>,
+    fired: Option<&FiredRow>,
+    extra: Option<&mut crate::tx::TxExtra>,
+) {
+    if let (Some(f), Some(state)) = (fired, rt.timers.as_mut())
+        && state.timers.get(&f.name).is_some_and(|t| t.row == f.row)
+    {
+        state.timers.remove(&f.name);
+    }
+    let Some(x) = extra else {
+        return;
+    };
+    for change in x.timers.drain(..) {
+        match change {
+            TimerChange::Set { name, timer } => {
+                let state = rt.timers.get_or_insert_with(Box::default);
+                state.timers.insert(name, timer);
+            }
+            TimerChange::Cancel { name } => {
+                if let Some(state) = rt.timers.as_mut() {
+                    state.timers.remove(&name);
+                }
+            }
+        }
+    }
+}
+
+/// The writes of a message's timer changes: the fired timer's removal, then for each set or
+/// cancel in order the removal of the timer it replaces and the new row.
+fn timer_writes<A: PersistentActor>(
+    rt: &Runtime<A>,
+    fired: Option<&FiredRow>,
+    changes: &[TimerChange],
+    mut commit: ActorCommit,
+) -> Result<ActorCommit, CommitError> {
+    let committed = rt.timers.as_ref().map_or(&NO_TIMERS, |s| &s.timers);
+    let mut current: std::collections::HashMap<&str, Option<u64>> = Default::default();
+    if let Some(f) = fired {
+        commit = commit.remove(Space::TIMERS, f.row);
+        current.insert(&f.name, None);
+    }
+    for change in changes {
+        let name = change.name();
+        let before = match current.get(name) {
+            Some(row) => *row,
+            None => committed.get(name).map(|t| t.row),
+        };
+        if let Some(row) = before {
+            commit = commit.remove(Space::TIMERS, row);
+        }
+        match change {
+            TimerChange::Set { name, timer } => {
+                let row = TimerRow {
+                    name: name.clone(),
+                    due: timer.due,
+                    fingerprint: timer.fingerprint,
+                    payload: timer.payload.to_vec(),
+                };
+                let bytes = rt.row_envelope(Kind::Timer, timer.row, &row)?;
+                commit = commit.put(Space::TIMERS, timer.row, bytes);
+                current.insert(name, Some(timer.row));
+            }
+            TimerChange::Cancel { name } => {
+                current.insert(name, None);
+            }
+        }
+    }
+    Ok(commit)
 }
 
 /// Builds a message's commit: the snapshot, the operations pushed, re-queued and confirmed,
@@ -1328,6 +1574,7 @@ fn build_commit<A: Persistent>(
     extra: Option<&crate::tx::TxExtra>,
     arrival: Option<&Arrival>,
     slot: Option<u64>,
+    fired: Option<&FiredRow>,
     encoded: &[u8],
     changed: bool,
     next_seq: u64,
@@ -1420,6 +1667,10 @@ fn build_commit<A: Persistent>(
     }
     for slot in evicted {
         commit = commit.remove(Space::REQUESTS, *slot);
+    }
+    let changes = extra.map_or(&[][..], |x| &x.timers[..]);
+    if fired.is_some() || !changes.is_empty() {
+        commit = timer_writes(rt, fired, changes, commit)?;
     }
     // The store's floor stays ahead of every id handed out, so no delete, quarantine or
     // damaged snapshot can make an id come back. It moves a block at a time, so only

@@ -96,6 +96,12 @@ impl StorageConfig {
     }
 }
 
+/// What [`Storage::wakes`] read: keys with work pending, and stored timer rows.
+pub(crate) struct Wakes {
+    pub(crate) busy: Vec<String>,
+    pub(crate) timers: Vec<(String, u64, Vec<u8>)>,
+}
+
 /// Counters of the committer, for tests and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -326,6 +332,7 @@ struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
     postbox: crate::delivery::Postbox,
+    max_key_len: Option<usize>,
 }
 
 impl Drop for Inner {
@@ -364,6 +371,7 @@ impl Storage {
     /// Starts the committer for `store` with `config`.
     pub fn with_config<S: Store>(store: S, config: StorageConfig) -> Self {
         let name = store.name().to_owned();
+        let max_key_len = store.max_key_len();
         let counters = Arc::new(Counters::default());
         let transforms = config.transforms.clone();
         let postbox = crate::delivery::Postbox::new(config.courier.clone());
@@ -397,8 +405,59 @@ impl Storage {
                 thread: Mutex::new(Some(thread)),
                 counters,
                 postbox,
+                max_key_len,
             }),
         }
+    }
+
+    /// The longest actor key (namespace and key, in bytes) the store takes, if it has a limit
+    /// (see [`Store::max_key_len`]).
+    pub fn max_key_len(&self) -> Option<usize> {
+        self.inner.max_key_len
+    }
+
+    /// What a registry needs to wake the actors of `namespace` that are not running: the
+    /// keys with pending operations or unacknowledged messages, and every stored timer row
+    /// (key, row id, bytes). Read after every commit sent before.
+    pub(crate) async fn wakes(&self, namespace: &str) -> Result<Wakes, StoreError> {
+        let ns = namespace.to_owned();
+        self.call(move |s| {
+            let mut busy = s.keys(&ns, Space::OPS)?;
+            busy.extend(s.keys(&ns, Space::OUTBOX)?);
+            busy.sort_unstable();
+            busy.dedup();
+            let mut timers = Vec::new();
+            for key in s.keys(&ns, Space::TIMERS)? {
+                let actor = ActorKey::new(ns.clone(), key.clone());
+                for row in s.read(&actor, Some(Space::TIMERS), 0..=u64::MAX)? {
+                    timers.push((key.clone(), row.id, row.bytes));
+                }
+            }
+            Ok(Wakes { busy, timers })
+        })
+        .await
+    }
+
+    /// The pending-operation, outbox and timer rows of one actor, for a registry that saw it
+    /// stop without saying when it wants to run next (it failed).
+    pub(crate) async fn wake_rows(&self, key: &ActorKey) -> Result<Wakes, StoreError> {
+        let key = key.clone();
+        self.call(move |s| {
+            let ops = s.read(&key, Some(Space::OPS), 0..=u64::MAX)?;
+            let outbox = s.read(&key, Some(Space::OUTBOX), 0..=u64::MAX)?;
+            let busy = if ops.is_empty() && outbox.is_empty() {
+                Vec::new()
+            } else {
+                vec![key.key().to_owned()]
+            };
+            let timers = s
+                .read(&key, Some(Space::TIMERS), 0..=u64::MAX)?
+                .into_iter()
+                .map(|row| (key.key().to_owned(), row.id, row.bytes))
+                .collect();
+            Ok(Wakes { busy, timers })
+        })
+        .await
     }
 
     /// The persistent actors running on this storage that take letters, and the letters

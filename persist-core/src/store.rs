@@ -47,16 +47,19 @@ impl Space {
     pub const INBOX: Space = Space(5);
     /// Replies to idempotent requests, kept for a repeat of the request, oldest first.
     pub const REQUESTS: Space = Space(6);
+    /// Durable timers, by a row id the actor hands out: name, due time and payload.
+    pub const TIMERS: Space = Space(7);
 
     /// The spaces that make up an actor's record: what a load reads and a delete or a
     /// quarantine removes. (Quarantined rows are evidence, not record.)
-    pub const RECORD: [Space; 6] = [
+    pub const RECORD: [Space; 7] = [
         Space::SNAPSHOT,
         Space::OPS,
         Space::OUTBOX,
         Space::CHANNELS,
         Space::INBOX,
         Space::REQUESTS,
+        Space::TIMERS,
     ];
 
     /// The space numbered `id`.
@@ -79,6 +82,7 @@ impl Space {
             4 => Some("channels"),
             5 => Some("inbox"),
             6 => Some("requests"),
+            7 => Some("timers"),
             _ => None,
         }
     }
@@ -336,6 +340,13 @@ pub trait Store: Send + Sync + 'static {
         Err(self.unsupported("scan"))
     }
 
+    /// The longest actor key (namespace and key together, in bytes) this backend takes, if it
+    /// has a limit; `None` (the default) for none. The registry ([`crate::Entities`]) refuses
+    /// longer keys before activating anything.
+    fn max_key_len(&self) -> Option<usize> {
+        None
+    }
+
     /// The error of an operation this backend does not implement.
     fn unsupported(&self, operation: &'static str) -> StoreError {
         StoreError::Unsupported {
@@ -368,6 +379,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn scan(&self) -> Result<Vec<(ActorKey, Marks)>, StoreError> {
         (**self).scan()
+    }
+    fn max_key_len(&self) -> Option<usize> {
+        (**self).max_key_len()
     }
 }
 

@@ -14,6 +14,7 @@ use crate::delivery::{
 use crate::error::{CommitError, NotDeadLetter, OverCapacity, RequeueError, SendError};
 use crate::key::ActorKey;
 use crate::model::{Control, OpId, Pending, Persistent, PersistentActor};
+use crate::timer::{Fired, Timer, TimerChange, TimerError, Timers};
 
 type Reply = Box<dyn FnOnce() + Send>;
 
@@ -36,8 +37,16 @@ pub struct Tx<'a, A: PersistentActor> {
     dead: &'a BTreeMap<u64, Pending<A::Op>>,
     mail: &'a Mail,
     received: Option<&'a OpId>,
+    timers: &'a Timers,
+    fired: Option<&'a FiredRow>,
     max_pending: usize,
     parts: TxParts<A::Op>,
+}
+
+/// The timer whose firing a message cycle handles: its name and row.
+pub(crate) struct FiredRow {
+    pub(crate) name: String,
+    pub(crate) row: u64,
 }
 
 /// A message a handler sent, numbered on its channel.
@@ -77,6 +86,8 @@ pub(crate) struct TxExtra {
     pub(crate) refusals: Vec<crate::delivery::Refusal>,
     /// Request keys answered [`Once::First`] in this message.
     pub(crate) firsts: Vec<String>,
+    /// Timers set and cancelled, in order.
+    pub(crate) timers: Vec<TimerChange>,
 }
 
 impl<'a, A: PersistentActor> Tx<'a, A> {
@@ -88,6 +99,8 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
         dead: &'a BTreeMap<u64, Pending<A::Op>>,
         mail: &'a Mail,
         received: Option<&'a OpId>,
+        timers: &'a Timers,
+        fired: Option<&'a FiredRow>,
         max_pending: usize,
         next_seq: u64,
     ) -> Self {
@@ -98,6 +111,8 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             dead,
             mail,
             received,
+            timers,
+            fired,
             max_pending,
             parts: TxParts {
                 pushed: Vec::new(),
@@ -461,6 +476,150 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
         ));
         self.reply(first.port, value);
         Ok(())
+    }
+
+    /// Sets the durable timer `name` to fire `after` from now, with `payload`; it replaces a
+    /// timer of the same name. The timer is committed with this message; when it is due the
+    /// actor's [`PersistentActor::timer`] makes a message of it, handled like any other, and
+    /// its removal is committed with that message (at least once, never before its instant: see `docs/durability.md`).
+    ///
+    /// Refused, setting nothing: a delay that overflows the clock
+    /// ([`TimerError::Overflow`]), a payload that does not encode, a payload the actor's
+    /// `timer` would refuse, or an actor whose message type has no control variant.
+    pub fn set_timer_after<M>(
+        &mut self,
+        name: &str,
+        after: std::time::Duration,
+        payload: &M,
+    ) -> Result<(), TimerError>
+    where
+        M: Serialize + DeserializeOwned + 'static,
+    {
+        let overflow = || TimerError::Overflow {
+            key: (**self.key).clone(),
+            name: name.to_owned(),
+            after,
+        };
+        let at = std::time::SystemTime::now()
+            .checked_add(after)
+            .ok_or_else(overflow)?;
+        let due = crate::timer::to_ms_ceil(at).ok_or_else(overflow)?;
+        self.set_timer(name, due, payload)
+    }
+
+    /// Sets the durable timer `name` to fire at the wall-clock instant `at` (at once if it is
+    /// past), with `payload`; see [`set_timer_after`](Self::set_timer_after).
+    pub fn set_timer_at<M>(
+        &mut self,
+        name: &str,
+        at: std::time::SystemTime,
+        payload: &M,
+    ) -> Result<(), TimerError>
+    where
+        M: Serialize + DeserializeOwned + 'static,
+    {
+        let due = crate::timer::to_ms_ceil(at).ok_or_else(|| TimerError::Overflow {
+            key: (**self.key).clone(),
+            name: name.to_owned(),
+            after: at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        })?;
+        self.set_timer(name, due, payload)
+    }
+
+    fn set_timer<M>(&mut self, name: &str, due: u64, payload: &M) -> Result<(), TimerError>
+    where
+        M: Serialize + DeserializeOwned + 'static,
+    {
+        if A::wrap_control(Control::TimerDue).is_none() {
+            return Err(TimerError::NoControlVariant {
+                actor_type: std::any::type_name::<A>(),
+            });
+        }
+        let payload =
+            crate::envelope::to_payload(payload).map_err(|source| TimerError::Encode {
+                key: (**self.key).clone(),
+                name: name.to_owned(),
+                source,
+            })?;
+        let timer = Timer {
+            row: 0,
+            due,
+            fingerprint: crate::shape::shape_fingerprint::<M>().unwrap_or(0),
+            payload: payload.into(),
+        };
+        // Refused now rather than when it fires, where it could only stop the actor.
+        let fired = Fired::new((**self.key).clone(), name.to_owned(), &timer);
+        if let Err(reason) = A::timer(fired) {
+            return Err(TimerError::NotAccepted {
+                key: (**self.key).clone(),
+                name: name.to_owned(),
+                reason,
+            });
+        }
+        let timer = Timer {
+            row: self.next_id(),
+            ..timer
+        };
+        self.extra().timers.push(TimerChange::Set {
+            name: name.to_owned(),
+            timer,
+        });
+        Ok(())
+    }
+
+    /// Cancels the durable timer `name` in this message's commit: it never fires (unless a
+    /// crash comes before the commit, when it was never cancelled). Cancelling a timer set
+    /// earlier in this message cancels it too. [`TimerError::Unknown`] when no timer of that
+    /// name is set (the one being handled no longer is).
+    pub fn cancel_timer(&mut self, name: &str) -> Result<(), TimerError> {
+        if self.timer(name).is_none() {
+            return Err(TimerError::Unknown {
+                key: (**self.key).clone(),
+                name: name.to_owned(),
+            });
+        }
+        self.extra().timers.push(TimerChange::Cancel {
+            name: name.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// When the durable timer `name` is due, as of this message (its sets and cancels
+    /// included); `None` if no such timer is set.
+    pub fn timer(&self, name: &str) -> Option<std::time::SystemTime> {
+        let changed = self.parts.extra.iter().flat_map(|x| x.timers.iter().rev());
+        if let Some(change) = changed.into_iter().find(|c| c.name() == name) {
+            return match change {
+                TimerChange::Set { timer, .. } => Some(crate::timer::from_ms(timer.due)),
+                TimerChange::Cancel { .. } => None,
+            };
+        }
+        self.timers
+            .get(name)
+            .filter(|t| self.fired.is_none_or(|f| f.row != t.row))
+            .map(|t| crate::timer::from_ms(t.due))
+    }
+
+    /// The durable timers set, as of this message, by name, with when they are due.
+    pub fn timers(&self) -> Vec<(String, std::time::SystemTime)> {
+        let mut names: BTreeSet<&str> = self.timers.keys().map(String::as_str).collect();
+        names.extend(
+            self.parts
+                .extra
+                .iter()
+                .flat_map(|x| x.timers.iter().map(TimerChange::name)),
+        );
+        names
+            .into_iter()
+            .filter_map(|n| Some((n.to_owned(), self.timer(n)?)))
+            .collect()
+    }
+
+    /// The name of the durable timer whose firing this message is, if it is one.
+    pub fn fired(&self) -> Option<&str> {
+        self.fired.map(|f| f.name.as_str())
     }
 
     /// Sends `value` to the caller once this message's commit has returned.

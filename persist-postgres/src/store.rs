@@ -874,6 +874,10 @@ impl Store for PostgresStore {
         &self.name
     }
 
+    fn max_key_len(&self) -> Option<usize> {
+        Some(MAX_KEY_BYTES)
+    }
+
     fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
         self.run(|s| s.load(key, spaces))
     }
