@@ -27,7 +27,7 @@ use crate::timer::{MAX_SLEEP, TimerRow, now_ms};
 
 /// What a registry knows of one running actor, shared with its runtime.
 pub(crate) struct Life {
-    /// When it last handled something, in milliseconds since the registry started.
+    /// When it last handled something, in nanoseconds since the registry started.
     active: AtomicU64,
     base: Instant,
     /// Set by the runtime when it stops normally: when it next needs to run.
@@ -49,8 +49,8 @@ impl Life {
 
     /// Notes activity now.
     pub(crate) fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.active.store(ms, Ordering::Relaxed);
+        let ns = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.active.store(ns, Ordering::Relaxed);
     }
 
     /// Notes a normal stop, and when (ms since the Unix epoch) the actor next needs to run.
@@ -60,8 +60,8 @@ impl Life {
     }
 
     fn idle_for(&self) -> Duration {
-        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(now.saturating_sub(self.active.load(Ordering::Relaxed)))
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(now.saturating_sub(self.active.load(Ordering::Relaxed)))
     }
 
     /// `Some(wake)` after a normal stop (`None` inside: nothing to wake for); `None` when the
@@ -255,7 +255,12 @@ impl<A: Activate> EntitiesBuilder<A> {
     }
 
     /// Keeps at most `max` actors resident: an activation beyond it passivates the least
-    /// recently active one (no bound by default; at least 1).
+    /// recently active one and returns once it stopped (no bound by default; at least 1).
+    ///
+    /// The wait is for that actor to handle what its mailbox already holds: a handler that
+    /// waits on a call through this registry while being the least recently active actor
+    /// would wait for itself, so keep registry calls out of handlers when a bound is set
+    /// (send letters with [`crate::Tx::send`] instead).
     pub fn max_resident(mut self, max: usize) -> Self {
         self.max_resident = Some(max.max(1));
         self
@@ -424,39 +429,41 @@ impl<A: Activate> Entities<A> {
         let start = Start::new(&self.inner.storage, key, (self.inner.args)(key));
         let start = (self.inner.configure)(start).life(life.clone());
         let spawned = ractor::ActorRuntime::<A>::spawn(None, A::default(), start).await;
-        let mut state = self.lock();
-        state.entries.remove(key);
-        let result = match spawned {
-            Ok((actor, handle)) => {
-                state.entries.insert(
-                    key.to_owned(),
-                    Entry::Running {
-                        actor: actor.clone(),
-                        life: life.clone(),
-                    },
-                );
-                state.running += 1;
-                state.unschedule(key);
-                tokio::spawn(watch(
-                    Arc::downgrade(&self.inner),
-                    key.to_owned(),
-                    actor.clone(),
-                    life,
-                    handle,
-                ));
-                Ok(actor)
-            }
-            Err(source) => Err(EntityError::Activation {
-                key: actor_key,
-                source,
-            }),
+        let (result, victim) = {
+            let mut state = self.lock();
+            state.entries.remove(key);
+            let result = match spawned {
+                Ok((actor, handle)) => {
+                    state.entries.insert(
+                        key.to_owned(),
+                        Entry::Running {
+                            actor: actor.clone(),
+                            life: life.clone(),
+                        },
+                    );
+                    state.running += 1;
+                    state.unschedule(key);
+                    tokio::spawn(watch(
+                        Arc::downgrade(&self.inner),
+                        key.to_owned(),
+                        actor.clone(),
+                        life,
+                        handle,
+                    ));
+                    Ok(actor)
+                }
+                Err(source) => Err(EntityError::Activation {
+                    key: actor_key,
+                    source,
+                }),
+            };
+            (result, self.over_capacity(&mut state, key))
         };
-        let victim = self.over_capacity(&mut state, key);
-        drop(state);
         notify.notify_waiters();
+        // Past the bound, the activation returns once the least recently active actor has
+        // stopped (it handles what is in its mailbox first): resident actors stay bounded.
         if let Some(victim) = victim {
-            let entities = self.clone();
-            tokio::spawn(async move { entities.passivate(&victim).await });
+            Box::pin(self.passivate(&victim)).await;
         }
         result
     }
@@ -560,8 +567,9 @@ impl<A: Activate> Entities<A> {
     pub async fn passivate(&self, key: &str) -> bool {
         let (actor, notify) = {
             let mut state = self.lock();
-            let Some(Entry::Running { actor, .. }) = state.entries.get(key) else {
-                return false;
+            let actor = match state.entries.get(key) {
+                Some(Entry::Running { actor, .. }) => actor,
+                _ => return false,
             };
             let actor = actor.clone();
             let notify = Arc::new(Notify::new());
@@ -658,6 +666,9 @@ async fn watch<A: Activate>(
         return;
     };
     let entities = Entities { inner };
+    let report = life.report();
+    // Out of the registry, with its wake scheduled, before anyone waiting is told: a
+    // passivation that returned has left the wake in place.
     let notify = {
         let mut state = entities.lock();
         let ours = match state.entries.get(&key) {
@@ -669,6 +680,11 @@ async fn watch<A: Activate>(
             return;
         }
         state.running = state.running.saturating_sub(1);
+        if let Some(Some(at)) = report
+            && !state.shut
+        {
+            state.schedule(&key, at);
+        }
         match state.entries.remove(&key) {
             Some(Entry::Stopping(n)) => Some(n),
             _ => None,
@@ -677,28 +693,27 @@ async fn watch<A: Activate>(
     if let Some(n) = notify {
         n.notify_waiters();
     }
-    let wake = match life.report() {
-        Some(wake) => wake,
-        None => {
-            // Failed or killed: whatever it left pending waits `restart_after`; a timer
-            // waits for its instant.
-            let actor_key = ActorKey::new(A::NAME, key.clone());
-            let restart = now_ms().saturating_add(
-                u64::try_from(entities.inner.restart_after.as_millis()).unwrap_or(u64::MAX),
-            );
-            match entities.inner.storage.wake_rows(&actor_key).await {
-                Ok(rows) => {
-                    let transforms = entities.inner.storage.transforms();
-                    let busy = (!rows.busy.is_empty()).then_some(restart);
-                    let timers = rows.timers.iter().map(|(_, row, bytes)| {
-                        crate::runtime::decode_timer_row(&actor_key, *row, bytes, transforms)
-                            .map_or(restart, |t| t.due.max(restart))
-                    });
-                    timers.chain(busy).min()
-                }
-                Err(_) => Some(restart),
-            }
+    entities.inner.scheduler.notify_one();
+    if report.is_some() {
+        return;
+    }
+    // Failed or killed: what it left pending waits `restart_after`; a timer waits for its
+    // instant too.
+    let actor_key = ActorKey::new(A::NAME, key.clone());
+    let restart = now_ms().saturating_add(
+        u64::try_from(entities.inner.restart_after.as_millis()).unwrap_or(u64::MAX),
+    );
+    let wake = match entities.inner.storage.wake_rows(&actor_key).await {
+        Ok(rows) => {
+            let transforms = entities.inner.storage.transforms();
+            let busy = (!rows.busy.is_empty()).then_some(restart);
+            let timers = rows.timers.iter().map(|(_, row, bytes)| {
+                crate::runtime::decode_timer_row(&actor_key, *row, bytes, transforms)
+                    .map_or(restart, |t| t.due.max(restart))
+            });
+            timers.chain(busy).min()
         }
+        Err(_) => Some(restart),
     };
     if let Some(at) = wake {
         let mut state = entities.lock();
@@ -707,8 +722,9 @@ async fn watch<A: Activate>(
             return;
         }
         state.schedule(&key, at);
+        drop(state);
+        entities.inner.scheduler.notify_one();
     }
-    entities.inner.scheduler.notify_one();
 }
 
 /// Activates the actors whose wake came, sleeping until the earliest (at most
