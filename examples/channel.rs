@@ -1,5 +1,6 @@
 //! The payment-channel scenario: two persistent actors that send each other messages exactly
-//! once in effect, and a third party outside the runtime that gets operations.
+//! once in effect, TLCs that expire on durable timers, and a third party outside the runtime
+//! that gets operations.
 //!
 //! Alice and Bob each run a persistent `Channel` actor on their own redb store, as on two
 //! nodes. They exchange channel updates (`AddTlc`, `RemoveTlc`) and `CommitmentSigned` with
@@ -12,6 +13,18 @@
 //! either side crashes and restarts at random points. No code here sends anything again by
 //! hand. The run opens with Bob removing a TLC and dying between the commit and the send.
 //!
+//! A TLC has a deadline. The side that offers one sets a durable timer named after it
+//! (`tx.set_timer_after("tlc-alice-3", ..)`) in the commit of its `AddTlc`, and cancels it
+//! (`tx.cancel_timer`) in the commit that applies the peer's `RemoveTlc` of it: settled in
+//! time. If the deadline comes first, the runtime hands the timer to the actor as a message
+//! (`PersistentActor::timer`); the handler prints `EXPIRED tlc ..` and fails the TLC with an
+//! ordinary `RemoveTlc` of its own, sent to the peer like any update, and the timer's removal
+//! is committed with it, so a TLC expires once. A timer outlives its actor: Bob offers `b0`,
+//! which Alice never settles, and is down when its deadline passes (the crash above); the
+//! restarted Bob fires it as he starts. Should the peer settle a TLC while its offerer expires
+//! it, the two `RemoveTlc` cross and each side applies the other's as a no-op (the offerer's
+//! cancel then finds no timer: `TimerError::Unknown`).
+//!
 //! Carol, Alice's watchtower, is no persistent actor (a remote node speaking the channel's own
 //! protocol), so `tx.send` cannot reach her. Alice reports each update to her as an operation
 //! (`tx.push`, in the update's commit), which `perform` hands to Carol's link and keeps
@@ -19,33 +32,46 @@
 //! runtime performs it again on the redelivery timer and after a restart, with the same op id,
 //! which Carol records in her `Seen`, so a repeat has no second effect.
 //!
-//! At the end the links heal. The example waits until every message is acknowledged
-//! (`tx.settlement`) and every report confirmed, then checks that Alice and Bob hold the same
-//! TLCs, that each applied every update of the other once and in order, that neither store
-//! holds an outbox row or a pending operation, and that Carol stored every report once; it
-//! exits non-zero otherwise.
+//! At the end the links heal. The example waits until every short deadline has passed (the
+//! TLCs still open by then expire; those offered for an hour stay), until every message is
+//! acknowledged (`tx.settlement`) and every report confirmed, then checks that Alice and Bob
+//! hold the same TLCs, that each applied every update of the other once and in order, that
+//! neither store holds an outbox row or a pending operation, that each side holds a timer
+//! for each TLC it offered that is still open and for nothing else, that every expired TLC
+//! (`b0` among them) expired once, never early, and is gone on both sides, and that Carol
+//! stored every report once; it exits non-zero otherwise.
 //!
 //! Run with `cargo run --example channel` (`CHANNEL_SEED=n cargo run --example channel` for
 //! another run). A seed fixes the commands, faults and crashes; where the redelivery timer's
-//! posts fall depends on the clock, so two runs of one seed can differ in detail, not in
-//! outcome.
+//! posts fall, and which of the short-lived TLCs the peer settles before they expire, depends
+//! on the clock, so two runs of one seed can differ in detail, not in outcome.
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, call};
 use ractor_persist::prelude::*;
 use ractor_persist::{
     ActorKey, Courier, Letter, OverCapacity, Postbox, Redelivery, Refusal, SendError, Space, Start,
-    StorageConfig, Store,
+    StorageConfig, Store, TimerError,
 };
 use serde::{Deserialize, Serialize};
 
 const NAMES: [&str; 2] = ["alice", "bob"];
 const ALICE: usize = 0;
 const BOB: usize = 1;
-/// A TLC: (the side that offered it, its number there). Only the other side removes it.
+/// A TLC: (the side that offered it, its number there). The other side removes it (settles
+/// it); if it has not by the TLC's deadline, the side that offered it removes it (expires it).
 type TlcId = (usize, u32);
+/// How long a TLC that should outlive the run is offered for.
+const LONG: Duration = Duration::from_secs(3600);
+/// The deadline of `b0`, which Alice never settles: Bob is down when it passes.
+const B0_EXPIRY: Duration = Duration::from_millis(500);
+
+/// The name of the durable timer that expires `tlc`, set by the side that offered it.
+fn timer_name(tlc: TlcId) -> String {
+    format!("tlc-{}-{}", NAMES[tlc.0], tlc.1)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Change {
@@ -92,6 +118,11 @@ struct ChannelState {
     signed: u64,
     /// Reports to the watchtower so far (Alice only).
     reported: u64,
+    /// This side's TLCs it removed when their timers fired, in order.
+    expired: Vec<TlcId>,
+    /// Timers that fired early, or for a TLC this side no longer held (never, if timers are
+    /// right): what fired, and why it is wrong.
+    stray: Vec<String>,
 }
 
 impl ChannelState {
@@ -105,11 +136,20 @@ impl ChannelState {
 }
 
 enum ChannelMsg {
-    /// A user command: offer a new TLC, or remove the `i`-th one the peer offered. Replies
-    /// with the update and the id of the message carrying it to the peer.
-    Command(Change, usize, RpcReplyPort<Option<(Update, OpId)>>),
+    /// A user command: offer a new TLC that expires after the given time, or remove the
+    /// `i`-th one the peer offered. Replies with the update and the id of the message carrying
+    /// it to the peer.
+    Command(
+        Change,
+        usize,
+        Duration,
+        RpcReplyPort<Option<(Update, OpId)>>,
+    ),
     /// A message from the peer (made by `inbound`).
     Peer(PeerMsg),
+    /// The durable timer of this side's TLC fired (made by `timer`): the TLC, and the instant
+    /// its timer was due.
+    Expire(TlcId, SystemTime),
     /// Carol's signature: she holds Alice's reports 1..=r. Replies with how many it confirmed.
     CarolSigned(u64, RpcReplyPort<usize>),
     /// Carol is back online: report what she has not confirmed now, not on the next timer.
@@ -118,6 +158,8 @@ enum ChannelMsg {
     Settle(OpId, RpcReplyPort<Settlement>),
     /// The state and how many operations are pending.
     Query(RpcReplyPort<(ChannelState, usize)>),
+    /// The durable timers set, by name, with when they are due.
+    Timers(RpcReplyPort<Vec<(String, SystemTime)>>),
     /// The runtime's own messages: letters, acknowledgements, redelivery.
     Persist(Control<Report>),
 }
@@ -138,8 +180,31 @@ impl Channel {
         let id = tx.send_to::<Channel, _>(NAMES[1 - self.me], &msg)?;
         // A courier sees only a letter's envelope: note what it carries, for the narrative.
         let mut link = self.link.lock().unwrap();
-        link.labels.insert(id.clone(), show(&msg));
+        link.labels.insert(id.clone(), show(&msg, self.me));
         Ok(id)
+    }
+
+    /// Proposes this side's next update: applies it, sends it to the peer and reports it, all
+    /// in this message's commit. Returns it with the id of the message carrying it.
+    fn propose(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        st: &mut ChannelState,
+        change: Change,
+        tlc: TlcId,
+    ) -> Result<(Update, OpId), ActorProcessingErr> {
+        let n = st.sent.len() as u64 + 1;
+        let update = Update { n, change, tlc };
+        st.apply(&update);
+        st.sent.push(update.clone());
+        let id = self.send(tx, PeerMsg::Update(update.clone()))?;
+        self.report(tx, st, self.me, &update)?;
+        Ok((update, id))
+    }
+
+    /// Notes a line for the narrative (printed with what was posted).
+    fn log(&self, line: String) {
+        self.link.lock().unwrap().log.push(line);
     }
 
     /// Reports `update` (proposed by side `by`) to the watchtower, as an operation committed
@@ -177,7 +242,7 @@ impl PersistentActor for Channel {
         st: &mut ChannelState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ChannelMsg::Command(change, i, reply) => {
+            ChannelMsg::Command(change, i, expiry, reply) => {
                 let theirs: Vec<&TlcId> = st.tlcs.iter().filter(|t| t.0 != self.me).collect();
                 let tlc = match change {
                     Change::AddTlc => (self.me, st.next_tlc),
@@ -187,18 +252,69 @@ impl PersistentActor for Channel {
                     }
                     Change::RemoveTlc => *theirs[i % theirs.len()],
                 };
-                st.next_tlc += u32::from(change == Change::AddTlc);
-                let n = st.sent.len() as u64 + 1;
-                let update = Update { n, change, tlc };
-                st.apply(&update);
-                st.sent.push(update.clone());
-                let id = self.send(tx, PeerMsg::Update(update.clone()))?;
-                self.report(tx, st, self.me, &update)?;
-                tx.reply(reply, Some((update, id))); // after the commit; the posts follow
+                if change == Change::AddTlc {
+                    st.next_tlc += 1;
+                    // The deadline, committed with the offer: it fires even if this process
+                    // is down when it passes (then as the actor starts again).
+                    tx.set_timer_after(&timer_name(tlc), expiry, &tlc)?;
+                }
+                let sent = self.propose(tx, st, change, tlc)?;
+                tx.reply(reply, Some(sent)); // after the commit; the posts follow
+            }
+            ChannelMsg::Expire(tlc, due) => {
+                // The timer is removed in this message's commit, with the `RemoveTlc` below:
+                // if the process dies before, the restarted actor fires it again.
+                let name = tx.fired().unwrap_or_default().to_owned();
+                let me = NAMES[self.me];
+                let wrong = if SystemTime::now() < due {
+                    Some("fired before its instant")
+                } else if name != timer_name(tlc) || tlc.0 != self.me {
+                    Some("is not this side's timer of the TLC")
+                } else if !st.tlcs.contains(&tlc) {
+                    Some("fired for a TLC no longer held (its cancel was lost)")
+                } else {
+                    None
+                };
+                if let Some(wrong) = wrong {
+                    let what = format!("timer {name} for {}: {wrong}", tlcs([&tlc]));
+                    self.log(format!("{me}: WRONG {what}"));
+                    st.stray.push(what);
+                    return Ok(());
+                }
+                // Not settled in time: fail it, with an update of the channel like any other.
+                st.expired.push(tlc);
+                let (update, _) = self.propose(tx, st, Change::RemoveTlc, tlc)?;
+                let t = tlcs([&tlc]);
+                self.log(format!(
+                    "{me}: timer {name} fires: EXPIRED tlc {t}, removed with RemoveTlc (n{})",
+                    update.n
+                ));
             }
             ChannelMsg::Peer(PeerMsg::Update(update)) => {
                 // The runtime hands over each message of the channel once and in order, and
                 // records that in this commit: no `Seen`, no check of `n`.
+                if update.change == Change::RemoveTlc && update.tlc.0 == self.me {
+                    // The peer settled a TLC of ours: its deadline no longer matters. Unless
+                    // it expired here first (both removals crossed): then the timer is gone.
+                    let (name, me, t) =
+                        (timer_name(update.tlc), NAMES[self.me], tlcs([&update.tlc]));
+                    let due = tx.timer(&name);
+                    match tx.cancel_timer(&name) {
+                        Ok(()) => {
+                            // Due already, maybe: its wake waits in the mailbox behind this.
+                            let late = due
+                                .and_then(|due| SystemTime::now().duration_since(due).ok())
+                                .map(|late| format!(" (due {} ms ago)", late.as_millis()))
+                                .unwrap_or_default();
+                            let before = "settled before its timer fired";
+                            self.log(format!("{me}: {t} {before}{late}: cancels timer {name}"))
+                        }
+                        Err(TimerError::Unknown { .. }) => self.log(format!(
+                            "{me}: {t} settled after it expired here: no timer {name} to cancel"
+                        )),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 st.apply(&update);
                 st.applied.push(update.clone());
                 self.report(tx, st, 1 - self.me, &update)?;
@@ -223,6 +339,10 @@ impl PersistentActor for Channel {
                 let pending = tx.pending().count();
                 tx.reply(reply, (st.clone(), pending));
             }
+            ChannelMsg::Timers(reply) => {
+                let timers = tx.timers();
+                tx.reply(reply, timers);
+            }
             ChannelMsg::Persist(_) => {} // handled by the runtime, never seen here
         }
         Ok(())
@@ -244,6 +364,11 @@ impl PersistentActor for Channel {
 
     fn inbound(msg: Inbound) -> Result<ChannelMsg, DecodeReason> {
         Ok(ChannelMsg::Peer(msg.decode()?))
+    }
+
+    fn timer(fired: Fired) -> Result<ChannelMsg, DecodeReason> {
+        // The payload is the TLC; `set_timer_after` checks here that it decodes.
+        Ok(ChannelMsg::Expire(fired.decode()?, fired.due()))
     }
 
     fn control(msg: ChannelMsg) -> Result<Control<Report>, ChannelMsg> {
@@ -370,13 +495,17 @@ fn tlcs<'a>(tlcs: impl IntoIterator<Item = &'a TlcId>) -> String {
     names.collect::<Vec<_>>().join(" ")
 }
 
-fn show_update(u: &Update) -> String {
-    format!("{:?} {} (n{})", u.change, tlcs([&u.tlc]), u.n)
+/// Update `u` of side `by`: a `RemoveTlc` of its own TLC is an expiry.
+fn show_update(u: &Update, by: usize) -> String {
+    let expired = u.change == Change::RemoveTlc && u.tlc.0 == by;
+    let n = if expired { "expired, n" } else { "n" };
+    format!("{:?} {} ({n}{})", u.change, tlcs([&u.tlc]), u.n)
 }
 
-fn show(msg: &PeerMsg) -> String {
+/// A message of side `by`.
+fn show(msg: &PeerMsg, by: usize) -> String {
     match msg {
-        PeerMsg::Update(u) => show_update(u),
+        PeerMsg::Update(u) => show_update(u, by),
         PeerMsg::CommitmentSigned { upto, tlcs: ts } => {
             format!("CommitmentSigned to n{upto} {{{}}}", tlcs(ts))
         }
@@ -385,7 +514,8 @@ fn show(msg: &PeerMsg) -> String {
 
 fn show_report(report: &Report) -> String {
     let by = NAMES[report.by];
-    format!("r{}: {by}'s {}", report.r, show_update(&report.update))
+    let update = show_update(&report.update, report.by);
+    format!("r{}: {by}'s {update}", report.r)
 }
 
 type Error = Box<dyn std::error::Error>;
@@ -442,8 +572,15 @@ async fn sync(side: &Side, link: &Shared) -> Result<(ChannelState, usize), Error
 }
 
 /// Kills side `me`, closes its store, opens it again and respawns it. Nothing is sent again
-/// by hand: the runtime posts the outbox again and performs the pending operations again.
-async fn crash(sides: &mut [Side], me: usize, link: &Shared) -> Result<(), Error> {
+/// by hand: the runtime posts the outbox again, performs the pending operations again, and
+/// fires the timers that fell due meanwhile. With `down_until`, the side stays down until
+/// that instant has passed.
+async fn crash(
+    sides: &mut [Side],
+    me: usize,
+    link: &Shared,
+    down_until: Option<(SystemTime, &str)>,
+) -> Result<(), Error> {
     let Side {
         actor,
         task,
@@ -454,6 +591,12 @@ async fn crash(sides: &mut [Side], me: usize, link: &Shared) -> Result<(), Error
     storage.close().await?;
     flush(link);
     link.lock().unwrap().dying = None;
+    if let Some((until, what)) = down_until {
+        // Waiting for a deadline to pass, not for an event: the timer is in the store.
+        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+        println!("      {} is down while {what} passes", NAMES[me]);
+        tokio::time::sleep(left + Duration::from_millis(5)).await;
+    }
     println!("      {} restarts:", NAMES[me]);
     sides[me] = start(me, link).await?;
     let (st, pending) = sync(&sides[me], link).await?;
@@ -465,9 +608,29 @@ async fn crash(sides: &mut [Side], me: usize, link: &Shared) -> Result<(), Error
     Ok(())
 }
 
-async fn command(side: &Side, link: &Shared, change: Change, i: usize) -> Result<(), Error> {
-    match call!(side.actor, |r| ChannelMsg::Command(change, i, r))? {
-        Some((update, id)) => println!("      commits {}: message {id}", show_update(&update)),
+/// Asks `side` (side number `me`) to offer a TLC that expires after `expiry`, or to remove
+/// the `i`-th TLC of the peer's.
+async fn command(
+    side: &Side,
+    me: usize,
+    link: &Shared,
+    change: Change,
+    i: usize,
+    expiry: Duration,
+) -> Result<(), Error> {
+    match call!(side.actor, |r| ChannelMsg::Command(change, i, expiry, r))? {
+        Some((update, id)) => {
+            let what = show_update(&update, me);
+            if change == Change::AddTlc {
+                let name = timer_name(update.tlc);
+                println!(
+                    "      commits {what} and timer {name} ({}): message {id}",
+                    show_expiry(expiry)
+                );
+            } else {
+                println!("      commits {what}: message {id}");
+            }
+        }
         None => println!("      no TLC of the peer's to remove"),
     }
     if link.lock().unwrap().dying.is_none() {
@@ -610,27 +773,83 @@ async fn carol_catches_up(
     }
 }
 
-/// Stops side `me`, closes its store, and reads in it what is left of the side's messages
-/// and operations (nothing, if all went well). Returns the state and that count.
-async fn finish(me: usize, side: Side) -> Result<(ChannelState, usize), Error> {
+fn show_expiry(expiry: Duration) -> String {
+    if expiry >= LONG {
+        "expires in an hour".to_owned()
+    } else {
+        format!("expires in {} ms", expiry.as_millis())
+    }
+}
+
+/// Waits until neither side has a timer due within the next minute: every TLC offered for a
+/// short time is settled or expired by then (those offered for an hour are still open).
+async fn short_deadlines_pass(sides: &[Side], deadline: Instant) -> Result<(), Error> {
+    loop {
+        let soon = SystemTime::now() + Duration::from_secs(60);
+        let mut left = Vec::new();
+        for side in sides {
+            let timers = call!(side.actor, ChannelMsg::Timers)?;
+            left.extend(
+                timers
+                    .into_iter()
+                    .filter(|(_, due)| *due < soon)
+                    .map(|t| t.0),
+            );
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timers {left:?} never fired").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What is left of a side at the end.
+struct End {
+    st: ChannelState,
+    /// Messages and operations left in its store (none, if all went well).
+    left: usize,
+    /// Its timers by name, as the actor reports them, and how many rows its store holds.
+    timers: BTreeSet<String>,
+    timer_rows: usize,
+}
+
+/// Stops side `me`, closes its store, and reads in it what is left of the side's messages,
+/// operations and timers.
+async fn finish(me: usize, side: Side) -> Result<End, Error> {
     let (st, _) = call!(side.actor, ChannelMsg::Query)?;
+    let timers: BTreeSet<String> = call!(side.actor, ChannelMsg::Timers)?
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
     side.actor.stop_and_wait(None, None).await?;
     side.storage.close().await?;
     let store = RedbStore::open(path(me))?;
     let key = ActorKey::new(Channel::NAME, NAMES[me]);
     let outbox = store.read(&key, Some(Space::OUTBOX), 0..=u64::MAX)?.len();
     let ops = store.read(&key, Some(Space::OPS), 0..=u64::MAX)?.len();
+    let timer_rows = store.read(&key, Some(Space::TIMERS), 0..=u64::MAX)?.len();
     drop(store);
     std::fs::remove_file(path(me))?;
     let (sent, applied) = (st.sent.len(), st.applied.len());
     println!(
         "{:5}: TLCs {{{}}}, sent n1..n{sent}, applied the peer's n1..n{applied}, signed to n{}; \
-         in its store: {outbox} unacknowledged message(s), {ops} pending operation(s)",
+         expired {{{}}}; in its store: {outbox} unacknowledged message(s), {ops} pending \
+         operation(s), {timer_rows} timer(s) {{{}}}",
         NAMES[me],
         tlcs(&st.tlcs),
-        st.signed
+        st.signed,
+        tlcs(&st.expired),
+        timers.iter().cloned().collect::<Vec<_>>().join(" "),
     );
-    Ok((st, outbox + ops))
+    Ok(End {
+        st,
+        left: outbox + ops,
+        timers,
+        timer_rows,
+    })
 }
 
 #[tokio::main]
@@ -648,21 +867,40 @@ async fn main() -> Result<(), Error> {
     let mut carol = Carol::default();
     let mut sides = vec![start(ALICE, &link).await?, start(BOB, &link).await?];
 
-    println!("1. Alice offers TLC a0; the links deliver everything.");
-    command(&sides[ALICE], &link, Change::AddTlc, 0).await?;
+    let b0 = (BOB, 0);
+    let ms = B0_EXPIRY.as_millis();
+    println!(
+        "1. Alice offers TLC a0 for an hour, Bob b0 for {ms} ms; the links deliver everything."
+    );
+    command(&sides[ALICE], ALICE, &link, Change::AddTlc, 0, LONG).await?;
+    command(&sides[BOB], BOB, &link, Change::AddTlc, 0, B0_EXPIRY).await?;
     deliver_all(&sides, &link).await?;
     carol_gets_all(&sides[ALICE], &link, &mut carol).await?;
-    println!("2. Bob removes a0: RemoveTlc commits with the change; he dies before it leaves.");
+    println!(
+        "2. Bob removes a0: RemoveTlc commits with the change; he dies before it leaves, and \
+         stays down until b0's deadline has passed."
+    );
+    let timers = call!(sides[BOB].actor, ChannelMsg::Timers)?;
+    let b0_due = timers.iter().find(|t| t.0 == timer_name(b0)).map(|t| t.1);
+    if b0_due.is_none() {
+        println!(
+            "      (b0 expired already: this machine is slow; its timer fired before the crash)"
+        );
+    }
     link.lock().unwrap().dying = Some(BOB);
-    command(&sides[BOB], &link, Change::RemoveTlc, 0).await?;
-    crash(&mut sides, BOB, &link).await?;
-    println!("3. The link delivers it twice; Alice applies it once and reports it to Carol.");
+    command(&sides[BOB], BOB, &link, Change::RemoveTlc, 0, LONG).await?;
+    let down = b0_due.map(|due| (due, "b0's deadline"));
+    crash(&mut sides, BOB, &link, down).await?;
+    println!(
+        "3. The link delivers his RemoveTlc twice; Alice applies it once, cancelling a0's timer, \
+         then b0's expiry, and reports both to Carol."
+    );
     let first = link.lock().unwrap().letters.front().cloned();
     link.lock().unwrap().letters.extend(first);
     deliver_all(&sides, &link).await?;
     carol_gets_all(&sides[ALICE], &link, &mut carol).await?;
 
-    println!("4. A random run (seed {seed}).");
+    println!("4. A random run (seed {seed}); a TLC expires in 150 ms, 400 ms or an hour.");
     for step in 1..=30 {
         let (letters, reports) = {
             let l = link.lock().unwrap();
@@ -670,6 +908,7 @@ async fn main() -> Result<(), Error> {
         };
         let (p, roll, i, j) = (next(2), next(100), next(letters), next(reports));
         let (name, change) = (NAMES[p], [Change::AddTlc, Change::RemoveTlc][next(3) / 2]);
+        let expiry = [Duration::from_millis(150), Duration::from_millis(400), LONG][roll % 3];
         print!("  {step}. ");
         match roll {
             20..56 if letters > 0 => {
@@ -694,11 +933,11 @@ async fn main() -> Result<(), Error> {
                 if next(2) == 0 {
                     println!("{name} is asked to {change:?}, dies between commit and send");
                     link.lock().unwrap().dying = Some(p);
-                    command(&sides[p], &link, change, i).await?;
+                    command(&sides[p], p, &link, change, i, expiry).await?;
                 } else {
                     println!("{name} crashes");
                 }
-                crash(&mut sides, p, &link).await?;
+                crash(&mut sides, p, &link, None).await?;
             }
             72..86 if reports > 0 => {
                 println!("carol's link delivers a report");
@@ -719,7 +958,7 @@ async fn main() -> Result<(), Error> {
             _ => {
                 // A user command (also when the step finds nothing in flight).
                 println!("{name} is asked to {change:?}");
-                command(&sides[p], &link, change, i).await?;
+                command(&sides[p], p, &link, change, i, expiry).await?;
             }
         }
     }
@@ -738,8 +977,15 @@ async fn main() -> Result<(), Error> {
         sides[side(letter.to())].storage.postbox().deliver(letter);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
+    println!("    the short deadlines pass: the TLCs not settled by then expire");
+    short_deadlines_pass(&sides, deadline).await?;
     let acknowledged = settle_all(&sides, &link, deadline).await?;
-    link.lock().unwrap().log.clear();
+    // Of what happened meanwhile, print what the timers did (the posts are many).
+    for line in std::mem::take(&mut link.lock().unwrap().log) {
+        if line.contains("timer") {
+            println!("      {line}");
+        }
+    }
     println!("    all {acknowledged} messages acknowledged (tx.settlement)");
 
     println!("6. Carol reconnects: Alice reports what Carol has not confirmed (tx.resume).");
@@ -753,7 +999,8 @@ async fn main() -> Result<(), Error> {
     for (me, side) in sides.into_iter().enumerate() {
         ends.push(finish(me, side).await?);
     }
-    let ((a, a_left), (b, b_left)) = (&ends[ALICE], &ends[BOB]);
+    let (a, b) = (&ends[ALICE].st, &ends[BOB].st);
+    let (a_left, b_left) = (ends[ALICE].left, ends[BOB].left);
     let twice = carol.held.values().filter(|(_, times)| *times > 1).count();
     println!(
         "carol: holds alice's reports r1..r{}, {twice} stored twice, {} unknown to her Seen",
@@ -792,15 +1039,75 @@ async fn main() -> Result<(), Error> {
             "carol does not hold each report once",
         ),
         (reports != updates, "carol misses an update"),
+        (
+            !a.stray.is_empty() || !b.stray.is_empty(),
+            "a timer fired early or for a TLC no longer held",
+        ),
+        (
+            ends.iter().enumerate().any(|(me, end)| {
+                let open: BTreeSet<String> = end
+                    .st
+                    .tlcs
+                    .iter()
+                    .filter(|t| t.0 == me)
+                    .map(|t| timer_name(*t))
+                    .collect();
+                open != end.timers || end.timer_rows != end.timers.len()
+            }),
+            "a side's timers are not those of the TLCs it offered that are still open",
+        ),
+        (
+            ends.iter().enumerate().any(|(me, end)| {
+                end.st.expired.iter().any(|t| {
+                    let once = |list: &Vec<TlcId>| list.iter().filter(|x| *x == t).count() == 1;
+                    let removals: Vec<TlcId> = end
+                        .st
+                        .sent
+                        .iter()
+                        .filter(|u| u.change == Change::RemoveTlc)
+                        .map(|u| u.tlc)
+                        .collect();
+                    t.0 != me || !once(&end.st.expired) || !once(&removals)
+                })
+            }),
+            "a TLC expired more than once, or not by the side that offered it",
+        ),
+        (
+            a.expired
+                .iter()
+                .chain(&b.expired)
+                .any(|t| a.tlcs.contains(t) || b.tlcs.contains(t)),
+            "an expired TLC is still held",
+        ),
+        (!b.expired.contains(&b0), "b0 never expired"),
     ];
     let failed: Vec<&str> = failures.iter().filter(|f| f.0).map(|f| f.1).collect();
     if !failed.is_empty() {
         eprintln!("FAILED (seed {seed}): {}", failed.join("; "));
         std::process::exit(1);
     }
+    // A TLC the peer settled while its offerer expired it: both removals crossed, each a
+    // no-op where the other came first.
+    let crossed = ends
+        .iter()
+        .enumerate()
+        .flat_map(|(me, end)| end.st.expired.iter().map(move |t| (me, t)))
+        .filter(|(me, t)| {
+            ends[1 - me]
+                .st
+                .sent
+                .iter()
+                .any(|u| u.change == Change::RemoveTlc && u.tlc == **t)
+        })
+        .count();
+    let expired: Vec<TlcId> = a.expired.iter().chain(&b.expired).copied().collect();
     println!(
         "alice and bob agree, each applied every update of the other once, nothing is left \
-         pending, and carol holds each report once ({} ms).",
+         pending, each side holds a timer for each of its open TLCs and no other, {} TLC(s) \
+         expired once each ({}; {crossed} settled by the peer as they expired), and carol \
+         holds each report once ({} ms).",
+        expired.len(),
+        tlcs(&expired),
         began.elapsed().as_millis()
     );
     Ok(())

@@ -30,6 +30,9 @@ type Reply = Box<dyn FnOnce() + Send>;
 ///   caller to wait on.
 /// * [`once`](Tx::once): apply a request from outside once, and answer repeats with the
 ///   first reply.
+/// * [`set_timer_after`](Tx::set_timer_after), [`set_timer_at`](Tx::set_timer_at),
+///   [`cancel_timer`](Tx::cancel_timer): durable timers, set and cancelled in the commit, fired
+///   later as a message ([`fired`](Tx::fired) names the one being handled).
 pub struct Tx<'a, A: PersistentActor> {
     key: &'a Arc<ActorKey>,
     myself: &'a ActorRef<A::Msg>,
@@ -481,7 +484,8 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
     /// Sets the durable timer `name` to fire `after` from now, with `payload`; it replaces a
     /// timer of the same name. The timer is committed with this message; when it is due the
     /// actor's [`PersistentActor::timer`] makes a message of it, handled like any other, and
-    /// its removal is committed with that message (at least once, never before its instant: see `docs/durability.md`).
+    /// its removal is committed with that message (at least once, never before its instant:
+    /// see `docs/durability.md`).
     ///
     /// Refused, setting nothing: a delay that overflows the clock
     /// ([`TimerError::Overflow`]), a payload that does not encode, a payload the actor's
