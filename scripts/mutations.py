@@ -385,10 +385,10 @@ MUTATIONS = {
     ),
     "delivery-acks-before-the-receivers-commit": (
         CORE + "runtime.rs",
-        """                cycle(actor, myself, rt, Input::Message(msg), order, Some(arrival)).await?;
+        """                cycle(actor, myself, rt, input, order, Some(arrival), None).await?;
                 rt.storage.postbox().post(ack);""",
         """                rt.storage.postbox().post(ack);
-                cycle(actor, myself, rt, Input::Message(msg), order, Some(arrival)).await?;""",
+                cycle(actor, myself, rt, input, order, Some(arrival), None).await?;""",
         ["--test", "between_actors", "the_acknowledgement_leaves_only_after"],
     ),
     "delivery-inbox-row-not-in-the-commit": (
@@ -671,6 +671,127 @@ MUTATIONS = {
         """    if !missing.is_empty() {""",
         """    if !missing.is_empty() && false {""",
         ["-p", "persist-postgres", "--test", "adversarial_postgres", "a_commit_at_epoch_0"],
+    ),
+    # Durable timers and the registry (the timers issue).
+    "timer-fires-before-its-instant": (
+        CORE + "runtime.rs",
+        """        .filter(|(_, t)| t.due <= now)
+        .map(|(name, t)| (t.due, t.row, name.clone()))""",
+        """        .filter(|(_, t)| t.due <= now.saturating_add(10_000))
+        .map(|(name, t)| (t.due, t.row, name.clone()))""",
+        ["--test", "timers", "a_timer_fires_once_as_a_message_never_before_its_instant"],
+    ),
+    "timer-due-rounded-down": (
+        CORE + "timer.rs",
+        """            let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);""",
+        """            let ms = d.as_millis();""",
+        ["-p", "persist-core", "--lib", "timer::tests"],
+    ),
+    "fired-timer-not-removed-in-its-commit": (
+        CORE + "runtime.rs",
+        """    if let Some(f) = fired {
+        commit = commit.remove(Space::TIMERS, f.row);
+        current.insert(&f.name, None);
+    }""",
+        """    if let Some(f) = fired {
+        current.insert(&f.name, None);
+    }""",
+        ["--test", "timers", "sigkill"],
+    ),
+    "cancelled-timer-row-left-in-the-store": (
+        CORE + "runtime.rs",
+        """        if let Some(row) = before {
+            commit = commit.remove(Space::TIMERS, row);
+        }""",
+        """        if let (Some(row), TimerChange::Set { .. }) = (before, change) {
+            commit = commit.remove(Space::TIMERS, row);
+        }""",
+        ["--test", "timers", "cancelled"],
+    ),
+    "timers-not-part-of-the-record": (
+        CORE + "store.rs",
+        """        Space::REQUESTS,
+        Space::TIMERS,
+    ];""",
+        """        Space::REQUESTS,
+    ];""",
+        ["--test", "timers", "a_timer_due_while_the_actor_was_stopped_fires_at_its_start"],
+    ),
+    "no-timer-fired-at-start": (
+        CORE + "runtime.rs",
+        """    // Timers that fell due while the actor was not running fire now, before any message.
+    fire_due(actor, &myself, rt).await""",
+        """    arm_timer(&myself, rt);
+    Ok(())""",
+        ["--test", "timers", "a_timer_due_while_the_actor_was_stopped_fires_at_its_start"],
+    ),
+    "registry-activates-every-concurrent-get": (
+        CORE + "entities.rs",
+        """                        Some(Entry::Activating(n) | Entry::Stopping(n)) => Next::Wait(n.clone()),""",
+        """                        Some(Entry::Activating(n) | Entry::Stopping(n)) => {
+                            let _ = n;
+                            Next::Activate(Arc::new(Notify::new()))
+                        }""",
+        ["--test", "entities", "concurrent_gets_of_one_key_activate_one_instance"],
+    ),
+    "registry-send-drops-a-message-refused-by-a-draining-actor": (
+        CORE + "entities.rs",
+        """                Err(MessagingErr::SendErr(back)) => {
+                    msg = back;
+                    self.wait_stopped(key, &actor).await;
+                }""",
+        """                Err(MessagingErr::SendErr(back)) => {
+                    drop(back);
+                    return Ok(());
+                }""",
+        ["--test", "entities", "messages_sent_while_the_actor_is_passivated_are_all_handled"],
+    ),
+    "passivated-actor-reports-no-wake": (
+        CORE + "runtime.rs",
+        """    if let Some(life) = &rt.life {
+        life.stopped(next_wake(rt));
+    }""",
+        """    if let Some(life) = &rt.life {
+        life.stopped(None);
+    }""",
+        ["--test", "entities", "a_timer_of_a_passivated_actor_activates_it"],
+    ),
+    "wake-ignores-waiting-retries": (
+        CORE + "runtime.rs",
+        """    [timers, retry, mail, unscheduled]
+        .into_iter()""",
+        """    let _ = retry;
+    [timers, mail, unscheduled]
+        .into_iter()""",
+        ["--test", "entities", "retry_and_kept"],
+    ),
+    "registry-start-reads-no-wakes": (
+        CORE + "entities.rs",
+        """        entities.take_wakes(wakes);""",
+        """        drop(wakes);""",
+        ["--test", "entities", "after_a_restart"],
+    ),
+    "letters-do-not-activate": (
+        CORE + "delivery.rs",
+        """                    if let Some(activate) = activate {
+                        activate(&letter.to);
+                    }""",
+        """                    drop(activate);""",
+        ["--test", "entities", "a_letter_to_a_passivated_actor_activates_it"],
+    ),
+    "lru-evicts-the-most-recent": (
+        CORE + "entities.rs",
+        """            .max_by_key(|(idle, _)| *idle)""",
+        """            .min_by_key(|(idle, _)| *idle)""",
+        ["--test", "entities", "the_bound_passivates"],
+    ),
+    "registry-takes-keys-the-store-cannot-hold": (
+        CORE + "entities.rs",
+        """            && A::NAME.len() + key.len() > max
+        {""",
+        """            && A::NAME.len() + key.len() > max * 1000
+        {""",
+        ["--test", "entities", "a_key_the_store_cannot_hold"],
     ),
 }
 
