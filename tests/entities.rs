@@ -42,10 +42,12 @@ enum Msg {
 #[persistent(name = "acct")]
 struct Account;
 
+/// Where each test hears its actors' events: `(key, event)`, by the keys' prefix.
+type Listeners = Mutex<HashMap<String, mpsc::UnboundedSender<(String, String)>>>;
+
 /// What every actor of a test key prints: `(key, event)`.
-fn events() -> &'static Mutex<HashMap<String, mpsc::UnboundedSender<(String, String)>>> {
-    static E: OnceLock<Mutex<HashMap<String, mpsc::UnboundedSender<(String, String)>>>> =
-        OnceLock::new();
+fn events() -> &'static Listeners {
+    static E: OnceLock<Listeners> = OnceLock::new();
     E.get_or_init(Default::default)
 }
 
