@@ -3,8 +3,9 @@
 //!
 //! Run with `cargo bench --bench throughput`; `BENCH_QUICK=1 cargo bench --bench throughput`
 //! (or `-- quick`) runs a shorter version. Naming sections after `--` runs only those:
-//! `durable`, `unchanged`, `cycle`, `postgres`, `resident`, `recovery`, `transforms`, `delivery`; `BENCH_ACTORS=1,1024` limits
-//! `durable` to those actor counts (for profiling). See docs/performance.md.
+//! `durable`, `unchanged`, `cycle`, `postgres`, `resident`, `recovery`, `transforms`, `delivery`,
+//! `entities`; `BENCH_ACTORS=1,1024` limits `durable` to those actor counts (for profiling).
+//! See docs/performance.md.
 
 #[path = "throughput/actors.rs"]
 mod actors;
@@ -14,6 +15,8 @@ mod cycle;
 mod delivery;
 #[path = "throughput/durable.rs"]
 mod durable;
+#[path = "throughput/entities.rs"]
+mod entities;
 #[path = "throughput/measure.rs"]
 mod measure;
 #[path = "throughput/postgres.rs"]
@@ -45,6 +48,7 @@ struct Plan {
     respawn: usize,
     /// (actors, messages per actor for the library, for the baseline) on PostgreSQL.
     postgres: [(usize, usize, usize); 3],
+    entities: entities::Sizes,
 }
 
 impl Plan {
@@ -67,6 +71,7 @@ impl Plan {
                 recovery_actors: 20_000,
                 respawn: 200,
                 postgres: [(1, 100, 100), (256, 5, 2), (1024, 3, 1)],
+                entities: entities::Sizes::new(true),
             }
         } else {
             Plan {
@@ -84,6 +89,7 @@ impl Plan {
                 recovery_actors: 100_000,
                 respawn: 1_000,
                 postgres: [(1, 500, 500), (256, 40, 10), (1024, 20, 4)],
+                entities: entities::Sizes::new(false),
             }
         }
     }
@@ -96,6 +102,10 @@ fn main() {
         .expect("the tokio runtime");
     if let Ok(spec) = std::env::var(resident::CHILD) {
         resident::child(&spec, &rt);
+        return;
+    }
+    if let Ok(spec) = std::env::var(entities::CHILD) {
+        entities::child(&spec, &rt);
         return;
     }
     // `cargo bench` passes `--bench`; words name the quick plan or sections.
@@ -461,6 +471,10 @@ fn main() {
                 512.0,
                 " B",
             );
+        }
+
+        if run("entities") {
+            entities::section(dir.path(), &plan.entities).await;
         }
 
         if run("recovery") {

@@ -705,15 +705,21 @@ fn arm_timer<A: Persistent>(myself: &ActorRef<A::Msg>, rt: &mut Runtime<A>) {
     };
     let wait = std::time::Duration::from_millis(due.saturating_sub(crate::timer::now_ms()))
         .min(crate::timer::MAX_SLEEP);
-    let now = Instant::now();
-    let wake = now + wait;
-    if state.wake.is_some_and(|armed| armed > now && armed <= wake) {
+    let wake = Instant::now() + wait;
+    // A wake armed for no later is still coming (its `TimerDue` clears it), even if its
+    // instant has passed and its message waits in the mailbox.
+    if state.wake.is_some_and(|armed| armed <= wake) {
         return;
     }
     let Some(msg) = A::wrap_control(Control::TimerDue) else {
         return;
     };
     state.wake = Some(wake);
+    if wait.is_zero() {
+        // Due now: behind the messages already waiting, with no task to sleep.
+        let _ = myself.send_message(msg);
+        return;
+    }
     let myself = myself.clone();
     tokio::spawn(async move {
         tokio::time::sleep_until(wake.into()).await;
