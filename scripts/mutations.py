@@ -793,6 +793,12 @@ MUTATIONS = {
         {""",
         ["--test", "entities", "a_key_the_store_cannot_hold"],
     ),
+    "retry-instant-forgotten-at-restart": (
+        CORE + "runtime.rs",
+        """                .filter(|(_, left)| !left.is_zero())""",
+        """                .filter(|(_, left)| left.is_zero())""",
+        ["--test", "entities", "a_retry_waits_out_its_backoff_across_a_restart"],
+    ),
 }
 
 

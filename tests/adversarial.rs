@@ -7,6 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::{
     Backend, Faults, Ledger, LedgerMsg, decode_error, golden_copy, ledger_key, patient,
@@ -16,7 +17,7 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, call};
 use ractor_persist::{
     ActorCommit, ActorKey, DecodeReason, MemoryStore, Outcome, Pending, Persistent,
-    PersistentActor, RecordRef, RedbStore, Space, Start, Storage, Store, Tx,
+    PersistentActor, RecordRef, RedbStore, RetryPolicy, Space, Start, Storage, Store, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -364,10 +365,17 @@ async fn a_dead_letters_attempt_count_survives_a_restart() {
     // One failed attempt: pending with 1.
     assert_eq!(call!(a, FMsg::Pending).unwrap(), vec![(0, 1)]);
     a.stop_and_wait(None, None).await.unwrap();
-    // The replay after a restart fails again: 2 = max, a dead letter.
-    let (a, _) = spawn_flaky(&storage, "d", Flaky::with(RETRY), 2)
-        .await
-        .unwrap();
+    // The retry waits its hour across a restart, but never longer than the current policy's
+    // longest delay: restarted with no delay, it is performed at start, fails again: 2 =
+    // max, a dead letter.
+    let now = RetryPolicy::new(Duration::ZERO, Duration::ZERO, 2).unwrap();
+    let (a, _) = Actor::spawn(
+        None,
+        Flaky::with(RETRY),
+        Start::new(&storage, "d", ()).retry_policy(now),
+    )
+    .await
+    .unwrap();
     let before = call!(a, FMsg::Dead).unwrap();
     assert_eq!(before, vec![(0, 2)]);
     a.stop_and_wait(None, None).await.unwrap();
@@ -651,7 +659,11 @@ async fn older_retried_ops_migrate_with_their_count_or_fail_typed() {
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
     let key = ActorKey::new("flaky", "m");
-    assert_eq!(store.ops(&key)[0].1[3], 4, "a kind-4 record");
+    assert_eq!(
+        store.ops(&key)[0].1[3],
+        11,
+        "a kind-11 record: the count and the retry's instant"
+    );
     let snapshot_fp = fingerprint_of(&store.snapshot(&key).unwrap());
     assert_ne!(snapshot_fp, 0);
 
@@ -670,9 +682,15 @@ async fn older_retried_ops_migrate_with_their_count_or_fail_typed() {
     assert_eq!(store.ops(&key).len(), 1, "not moved");
 
     let v2 = note_v2::Flaky2::default();
-    let (a, _) = Actor::spawn(None, v2.clone(), Start::new(&storage, "m", ()))
-        .await
-        .unwrap();
+    // A policy with no delay: the waiting retry is performed at start.
+    let now = RetryPolicy::new(Duration::ZERO, Duration::ZERO, 5).unwrap();
+    let (a, _) = Actor::spawn(
+        None,
+        v2.clone(),
+        Start::new(&storage, "m", ()).retry_policy(now),
+    )
+    .await
+    .unwrap();
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
     let seen = v2.seen.lock().unwrap().clone();

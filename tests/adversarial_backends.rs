@@ -958,8 +958,8 @@ impl PersistentActor for Heavy {
 }
 
 /// An operation whose payload is exactly at the 64 MiB cap is accepted by `Tx::push` and
-/// stored; after one `Retry` the runtime rewrites it as a "retried operation" record whose
-/// payload is the attempt count (a varint) followed by the operation: one byte over the cap.
+/// stored; after one `Retry` the runtime rewrites it as a record whose payload is the attempt
+/// count and the retry's instant (varints) followed by the operation: over the cap.
 /// The runtime wrote a record it cannot read back: the next spawn fails with `TooLarge` (and,
 /// with quarantine on, the record is moved aside as damage and the pending operation is lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -978,8 +978,8 @@ async fn an_operation_at_the_cap_still_reads_after_a_failed_attempt() {
     let stored = store.ops(&ActorKey::new("heavy", "h"));
     assert_eq!(stored.len(), 1);
     assert_eq!(
-        stored[0].1[3], 4,
-        "rewritten as a retried operation (kind 4)"
+        stored[0].1[3], 11,
+        "rewritten as an operation waiting for a retry (kind 11: count and instant)"
     );
 
     let storage = Storage::new(store.clone());

@@ -51,6 +51,10 @@ fn events() -> &'static Listeners {
     E.get_or_init(Default::default)
 }
 
+/// When each flaky effect (`key/what`) was performed successfully.
+static PERFORMED_AT: std::sync::LazyLock<Mutex<HashMap<String, std::time::SystemTime>>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Flaky effects that already failed once.
 fn failed_once() -> &'static Mutex<HashSet<String>> {
     static F: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
@@ -138,6 +142,11 @@ impl PersistentActor for Account {
                     say(&key, format!("failed {what}"));
                     Outcome::Retry
                 } else {
+                    let at = std::time::SystemTime::now();
+                    PERFORMED_AT
+                        .lock()
+                        .unwrap()
+                        .insert(format!("{key}/{what}"), at);
                     say(&key, what.clone());
                     Outcome::Done
                 }
@@ -341,6 +350,43 @@ async fn a_passivated_actors_retry_and_kept_operations_are_performed_after_react
     accounts.get("ops-k").await.unwrap();
     assert_eq!(next(&mut rx).await, ("ops-k".into(), "kept".into()));
     accounts.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_out_its_backoff_across_a_restart() {
+    let (_dir, storage) = redb();
+    let mut rx = listen("backoff");
+    let backoff = Duration::from_millis(400);
+    let policy = RetryPolicy::new(backoff, backoff, 5)
+        .unwrap()
+        .with_jitter(0.0)
+        .unwrap();
+    let spawn = || async {
+        let start = ractor_persist::Start::new(&storage, "backoff-a", 0).retry_policy(policy);
+        ractor::Actor::spawn(None, Account, start).await.unwrap()
+    };
+    let (actor, handle) = spawn().await;
+    call!(actor, Msg::Push, Effect::Flaky("late".into())).unwrap();
+    // The reply leaves before the operation is performed: its failure comes after this.
+    let earliest = std::time::SystemTime::now() + backoff;
+    assert_eq!(
+        next(&mut rx).await,
+        ("backoff-a".into(), "failed late".into())
+    );
+    // Its attempt count and the retry's instant ride on the next commit.
+    call!(actor, Msg::Deposit, 1).unwrap();
+    actor.stop(None);
+    handle.await.unwrap();
+    let (actor, _) = spawn().await;
+    let (key, what) = next(&mut rx).await;
+    assert_eq!((key.as_str(), what.as_str()), ("backoff-a", "late"));
+    let performed = PERFORMED_AT.lock().unwrap()["backoff-a/late"];
+    assert!(
+        performed >= earliest,
+        "performed {:?} before its retry was due",
+        earliest.duration_since(performed).unwrap()
+    );
+    actor.stop(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

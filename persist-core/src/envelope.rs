@@ -49,10 +49,10 @@ pub(crate) const HEADER_LEN: usize = 40;
 pub(crate) const FORMAT_VERSION: u8 = 1;
 /// No value (a state, an operation) is encoded larger than this.
 pub(crate) const MAX_PAYLOAD_LEN: u64 = 64 * 1024 * 1024;
-/// No stored payload is larger than this: a value at the cap, and the failed-attempt count
-/// (at most a 5-byte varint) that kinds 4 and 5 put before an operation. A larger declared
-/// length is damage.
-pub(crate) const MAX_STORED_PAYLOAD: u64 = MAX_PAYLOAD_LEN + 5;
+/// No stored payload is larger than this: a value at the cap, and what kinds 4, 5 and 11 put
+/// before an operation (a failed-attempt count, at most a 5-byte varint, and for kind 11 a
+/// retry instant, at most a 10-byte varint). A larger declared length is damage.
+pub(crate) const MAX_STORED_PAYLOAD: u64 = MAX_PAYLOAD_LEN + 15;
 const MAGIC: [u8; 2] = *b"RP";
 /// The envelope format of a transformed record.
 pub(crate) const FORMAT_V2: u8 = 2;
@@ -88,6 +88,10 @@ pub(crate) enum Kind {
     Request = 9,
     /// A durable timer: its name, when it is due, and its payload.
     Timer = 10,
+    /// A pending operation waiting for a retry: the payload is the failed-attempt count and
+    /// the instant the retry is due (milliseconds since the Unix epoch), as postcard varints,
+    /// then the operation's postcard bytes.
+    WaitingOp = 11,
 }
 
 impl Kind {
@@ -103,6 +107,7 @@ impl Kind {
             Kind::Inbox => "inbox entry",
             Kind::Request => "request reply",
             Kind::Timer => "timer",
+            Kind::WaitingOp => "operation waiting for a retry",
         }
     }
 }
@@ -395,6 +400,7 @@ pub(crate) fn verify(bytes: &[u8], schema: u32) -> Result<Verified<'_>, DecodeRe
         8 => Kind::Inbox,
         9 => Kind::Request,
         10 => Kind::Timer,
+        11 => Kind::WaitingOp,
         found => {
             return Err(DecodeReason::WrongKind {
                 expected: "known",
@@ -539,6 +545,25 @@ pub(crate) fn join_attempts(attempts: u32, op: &[u8]) -> Vec<u8> {
     let mut out = postcard::to_stdvec(&attempts).expect("a u32 always encodes");
     out.extend_from_slice(op);
     out
+}
+
+/// The payload of a [`Kind::WaitingOp`] record: `attempts`, the instant `due` (ms since the
+/// Unix epoch), then the operation's bytes.
+pub(crate) fn join_waiting(attempts: u32, due: u64, op: &[u8]) -> Vec<u8> {
+    let mut out = postcard::to_stdvec(&(attempts, due)).expect("two integers always encode");
+    out.extend_from_slice(op);
+    out
+}
+
+/// Splits the payload of a [`Kind::WaitingOp`] record into its failed-attempt count, the
+/// instant its retry is due, and the operation's bytes.
+pub(crate) fn split_waiting(payload: &[u8]) -> Result<(u32, u64, &[u8]), DecodeReason> {
+    postcard::take_from_bytes::<(u32, u64)>(payload)
+        .map(|((attempts, due), rest)| (attempts, due, rest))
+        .map_err(|source| DecodeReason::Payload {
+            type_name: "attempt count and retry instant",
+            source,
+        })
 }
 
 /// Decodes a payload as exactly one `T`, refusing leftover bytes.

@@ -285,7 +285,7 @@ pub async fn pre_start<A: Persistent>(
     // Ids go on above every one the key ever used, whatever happened to its record.
     let mut next_seq = next_sequence(&loaded, FLOOR_BLOCK);
     let mut reserved = loaded.floor;
-    let (snapshot, pending, dead, mail, timers) =
+    let (snapshot, pending, dead, mail, timers, waiting) =
         match decode_record::<A>(&key, &loaded, start.storage.transforms()).map_err(|e| *e) {
             Ok(decoded) => decoded,
             Err(LoadError::Decode(e)) if start.quarantine && e.reason.is_damage() => {
@@ -305,6 +305,7 @@ pub async fn pre_start<A: Persistent>(
                     BTreeMap::new(),
                     Mail::default(),
                     Timers::new(),
+                    BTreeMap::new(),
                 )
             }
             Err(e) => return Err(e.into()),
@@ -356,7 +357,22 @@ pub async fn pre_start<A: Persistent>(
         dead,
         next_seq,
         reserved,
-        retry: BTreeMap::new(),
+        // Retries whose instant is still ahead wait it out, across the restart.
+        retry: {
+            let (wall, now) = (crate::timer::now_ms(), Instant::now());
+            // No retry waits longer than the current policy's longest delay (nor longer
+            // than it was told to when the clock stepped back); one left nothing to wait is
+            // performed again at start, as every other pending operation.
+            waiting
+                .into_iter()
+                .map(|(seq, due)| {
+                    let left = std::time::Duration::from_millis(due.saturating_sub(wall));
+                    (seq, left.min(start.retry.max()))
+                })
+                .filter(|(_, left)| !left.is_zero())
+                .map(|(seq, left)| (seq, now + left))
+                .collect()
+        },
         timer: None,
         policy: start.retry,
         max_pending: start.max_pending,
@@ -377,6 +393,7 @@ type Decoded<A> = (
     BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
     Mail,
     Timers,
+    BTreeMap<u64, u64>,
 );
 
 /// Decodes (and migrates) a loaded record without touching the store.
@@ -430,14 +447,18 @@ fn decode_record<A: Persistent>(
     }
     let mut pending = BTreeMap::new();
     let mut dead = BTreeMap::new();
+    let mut waiting = BTreeMap::new();
     for (seq, bytes) in loaded.space(Space::OPS) {
         match decode_op::<A>(key, seq, bytes, transforms) {
-            Ok((kind, attempts, op)) => {
+            Ok((kind, attempts, due, op)) => {
                 let entry = Pending {
                     id: OpId::shared(key.clone(), seq),
                     op,
                     attempts,
                 };
+                if let Some(due) = due {
+                    waiting.insert(seq, due);
+                }
                 match kind {
                     Kind::DeadOp | Kind::CountedDeadOp => dead.insert(seq, entry),
                     _ => pending.insert(seq, entry),
@@ -507,7 +528,7 @@ fn decode_record<A: Persistent>(
         .position(|e| !e.reason.is_damage())
         .unwrap_or(0);
     if errors.is_empty() {
-        Ok((snapshot, pending, dead, mail, timers))
+        Ok((snapshot, pending, dead, mail, timers, waiting))
     } else {
         Err(Box::new(LoadError::Decode(errors.swap_remove(worst))))
     }
@@ -519,12 +540,19 @@ fn decode_op<A: Persistent>(
     seq: u64,
     bytes: &[u8],
     transforms: &Transforms,
-) -> Result<(Kind, u32, A::Op), DecodeReason> {
+) -> Result<(Kind, u32, Option<u64>, A::Op), DecodeReason> {
     let place = Place { key, id: seq };
     let (kind, header, body) = envelope::open_any(bytes, A::VERSION, transforms, place)?;
-    let (attempts, body) = match kind {
-        Kind::Op | Kind::DeadOp => (0, &body[..]),
-        Kind::RetriedOp | Kind::CountedDeadOp => envelope::split_attempts(&body)?,
+    let (attempts, due, body) = match kind {
+        Kind::Op | Kind::DeadOp => (0, None, &body[..]),
+        Kind::RetriedOp | Kind::CountedDeadOp => {
+            let (attempts, body) = envelope::split_attempts(&body)?;
+            (attempts, None, body)
+        }
+        Kind::WaitingOp => {
+            let (attempts, due, body) = envelope::split_waiting(&body)?;
+            (attempts, Some(due), body)
+        }
         other => {
             return Err(DecodeReason::WrongKind {
                 expected: "operation",
@@ -539,7 +567,7 @@ fn decode_op<A: Persistent>(
         });
     }
     let op = decode_versioned(A::VERSION, header, body, A::migrate_op)?;
-    Ok((kind, attempts, op))
+    Ok((kind, attempts, due, op))
 }
 
 /// The version of the runtime's own rows (outbox, channels, inbox, stored replies).
@@ -632,7 +660,14 @@ pub async fn post_start<A: Persistent>(
     rt: &mut Runtime<A>,
 ) -> Result<(), ActorProcessingErr> {
     touch(rt);
-    let replay: BTreeSet<u64> = rt.pending.keys().copied().collect();
+    // Every pending operation is performed again, except those whose retry is not due yet:
+    // they wait for it (their instant was stored with their attempt count).
+    let replay: BTreeSet<u64> = rt
+        .pending
+        .keys()
+        .filter(|seq| !rt.retry.contains_key(seq))
+        .copied()
+        .collect();
     cycle(actor, &myself, rt, Input::Started, replay, None, None).await?;
     let all: Vec<u64> = rt.mail.outbox.keys().copied().collect();
     post_again(rt, all);
@@ -1764,13 +1799,18 @@ async fn perform<A: Persistent>(
                 rt.dead.insert(seq, p);
             }
             rt.mail.settle(seq, Settled::DeadLetter);
+        } else if failed.is_ok() {
+            // The retry's instant is stored with the count: it is waited out across a
+            // restart or a passivation too.
+            let unit = rt.unit();
+            let delay = rt.policy.delay(attempts, unit);
+            rt.retry.insert(seq, Instant::now() + delay);
+            let due =
+                crate::timer::to_ms_ceil(std::time::SystemTime::now() + delay).unwrap_or(u64::MAX);
+            let payload = envelope::join_waiting(attempts, due, &bytes);
+            rewrites.push((seq, rt.op_envelope(Kind::WaitingOp, seq, &payload)));
         } else {
             rewrites.push((seq, rt.pending_envelope(seq, attempts, &bytes)));
-            if failed.is_ok() {
-                let unit = rt.unit();
-                let delay = rt.policy.delay(attempts, unit);
-                rt.retry.insert(seq, Instant::now() + delay);
-            }
         }
         if let Err(e) = failed {
             // The actor stops; the operation is performed again after a restart.
