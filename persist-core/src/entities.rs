@@ -662,6 +662,18 @@ async fn watch<A: Activate>(
     handle: JoinHandle<()>,
 ) {
     let _ = handle.await;
+    // Boxed: a resident actor's watcher holds only what it needs to wait, not the store
+    // read below.
+    Box::pin(stopped(inner, key, actor, life)).await;
+}
+
+/// Takes a stopped actor out of the registry and schedules its next wake.
+async fn stopped<A: Activate>(
+    inner: Weak<Inner<A>>,
+    key: String,
+    actor: ActorRef<Msg<A>>,
+    life: Arc<Life>,
+) {
     let Some(inner) = inner.upgrade() else {
         return;
     };
