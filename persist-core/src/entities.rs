@@ -132,7 +132,10 @@ enum Entry<M: ractor::Message> {
 
 struct State<M: ractor::Message> {
     entries: HashMap<String, Entry<M>>,
+    /// Actors running or being passivated.
     running: usize,
+    /// Of those, being passivated.
+    stopping: usize,
     /// Keys not running that must be activated at an instant (ms since the Unix epoch).
     wakes: BTreeSet<(u64, String)>,
     wake_of: HashMap<String, u64>,
@@ -140,6 +143,20 @@ struct State<M: ractor::Message> {
 }
 
 impl<M: ractor::Message> State<M> {
+    /// Marks the running actor `key` as being passivated; its ref, and what tells when it
+    /// stopped.
+    fn begin_stop(&mut self, key: &str) -> Option<(ActorRef<M>, Arc<Notify>)> {
+        let Some(Entry::Running { actor, .. }) = self.entries.get(key) else {
+            return None;
+        };
+        let actor = actor.clone();
+        let notify = Arc::new(Notify::new());
+        self.entries
+            .insert(key.to_owned(), Entry::Stopping(notify.clone()));
+        self.stopping += 1;
+        Some((actor, notify))
+    }
+
     fn schedule(&mut self, key: &str, at: u64) {
         if let Some(old) = self.wake_of.get(key).copied() {
             if old <= at {
@@ -296,6 +313,7 @@ impl<A: Activate> EntitiesBuilder<A> {
             state: Mutex::new(State {
                 entries: HashMap::new(),
                 running: 0,
+                stopping: 0,
                 wakes: BTreeSet::new(),
                 wake_of: HashMap::new(),
                 shut: false,
@@ -429,10 +447,16 @@ impl<A: Activate> Entities<A> {
         let start = Start::new(&self.inner.storage, key, (self.inner.args)(key));
         let start = (self.inner.configure)(start).life(life.clone());
         let spawned = ractor::ActorRuntime::<A>::spawn(None, A::default(), start).await;
+        let mut late = None;
         let (result, victim) = {
             let mut state = self.lock();
             state.entries.remove(key);
             let result = match spawned {
+                Ok((actor, handle)) if state.shut => {
+                    // Shut down while it started: it must not stay running unmanaged.
+                    late = Some((actor, handle));
+                    Err(EntityError::ShutDown { namespace: A::NAME })
+                }
                 Ok((actor, handle)) => {
                     state.entries.insert(
                         key.to_owned(),
@@ -457,22 +481,31 @@ impl<A: Activate> Entities<A> {
                     source,
                 }),
             };
-            (result, self.over_capacity(&mut state, key))
+            // The victim is marked in the same section that chose it, so concurrent
+            // activations past the bound each passivate another one.
+            let victim = self
+                .over_capacity(&state, key)
+                .and_then(|v| Some((v.clone(), state.begin_stop(&v)?)));
+            (result, victim)
         };
         notify.notify_waiters();
+        if let Some((actor, handle)) = late {
+            let _ = actor.drain();
+            let _ = handle.await;
+        }
         // Past the bound, the activation returns once the least recently active actor has
         // stopped (it handles what is in its mailbox first): resident actors stay bounded.
-        if let Some(victim) = victim {
-            Box::pin(self.passivate(&victim)).await;
+        if let Some((victim, (actor, stopped))) = victim {
+            self.finish_stop(&victim, &actor, stopped).await;
         }
         result
     }
 
-    /// The least recently active resident actor other than `keep`, if the registry holds
-    /// more than its bound.
-    fn over_capacity(&self, state: &mut State<Msg<A>>, keep: &str) -> Option<String> {
+    /// The least recently active running actor other than `keep`, if the registry holds
+    /// more than its bound (not counting those already being passivated).
+    fn over_capacity(&self, state: &State<Msg<A>>, keep: &str) -> Option<String> {
         let max = self.inner.max_resident?;
-        if state.running <= max {
+        if state.running.saturating_sub(state.stopping) <= max {
             return None;
         }
         state
@@ -565,29 +598,49 @@ impl<A: Activate> Entities<A> {
     /// stops; the next message or its next wake activates it again. Returns whether it was
     /// running.
     pub async fn passivate(&self, key: &str) -> bool {
-        let (actor, notify) = {
+        let begun = {
             let mut state = self.lock();
-            let actor = match state.entries.get(key) {
-                Some(Entry::Running { actor, .. }) => actor,
-                _ => return false,
-            };
-            let actor = actor.clone();
-            let notify = Arc::new(Notify::new());
-            state
-                .entries
-                .insert(key.to_owned(), Entry::Stopping(notify.clone()));
-            (actor, notify)
+            match state.begin_stop(key) {
+                Some(begun) => Ok(begun),
+                None => Err(match state.entries.get(key) {
+                    Some(Entry::Stopping(n)) => Some(n.clone()),
+                    _ => None,
+                }),
+            }
         };
-        let notified = notify.notified();
+        match begun {
+            Ok((actor, stopped)) => {
+                self.finish_stop(key, &actor, stopped).await;
+                true
+            }
+            // Already being passivated: wait for it, as its passivation does.
+            Err(Some(stopped)) => {
+                let notified = stopped.notified();
+                let still = matches!(
+                    self.lock().entries.get(key),
+                    Some(Entry::Stopping(n)) if Arc::ptr_eq(n, &stopped)
+                );
+                if still {
+                    notified.await;
+                }
+                false
+            }
+            Err(None) => false,
+        }
+    }
+
+    /// Drains `actor` (marked as being passivated, with `stopped`) and waits until the
+    /// registry has taken it out.
+    async fn finish_stop(&self, key: &str, actor: &ActorRef<Msg<A>>, stopped: Arc<Notify>) {
+        let notified = stopped.notified();
         let _ = actor.drain();
-        let stopping = matches!(
+        let still = matches!(
             self.lock().entries.get(key),
-            Some(Entry::Stopping(n)) if Arc::ptr_eq(n, &notify)
+            Some(Entry::Stopping(n)) if Arc::ptr_eq(n, &stopped)
         );
-        if stopping {
+        if still {
             notified.await;
         }
-        true
     }
 
     /// How many actors are resident (running or being passivated).
@@ -692,6 +745,9 @@ async fn stopped<A: Activate>(
             return;
         }
         state.running = state.running.saturating_sub(1);
+        if let Some(Entry::Stopping(_)) = state.entries.get(&key) {
+            state.stopping = state.stopping.saturating_sub(1);
+        }
         if let Some(Some(at)) = report
             && !state.shut
         {

@@ -307,6 +307,15 @@ pub enum DecodeReason {
         /// The actor's type.
         actor_type: &'static str,
     },
+    /// Two timer rows of one actor name the same timer (the runtime writes one per name):
+    /// which one holds is unknown, so neither is taken.
+    #[error("timer `{name}` is stored twice, also in timer #{other}")]
+    DuplicateTimer {
+        /// The timer's name.
+        name: String,
+        /// The other row naming it.
+        other: u64,
+    },
     /// The actor takes no durable timers: its `PersistentActor::timer` is the default.
     #[error("`{actor_type}` takes no durable timers (implement PersistentActor::timer)")]
     NoTimers {

@@ -233,9 +233,14 @@ impl<A: PersistentActor> Runtime<A> {
         id: u64,
         row: &T,
     ) -> Result<Vec<u8>, CommitError> {
+        let what = if kind == Kind::Timer {
+            "timer"
+        } else {
+            "delivery row"
+        };
         let payload = envelope::to_payload(row).map_err(|source| CommitError::Encode {
             key: (*self.key).clone(),
-            what: "delivery row",
+            what,
             source,
         })?;
         Ok(self.seal(kind, ROW_VERSION, 0, id, &payload))
@@ -509,7 +514,15 @@ fn decode_record<A: Persistent>(
     }
     let mut timers = Timers::new();
     for (row, t) in decode_rows::<TimerRow>(key, loaded, Space::TIMERS, transforms, &mut failed) {
-        // Rows come by ascending id: a later row of the same name (none is written) wins.
+        if let Some(other) = timers.get(&t.name) {
+            // The runtime writes one row per name: two are damage it cannot settle.
+            let reason = DecodeReason::DuplicateTimer {
+                name: t.name,
+                other: other.row,
+            };
+            failed.push((RecordRef::Timer(row), reason));
+            continue;
+        }
         let timer = Timer {
             row,
             due: t.due,
@@ -720,6 +733,7 @@ async fn fire_due<A: Persistent>(
             }
         };
         let fired = FiredRow { name, row };
+        touch(rt);
         let input = Input::Message(msg);
         cycle(actor, myself, rt, input, BTreeSet::new(), None, Some(fired)).await?;
     }
@@ -833,7 +847,11 @@ async fn control<A: Persistent>(
     if rt.failed {
         return Err(failed_before(rt).into());
     }
-    touch(rt);
+    // A timer wake that fires nothing (the runtime looks at the clock every `MAX_SLEEP`) is
+    // not activity: it must not keep an idle actor from being passivated.
+    if !matches!(control, Control::TimerDue) {
+        touch(rt);
+    }
     let mut order = due_retries(rt);
     match control {
         Control::Resume(filter) => order.extend(
@@ -1372,7 +1390,10 @@ async fn cycle<A: Persistent>(
         || !parts.requeued.is_empty()
         || extra
             .as_ref()
-            .is_some_and(|x| !x.sent.is_empty() || !x.requests.is_empty() || !x.timers.is_empty())
+            .is_some_and(|x| !x.sent.is_empty() || !x.requests.is_empty())
+        || extra
+            .as_ref()
+            .is_some_and(|x| timers_changed(rt, fired.as_ref(), &x.timers))
         || arrival.is_some()
         || fired.is_some();
     let new_requests = extra.as_ref().map_or(0, |x| x.requests.len());
@@ -1529,6 +1550,27 @@ async fn cycle<A: Persistent>(
     arm_redelivery_timer(myself, rt);
     arm_timer(myself, rt);
     result
+}
+
+/// Whether a message's timer changes leave the stored timers other than they were: a timer
+/// set and cancelled again in one message (a name that was not set before) changes nothing,
+/// and costs no write on its own (P6).
+fn timers_changed<A: PersistentActor>(
+    rt: &Runtime<A>,
+    fired: Option<&FiredRow>,
+    changes: &[TimerChange],
+) -> bool {
+    let committed = rt.timers.as_ref().map_or(&NO_TIMERS, |s| &s.timers);
+    let mut last: std::collections::HashMap<&str, bool> = Default::default();
+    for change in changes {
+        last.insert(change.name(), matches!(change, TimerChange::Set { .. }));
+    }
+    last.into_iter().any(|(name, set)| {
+        let stored = committed
+            .get(name)
+            .is_some_and(|t| fired.is_none_or(|f| f.row != t.row));
+        set || stored
+    })
 }
 
 /// Takes a committed message's timer changes into memory: the fired timer is gone, then the

@@ -547,11 +547,27 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
                 name: name.to_owned(),
                 source,
             })?;
+        // The stored row (name, instant, payload) must fit the cap too, or the commit would
+        // fail on it.
+        let fingerprint = crate::shape::shape_fingerprint::<M>().unwrap_or(0);
+        let row = crate::timer::TimerRow {
+            name: name.to_owned(),
+            due,
+            fingerprint,
+            payload,
+        };
+        if let Err(source) = crate::envelope::to_payload(&row) {
+            return Err(TimerError::Encode {
+                key: (**self.key).clone(),
+                name: name.to_owned(),
+                source,
+            });
+        }
         let timer = Timer {
             row: 0,
             due,
-            fingerprint: crate::shape::shape_fingerprint::<M>().unwrap_or(0),
-            payload: payload.into(),
+            fingerprint,
+            payload: row.payload.into(),
         };
         // Refused now rather than when it fires, where it could only stop the actor.
         let fired = Fired::new((**self.key).clone(), name.to_owned(), &timer);
