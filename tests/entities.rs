@@ -82,6 +82,10 @@ impl PersistentActor for Account {
     type Arguments = u64;
 
     async fn init(&self, opening: u64) -> Result<u64, ActorProcessingErr> {
+        if opening == GATED {
+            GATE.acquire().await?.forget();
+            return Ok(0);
+        }
         Ok(opening)
     }
 
@@ -201,15 +205,38 @@ fn redb() -> (tempfile::TempDir, Storage) {
     (dir, storage)
 }
 
+/// The opening balance that makes `init` wait for [`GATE`].
+const GATED: u64 = 777_777;
+
+/// Holds the `init` of gated accounts until the test opens it.
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_gets_of_one_key_activate_one_instance() {
     let (_dir, storage) = redb();
-    let accounts = registry(&storage).await;
+    let accounts = Entities::<Account>::builder(&storage, |_| GATED)
+        .start()
+        .await
+        .unwrap();
+    // Every get starts while the first activation is held in `init`.
+    let (ready, mut started) = mpsc::unbounded_channel();
     let gets = (0..32).map(|_| {
         let accounts = accounts.clone();
-        tokio::spawn(async move { accounts.get("one").await.unwrap().get_id() })
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            ready.send(()).unwrap();
+            accounts.get("one").await.unwrap().get_id()
+        })
     });
     let gets: Vec<_> = gets.collect();
+    for _ in 0..32 {
+        started.recv().await.unwrap();
+    }
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+    // A permit for every get: only one should need it.
+    GATE.add_permits(32);
     let mut ids = HashSet::new();
     for get in gets {
         ids.insert(get.await.unwrap());
@@ -283,6 +310,27 @@ async fn messages_sent_while_the_actor_is_passivated_are_all_handled() {
     }
     let balance = accounts.call("race", Msg::Balance, None).await.unwrap();
     assert_eq!(balance, 300, "every deposit applied once");
+    accounts.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_meets_a_draining_actor_is_sent_to_its_next_activation() {
+    let (_dir, storage) = redb();
+    let accounts = registry(&storage).await;
+    let first = accounts.get("drain").await.unwrap();
+    // The actor starts draining between a sender's lookup and its send (as a passivation
+    // would): ractor refuses the message and hands it back.
+    first.drain().unwrap();
+    accounts
+        .call("drain", |p| Msg::Deposit(5, p), None)
+        .await
+        .unwrap();
+    let again = accounts.get("drain").await.unwrap();
+    assert_ne!(again.get_id(), first.get_id(), "a new activation took it");
+    assert_eq!(
+        accounts.call("drain", Msg::Balance, None).await.unwrap(),
+        105
+    );
     accounts.shutdown().await;
 }
 

@@ -267,6 +267,16 @@ async fn timers_fire_in_order_of_their_instants_and_a_replaced_one_fires_once_wi
     let firings = fired(&actor).await;
     assert_eq!(firings.len(), 3);
     assert_eq!(firings[2].note, "second");
+    // The first wake fires only what is due: the later ones are not taken early with it.
+    for f in &firings {
+        assert!(
+            f.handled >= f.due,
+            "{} handled at {} before due {}",
+            f.name,
+            f.handled,
+            f.due
+        );
+    }
     assert!(call!(actor, Msg::Timers).unwrap().is_empty());
     actor.stop(None);
 }
