@@ -8,10 +8,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[macro_use]
+mod common;
+
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort, call};
 use ractor_persist::{
-    Control, DecodeReason, Fired, PersistentActor, RedbStore, SpawnPersistent, Storage, TimerError,
-    Tx,
+    Control, DecodeReason, Entities, Fired, PersistentActor, RedbStore, SpawnPersistent, Storage,
+    TimerError, Tx,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -554,4 +557,45 @@ async fn a_timer_set_before_a_sigkill_fires_once_at_the_start_after_its_deadline
     // holds one firing. (Its op may be performed again: a `Done` rides on a later commit.)
     let lines = child(path, "killed", 0, false, "STARTED");
     assert_eq!(lines.last().unwrap(), "STARTED t", "{lines:?}");
+}
+
+on_every_backend!(a_timer_of_a_passivated_actor_wakes_it_and_its_removal_is_stored);
+
+/// On every backend: a timer set through a registry, its actor passivated, fires through the
+/// registry's wake; after a reopen of the store the actor holds the one firing and no timer.
+async fn a_timer_of_a_passivated_actor_wakes_it_and_its_removal_is_stored(
+    backend: common::Backend,
+) {
+    let key = match &backend {
+        common::Backend::Memory(_) => "every-memory",
+        common::Backend::Redb(..) => "every-redb",
+        common::Backend::Sqlite(..) => "every-sqlite",
+        common::Backend::Postgres(_) => "every-postgres",
+    };
+    let mut rx = listen(key);
+    let faults = common::Faults::default();
+    let storage = backend.open(&faults);
+    let clocks = Entities::<ClockActor>::builder(&storage, |_| ())
+        .start()
+        .await
+        .unwrap();
+    let set: Result<(), String> = clocks
+        .call(key, |p| Msg::After("t".into(), 100, "n".into(), p), None)
+        .await
+        .unwrap();
+    set.unwrap();
+    assert!(clocks.passivate(key).await);
+    assert!(clocks.next_wake(key).is_some());
+    assert_eq!(next(&mut rx).await, "t");
+    let firings = clocks.call(key, Msg::Fired, None).await.unwrap();
+    assert_eq!(firings.len(), 1);
+    clocks.shutdown().await;
+    storage.close().await.unwrap();
+    let storage = backend.open(&faults);
+    let (actor, _) = ClockActor::spawn_persistent(&storage, key, ())
+        .await
+        .unwrap();
+    assert!(call!(actor, Msg::Timers).unwrap().is_empty());
+    assert_eq!(fired(&actor).await.len(), 1);
+    actor.stop(None);
 }
