@@ -158,9 +158,16 @@ impl PersistentActor for Account {
         })
     }
 
-    async fn post_stop(&self, myself: ActorRef<Msg>, _: &u64) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Msg>,
+        balance: &u64,
+    ) -> Result<(), ActorProcessingErr> {
         let _ = myself;
-        say("idle", "stopped".into());
+        // Only the idle test's actor (the stop hook does not know its key).
+        if *balance == IDLE_OPENING {
+            say("idle", "stopped".into());
+        }
         Ok(())
     }
 
@@ -204,6 +211,9 @@ fn redb() -> (tempfile::TempDir, Storage) {
     let storage = Storage::new(RedbStore::open(dir.path().join("e.redb")).unwrap());
     (dir, storage)
 }
+
+/// The opening balance of the idle test's actor, whose stop hook tells that test.
+const IDLE_OPENING: u64 = 4_242;
 
 /// The opening balance that makes `init` wait for [`GATE`].
 const GATED: u64 = 777_777;
@@ -478,7 +488,7 @@ async fn the_bound_passivates_the_least_recently_active_and_idle_actors_are_pass
     accounts.shutdown().await;
 
     let (_dir, storage) = redb();
-    let accounts = Entities::<Account>::builder(&storage, |_| 0)
+    let accounts = Entities::<Account>::builder(&storage, |_| IDLE_OPENING)
         .idle_after(Duration::from_millis(30))
         .start()
         .await
@@ -487,7 +497,8 @@ async fn the_bound_passivates_the_least_recently_active_and_idle_actors_are_pass
     accounts.get("idle").await.unwrap();
     // Passivated once idle: its stop hook runs; the next message activates it again.
     assert_eq!(next(&mut rx).await, ("idle".into(), "stopped".into()));
-    assert_eq!(accounts.call("idle", Msg::Balance, None).await.unwrap(), 0);
+    let balance = accounts.call("idle", Msg::Balance, None).await.unwrap();
+    assert_eq!(balance, IDLE_OPENING);
     assert_eq!(storage.stats().loads, 2);
     accounts.shutdown().await;
 }
