@@ -110,11 +110,13 @@ fn pump(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                     let _ = to.write_all(chunk);
                     let _ = to.flush();
                 }
+                // Marked before the cut: the client learns of the cut from the closed socket
+                // and may ask `fired` before this thread runs again.
+                shared.fired.store(true, Ordering::SeqCst);
                 // Cut both sides now: the server's answer to a passed COMMIT never returns.
                 for s in [&from, &to].into_iter().chain(c3.iter()).chain(s3.iter()) {
                     let _ = s.shutdown(Shutdown::Both);
                 }
-                shared.fired.store(true, Ordering::SeqCst);
                 return;
             }
             if to.write_all(chunk).is_err() {
