@@ -811,6 +811,18 @@ MUTATIONS = {
         """                .filter(|(_, left)| left.is_zero())""",
         ["--test", "entities", "a_retry_waits_out_its_backoff_across_a_restart"],
     ),
+    "activation-cancelled-with-its-caller": (
+        CORE + "entities.rs",
+        """                    let activation =
+                        tokio::spawn(async move { this.activate(&key, actor_key, n).await });
+                    return match activation.await {
+                        Ok(result) => result,
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    };""",
+        """                    drop((this, key));
+                    return self.activate(key, actor_key, n).await;""",
+        ["--test", "entities", "a_get_given_up_during_its_activation_leaves_the_key_usable"],
+    ),
 }
 
 

@@ -86,6 +86,10 @@ impl PersistentActor for Account {
             GATE.acquire().await?.forget();
             return Ok(0);
         }
+        if opening == SLOW_OPENING {
+            SLOW.acquire().await?.forget();
+            return Ok(0);
+        }
         Ok(opening)
     }
 
@@ -253,6 +257,37 @@ async fn concurrent_gets_of_one_key_activate_one_instance() {
     }
     assert_eq!(ids.len(), 1, "one instance for 32 concurrent gets");
     assert_eq!(storage.stats().loads, 1, "one load");
+    assert_eq!(accounts.resident(), 1);
+    accounts.shutdown().await;
+}
+
+/// The opening balance that makes `init` wait for [`SLOW`].
+const SLOW_OPENING: u64 = 888_888;
+
+/// Holds the `init` of slow accounts until the test opens it.
+static SLOW: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_given_up_during_its_activation_leaves_the_key_usable() {
+    let (_dir, storage) = redb();
+    let accounts = Entities::<Account>::builder(&storage, |_| SLOW_OPENING)
+        .start()
+        .await
+        .unwrap();
+    // The caller gives up while `init` is held: its future is dropped mid-activation.
+    let given_up = tokio::time::timeout(Duration::from_millis(20), accounts.get("slow")).await;
+    assert!(given_up.is_err(), "the activation is held in init");
+    SLOW.add_permits(1);
+    let actor = tokio::time::timeout(Duration::from_secs(60), accounts.get("slow"))
+        .await
+        .expect("the key is not left activating forever")
+        .unwrap();
+    assert_eq!(call!(actor, Msg::Balance).unwrap(), 0);
+    assert_eq!(
+        storage.stats().loads,
+        1,
+        "the first activation finished and is the one"
+    );
     assert_eq!(accounts.resident(), 1);
     accounts.shutdown().await;
 }

@@ -417,7 +417,17 @@ impl<A: Activate> Entities<A> {
                 Next::Shut => {
                     return Err(EntityError::ShutDown { namespace: A::NAME });
                 }
-                Next::Activate(n) => return self.activate(key, actor_key, n).await,
+                Next::Activate(n) => {
+                    // On a task of its own: a caller that gives up (a timeout around `get`)
+                    // must not leave the key marked as activating, nor its actor unmanaged.
+                    let (this, key) = (self.clone(), key.to_owned());
+                    let activation =
+                        tokio::spawn(async move { this.activate(&key, actor_key, n).await });
+                    return match activation.await {
+                        Ok(result) => result,
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    };
+                }
                 Next::Wait(n) => n,
             };
             // `notify_waiters` reaches a `Notified` from its creation on; the state is
