@@ -238,7 +238,12 @@ MUTATIONS = {
     ),
     "p3-no-replay-on-start": (
         CORE + "runtime.rs",
-        """    let replay: BTreeSet<u64> = rt.pending.keys().copied().collect();""",
+        """    let replay: BTreeSet<u64> = rt
+        .pending
+        .keys()
+        .filter(|seq| !rt.retry.contains_key(seq))
+        .copied()
+        .collect();""",
         """    let replay: BTreeSet<u64> = BTreeSet::new();""",
         ["--test", "behaviour", "restart_restores_last_state_and_replays_pending"],
     ),
@@ -813,14 +818,14 @@ MUTATIONS = {
     ),
     "activation-cancelled-with-its-caller": (
         CORE + "entities.rs",
-        """                    let activation =
+        """                    let (this, key) = (self.clone(), key.to_owned());
+                    let activation =
                         tokio::spawn(async move { this.activate(&key, actor_key, n).await });
                     return match activation.await {
                         Ok(result) => result,
                         Err(e) => std::panic::resume_unwind(e.into_panic()),
                     };""",
-        """                    drop((this, key));
-                    return self.activate(key, actor_key, n).await;""",
+        """                    return self.activate(key, actor_key, n).await;""",
         ["--test", "entities", "a_get_given_up_during_its_activation_leaves_the_key_usable"],
     ),
 }
