@@ -3,7 +3,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ractor::Actor;
@@ -280,28 +279,8 @@ impl Rss {
 /// Runs a child process that makes `active` actors of `kind` ("random", "ordered": through
 /// the registry on the store of `stored` actors at `path`; "plain": plain ractor actors).
 pub fn measure(kind: &str, active: usize, stored: usize, path: &Path) -> Rss {
-    let exe = std::env::current_exe().expect("this binary");
-    let out = Command::new(exe)
-        .env(
-            CHILD,
-            format!("{kind}|{active}|{stored}|{}", path.display()),
-        )
-        .output()
-        .expect("run the child");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ENTITIES_RSS "))
-        .unwrap_or_else(|| {
-            panic!(
-                "the child said: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let v: Vec<u64> = line
-        .split(' ')
-        .map(|x| x.parse().expect("a number"))
-        .collect();
+    let spec = format!("{kind}|{active}|{stored}|{}", path.display());
+    let v = crate::resident::child_numbers(CHILD, &spec, "ENTITIES_RSS ");
     Rss {
         before: v[0],
         after: v[1],

@@ -32,27 +32,32 @@ impl Resident {
     }
 }
 
-/// Runs a child process that spawns `actors` idle actors of `kind` ("persistent" or "plain").
-pub fn measure(kind: &str, actors: usize) -> Resident {
+/// Runs this binary as a child with `var` set to `spec`, and returns the numbers of the line
+/// it prints after `prefix`.
+pub fn child_numbers(var: &str, spec: &str, prefix: &str) -> Vec<u64> {
     let exe = std::env::current_exe().expect("this binary");
     let out = Command::new(exe)
-        .env(CHILD, format!("{kind}:{actors}"))
+        .env(var, spec)
         .output()
         .expect("run the child");
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
-        .find_map(|l| l.strip_prefix("RESIDENT "))
+        .find_map(|l| l.strip_prefix(prefix))
         .unwrap_or_else(|| {
             panic!(
                 "the child said: {text} {}",
                 String::from_utf8_lossy(&out.stderr)
             )
         });
-    let v: Vec<u64> = line
-        .split(' ')
+    line.split(' ')
         .map(|x| x.parse().expect("a number"))
-        .collect();
+        .collect()
+}
+
+/// Runs a child process that spawns `actors` idle actors of `kind` ("persistent" or "plain").
+pub fn measure(kind: &str, actors: usize) -> Resident {
+    let v = child_numbers(CHILD, &format!("{kind}:{actors}"), "RESIDENT ");
     Resident {
         rss_before: v[0],
         hwm_before: v[1],

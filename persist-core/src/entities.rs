@@ -430,19 +430,22 @@ impl<A: Activate> Entities<A> {
                 }
                 Next::Wait(n) => n,
             };
-            // `notify_waiters` reaches a `Notified` from its creation on; the state is
-            // changed under the lock before it is called, so this wait cannot miss it.
-            let notified = notify.notified();
-            let changed = {
-                let state = self.lock();
-                !matches!(
-                    state.entries.get(key),
-                    Some(Entry::Activating(n) | Entry::Stopping(n)) if Arc::ptr_eq(n, &notify)
-                )
-            };
-            if !changed {
-                notified.await;
-            }
+            self.wait_out(key, &notify).await;
+        }
+    }
+
+    /// Waits until `key`'s entry is no longer the activation or passivation that `notify`
+    /// belongs to.
+    async fn wait_out(&self, key: &str, notify: &Arc<Notify>) {
+        // `notify_waiters` reaches a `Notified` from its creation on; the entry is changed
+        // under the lock before it is called, so this wait cannot miss it.
+        let notified = notify.notified();
+        let still = matches!(
+            self.lock().entries.get(key),
+            Some(Entry::Activating(n) | Entry::Stopping(n)) if Arc::ptr_eq(n, notify)
+        );
+        if still {
+            notified.await;
         }
     }
 
@@ -589,17 +592,9 @@ impl<A: Activate> Entities<A> {
                     _ => return,
                 }
             };
-            let Some(notify) = stopping else {
-                tokio::task::yield_now().await;
-                continue;
-            };
-            let notified = notify.notified();
-            let still = matches!(
-                self.lock().entries.get(key),
-                Some(Entry::Stopping(n)) if Arc::ptr_eq(n, &notify)
-            );
-            if still {
-                notified.await;
+            match stopping {
+                Some(notify) => self.wait_out(key, &notify).await,
+                None => tokio::task::yield_now().await,
             }
         }
     }
@@ -625,14 +620,7 @@ impl<A: Activate> Entities<A> {
             }
             // Already being passivated: wait for it, as its passivation does.
             Err(Some(stopped)) => {
-                let notified = stopped.notified();
-                let still = matches!(
-                    self.lock().entries.get(key),
-                    Some(Entry::Stopping(n)) if Arc::ptr_eq(n, &stopped)
-                );
-                if still {
-                    notified.await;
-                }
+                self.wait_out(key, &stopped).await;
                 false
             }
             Err(None) => false,
@@ -642,15 +630,8 @@ impl<A: Activate> Entities<A> {
     /// Drains `actor` (marked as being passivated, with `stopped`) and waits until the
     /// registry has taken it out.
     async fn finish_stop(&self, key: &str, actor: &ActorRef<Msg<A>>, stopped: Arc<Notify>) {
-        let notified = stopped.notified();
         let _ = actor.drain();
-        let still = matches!(
-            self.lock().entries.get(key),
-            Some(Entry::Stopping(n)) if Arc::ptr_eq(n, &stopped)
-        );
-        if still {
-            notified.await;
-        }
+        self.wait_out(key, &stopped).await;
     }
 
     /// How many actors are resident (running or being passivated).
