@@ -92,6 +92,14 @@ pub(crate) enum Kind {
     /// the instant the retry is due (milliseconds since the Unix epoch), as postcard varints,
     /// then the operation's postcard bytes.
     WaitingOp = 11,
+    /// An event of an event-sourced actor's journal; the header's sequence is the event's.
+    Event = 12,
+    /// The head of an event-sourced actor's journal (its snapshot row): the last event's
+    /// sequence number and the one its state snapshot covers; the header's sequence is the
+    /// next operation id, as a snapshot's.
+    JournalHead = 13,
+    /// One entry of a durable map: the map's name, then the key and the value.
+    MapEntry = 14,
 }
 
 impl Kind {
@@ -108,6 +116,9 @@ impl Kind {
             Kind::Request => "request reply",
             Kind::Timer => "timer",
             Kind::WaitingOp => "operation waiting for a retry",
+            Kind::Event => "event",
+            Kind::JournalHead => "journal head",
+            Kind::MapEntry => "map entry",
         }
     }
 }
@@ -401,6 +412,9 @@ pub(crate) fn verify(bytes: &[u8], schema: u32) -> Result<Verified<'_>, DecodeRe
         9 => Kind::Request,
         10 => Kind::Timer,
         11 => Kind::WaitingOp,
+        12 => Kind::Event,
+        13 => Kind::JournalHead,
+        14 => Kind::MapEntry,
         found => {
             return Err(DecodeReason::WrongKind {
                 expected: "known",

@@ -103,6 +103,12 @@ pub enum RecordRef {
     Request(u64),
     /// The durable timer stored under this row id.
     Timer(u64),
+    /// The journal event with this sequence number.
+    Event(u64),
+    /// The head of the event journal (its last event and the one its snapshot covers).
+    JournalHead,
+    /// The durable-map entry stored under this row id.
+    MapEntry(u64),
 }
 
 impl fmt::Display for RecordRef {
@@ -115,6 +121,9 @@ impl fmt::Display for RecordRef {
             RecordRef::Inbox(id) => write!(f, "inbox entry #{id}"),
             RecordRef::Request(id) => write!(f, "stored request reply #{id}"),
             RecordRef::Timer(id) => write!(f, "timer #{id}"),
+            RecordRef::Event(seq) => write!(f, "journal event #{seq}"),
+            RecordRef::JournalHead => f.write_str("journal head"),
+            RecordRef::MapEntry(id) => write!(f, "map entry #{id}"),
         }
     }
 }
@@ -321,6 +330,57 @@ pub enum DecodeReason {
     NoTimers {
         /// The actor's type.
         actor_type: &'static str,
+    },
+    /// `EventSourced::apply` refused a stored event on replay: the actor does not start from
+    /// the state before it (a half-applied history), and nothing is overwritten.
+    #[error("apply refused the event on replay: {reason}")]
+    EventRejected {
+        /// What `apply` said.
+        reason: String,
+    },
+    /// The journal misses events: after event `after`, the next one stored is `found`
+    /// (`None`: none, though the journal's head says there are events up to `last`).
+    #[error(
+        "the journal has a gap: event #{after} is followed by {}, but the journal runs to #{last}",
+        found.map_or_else(|| "nothing".to_owned(), |s| format!("#{s}"))
+    )]
+    JournalGap {
+        /// The last event in order.
+        after: u64,
+        /// The next one stored.
+        found: Option<u64>,
+        /// The last event the journal's head names.
+        last: u64,
+    },
+    /// The snapshot and the journal do not agree: the snapshot covers events up to
+    /// `snapshot`, the journal's head names `head` as the snapshot and `last` as its last event.
+    #[error(
+        "the snapshot covers the journal up to event #{snapshot}, but the journal's head names #{head} as the snapshot and #{last} as its last event"
+    )]
+    SnapshotMismatch {
+        /// The event the stored snapshot covers.
+        snapshot: u64,
+        /// The snapshot event the head names.
+        head: u64,
+        /// The journal's last event.
+        last: u64,
+    },
+    /// An event-sourced actor's record has events or a journal head but no snapshot, or a
+    /// journal head where a snapshot-mode actor expects its state (or the other way round).
+    #[error("{0}")]
+    WrongModel(&'static str),
+    /// A durable map's entry was written with other key and value types than the ones it is
+    /// read as.
+    #[error(
+        "map `{map}` was written with key and value types of fingerprint {stored:#018x}, read as types of fingerprint {expected:#018x}"
+    )]
+    MapTypes {
+        /// The map's name.
+        map: String,
+        /// The fingerprint stored.
+        stored: u64,
+        /// The fingerprint of the types asked for.
+        expected: u64,
     },
 }
 
@@ -530,6 +590,70 @@ pub enum SendError {
     /// The actor already holds its maximum of pending operations and messages.
     #[error(transparent)]
     OverCapacity(#[from] OverCapacity),
+}
+
+/// [`crate::Tx::emit`] refused an event; nothing was applied or added.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// `EventSourced::apply` refused the event: the state is as it was.
+    #[error("`{key}` refused event #{seq}: {source}")]
+    Rejected {
+        /// The actor.
+        key: ActorKey,
+        /// The sequence number the event would have had.
+        seq: u64,
+        /// What `apply` said.
+        #[source]
+        source: BoxError,
+    },
+    /// The event could not be encoded.
+    #[error("`{key}` cannot encode event #{seq}: {source}")]
+    Encode {
+        /// The actor.
+        key: ActorKey,
+        /// The sequence number the event would have had.
+        seq: u64,
+        /// postcard's error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The actor implements `EventSourced` but was not derived with
+    /// `#[persistent(event_sourced)]`: its events would not be journaled.
+    #[error("`{actor_type}` is not event-sourced: add #[persistent(event_sourced)] to its derive")]
+    NotEventSourced {
+        /// The actor's type.
+        actor_type: &'static str,
+    },
+}
+
+/// [`crate::Tx::map`] could not hand out a durable map.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// A stored entry of the map could not be decoded as the types asked for.
+    #[error(transparent)]
+    Decode(Box<DecodeError>),
+    /// The map was already taken in this instance with other key and value types.
+    #[error("`{key}` already uses map `{map}` with other types than `{types}`")]
+    OtherTypes {
+        /// The actor.
+        key: ActorKey,
+        /// The map's name.
+        map: String,
+        /// The types asked for now.
+        types: &'static str,
+    },
+    /// The map's name is longer than [`crate::MAX_MAP_NAME`] bytes.
+    #[error("`{key}`: the map name `{map}` is longer than {max} bytes")]
+    NameTooLong {
+        /// The actor.
+        key: ActorKey,
+        /// The name given.
+        map: String,
+        /// The longest name taken.
+        max: usize,
+    },
 }
 
 /// `resume` could not reach the actor.

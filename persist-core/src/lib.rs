@@ -11,7 +11,9 @@ mod delivery;
 mod entities;
 mod envelope;
 mod error;
+mod journal;
 mod key;
+mod map;
 mod memory;
 mod model;
 mod runtime;
@@ -34,10 +36,13 @@ pub use delivery::{
 };
 pub use entities::{Activate, Entities, EntitiesBuilder, EntityError};
 pub use error::{
-    BoxError, CommitError, DecodeError, DecodeReason, Error, LoadError, NotDeadLetter,
-    OverCapacity, RecordRef, RequeueError, ResumeError, RetryPolicyError, SendError, StoreError,
+    BoxError, CommitError, DecodeError, DecodeReason, Error, EventError, LoadError, MapError,
+    NotDeadLetter, OverCapacity, RecordRef, RequeueError, ResumeError, RetryPolicyError, SendError,
+    StoreError,
 };
+pub use journal::{DEFAULT_SNAPSHOT_EVERY, EventSourced, JournalError, Retention};
 pub use key::ActorKey;
+pub use map::{DurableMap, MAX_MAP_NAME};
 pub use memory::MemoryStore;
 pub use model::{
     Control, OpId, Outcome, Pending, Persistent, PersistentActor, ResumeFilter, RetryPolicy, Stored,
@@ -61,6 +66,7 @@ pub use tx::Tx;
 pub mod __private {
     pub use crate::__impl_actor as impl_actor;
     pub use crate::error::DecodeReason;
+    pub use crate::journal::JournalHooks;
 
     pub use crate::model::Stored;
 

@@ -340,6 +340,13 @@ pub trait Persistent: PersistentActor {
     fn migrate_op(stored: Stored<'_>) -> Result<Self::Op, DecodeReason> {
         stored.decode_unchanged("operation")
     }
+
+    /// The actor's journal hooks if it is event-sourced (`#[persistent(event_sourced)]`
+    /// emits them); `None` for a snapshot-mode actor. Not public API.
+    #[doc(hidden)]
+    fn __journal() -> Option<crate::journal::JournalHooks<Self>> {
+        None
+    }
 }
 
 /// A stored record's payload as a migration sees it: the schema version and the shape

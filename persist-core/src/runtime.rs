@@ -15,7 +15,11 @@ use crate::delivery::{
 };
 use crate::envelope::{self, Header, Kind, Place};
 use crate::error::{CommitError, DecodeError, DecodeReason, LoadError, RecordRef, StoreError};
+use crate::journal::{
+    DEFAULT_SNAPSHOT_EVERY, HEAD_ROW, HEAD_VERSION, HeadRow, JournalState, Retention, SNAPSHOT_ROW,
+};
 use crate::key::ActorKey;
+use crate::map::{MAP_VERSION, MapSet};
 use crate::model::{
     Control, OpId, Outcome, Pending, Persistent, PersistentActor, RetryPolicy, Stored,
 };
@@ -41,6 +45,8 @@ pub struct Start<A: PersistentActor> {
     redelivery: Redelivery,
     request_retention: usize,
     life: Option<Arc<crate::entities::Life>>,
+    snapshot_every: u64,
+    retention: Retention,
 }
 
 /// How far ahead of the ids handed out the stored sequence floor is raised. Ids are
@@ -64,7 +70,26 @@ impl<A: PersistentActor> Start<A> {
             redelivery: Redelivery::default(),
             request_retention: delivery::DEFAULT_REQUEST_RETENTION,
             life: None,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            retention: Retention::Full,
         }
+    }
+
+    /// For an event-sourced actor ([`crate::EventSourced`]): write a snapshot of the state every
+    /// `events` events (default [`DEFAULT_SNAPSHOT_EVERY`]; 0 counts as 1), so that a start
+    /// applies at most that many events after the latest snapshot. `u64::MAX`: never after
+    /// the first commit's (a start then applies the whole journal). Ignored in snapshot mode.
+    pub fn snapshot_every(mut self, events: u64) -> Self {
+        self.snapshot_every = events.max(1);
+        self
+    }
+
+    /// For an event-sourced actor: keep every event ([`Retention::Full`], the default) or
+    /// remove the events a snapshot covers in its commit ([`Retention::Light`]). Ignored in
+    /// snapshot mode.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Ties the actor to a registry that tracks its activity and its next wake.
@@ -160,6 +185,10 @@ pub struct Runtime<A: PersistentActor> {
     timers: Option<Box<TimerState>>,
     /// The registry's view of this actor, when a registry activated it.
     life: Option<Arc<crate::entities::Life>>,
+    /// The journal of an event-sourced actor (`None` in snapshot mode).
+    journal: Option<Box<JournalState>>,
+    /// The actor's durable maps.
+    maps: MapSet,
     /// xorshift state for retry jitter.
     rng: u64,
 }
@@ -210,6 +239,11 @@ impl<A: PersistentActor> Runtime<A> {
             sequence: id,
             fingerprint,
         };
+        self.seal_as(kind, head, id, payload)
+    }
+
+    /// Seals `payload` as row `id` of this actor with the header `head`.
+    fn seal_as(&self, kind: Kind, head: Header, id: u64, payload: &[u8]) -> Vec<u8> {
         let place = Place { key: &self.key, id };
         let transforms = self.storage.transforms();
         envelope::seal(kind, head, self.epoch, payload, transforms, place)
@@ -290,31 +324,38 @@ pub async fn pre_start<A: Persistent>(
     // Ids go on above every one the key ever used, whatever happened to its record.
     let mut next_seq = next_sequence(&loaded, FLOOR_BLOCK);
     let mut reserved = loaded.floor;
-    let (snapshot, pending, dead, mail, timers, waiting) =
-        match decode_record::<A>(&key, &loaded, start.storage.transforms()).map_err(|e| *e) {
-            Ok(decoded) => decoded,
-            Err(LoadError::Decode(e)) if start.quarantine && e.reason.is_damage() => {
-                // Opted in, and the bytes are damaged: keep them aside and start fresh. The
-                // floor is written in the same transaction, so no id is reused even if this
-                // instance stops before its first write.
-                let floor = sequence_floor(&loaded);
-                start
-                    .storage
-                    .quarantine(&key, loaded.epoch, e.to_string(), &loaded, floor)
-                    .await
-                    .map_err(store_err)?;
-                (next_seq, reserved) = (floor, floor);
-                (
-                    None,
-                    BTreeMap::new(),
-                    BTreeMap::new(),
-                    Mail::default(),
-                    Timers::new(),
-                    BTreeMap::new(),
-                )
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let journal_hooks = A::__journal();
+    let record = match decode_record::<A>(&key, &loaded, start.storage.transforms()).map_err(|e| *e)
+    {
+        Ok(decoded) => decoded,
+        // An event-sourced record is never moved aside: its journal is its history.
+        Err(LoadError::Decode(e))
+            if start.quarantine && e.reason.is_damage() && journal_hooks.is_none() =>
+        {
+            // Opted in, and the bytes are damaged: keep them aside and start fresh. The
+            // floor is written in the same transaction, so no id is reused even if this
+            // instance stops before its first write.
+            let floor = sequence_floor(&loaded);
+            start
+                .storage
+                .quarantine(&key, loaded.epoch, e.to_string(), &loaded, floor)
+                .await
+                .map_err(store_err)?;
+            (next_seq, reserved) = (floor, floor);
+            Record::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Record {
+        snapshot,
+        head,
+        pending,
+        dead,
+        mail,
+        timers,
+        waiting,
+        maps,
+    } = record;
     let (state, committed, initial) = match snapshot {
         Some((state, committed)) => (state, Digest::of(&committed), None),
         None => {
@@ -330,6 +371,15 @@ pub async fn pre_start<A: Persistent>(
             )
         }
     };
+    let journal = journal_hooks.map(|hooks| {
+        Box::new(JournalState {
+            head: head.unwrap_or_default(),
+            stored: head.is_some(),
+            every: start.snapshot_every,
+            retention: start.retention,
+            event_shape: (hooks.shape)(),
+        })
+    });
     let seed = key
         .to_string()
         .bytes()
@@ -386,20 +436,40 @@ pub async fn pre_start<A: Persistent>(
         request_retention: start.request_retention,
         timers: (!timers.is_empty()).then(|| Box::new(TimerState { timers, wake: None })),
         life: start.life,
+        journal,
+        maps,
         rng: seed | 1,
     })
 }
 
-/// The decoded snapshot (state and its current-version encoding) if there is one; the
-/// pending operations; the dead letters; the delivery state; the timers.
-type Decoded<A> = (
-    Option<(<A as PersistentActor>::State, Vec<u8>)>,
-    BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
-    BTreeMap<u64, Pending<<A as PersistentActor>::Op>>,
-    Mail,
-    Timers,
-    BTreeMap<u64, u64>,
-);
+/// A loaded record, decoded: the state (and its current-version encoding, in snapshot mode)
+/// if there is one; the journal's head (event-sourced); the pending operations; the dead
+/// letters; the delivery state; the timers; the retries waiting; the durable maps.
+struct Record<A: PersistentActor> {
+    snapshot: Option<(A::State, Vec<u8>)>,
+    head: Option<HeadRow>,
+    pending: BTreeMap<u64, Pending<A::Op>>,
+    dead: BTreeMap<u64, Pending<A::Op>>,
+    mail: Mail,
+    timers: Timers,
+    waiting: BTreeMap<u64, u64>,
+    maps: MapSet,
+}
+
+impl<A: PersistentActor> Default for Record<A> {
+    fn default() -> Self {
+        Record {
+            snapshot: None,
+            head: None,
+            pending: BTreeMap::new(),
+            dead: BTreeMap::new(),
+            mail: Mail::default(),
+            timers: Timers::new(),
+            waiting: BTreeMap::new(),
+            maps: MapSet::default(),
+        }
+    }
+}
 
 /// Decodes (and migrates) a loaded record without touching the store.
 ///
@@ -410,7 +480,7 @@ fn decode_record<A: Persistent>(
     key: &Arc<ActorKey>,
     loaded: &crate::store::Loaded,
     transforms: &Transforms,
-) -> Result<Decoded<A>, Box<LoadError>> {
+) -> Result<Record<A>, Box<LoadError>> {
     let mut errors: Vec<DecodeError> = Vec::new();
     let bad = |record, reason| DecodeError {
         key: (**key).clone(),
@@ -419,7 +489,17 @@ fn decode_record<A: Persistent>(
         reason,
     };
     let mut snapshot = None;
-    if let Some(bytes) = loaded.snapshot() {
+    let mut head = None;
+    if let Some(hooks) = A::__journal() {
+        match crate::journal::recover::<A>(key, loaded, transforms, &hooks) {
+            Ok(Some(recovered)) => {
+                snapshot = Some((recovered.state, Vec::new()));
+                head = Some(recovered.head);
+            }
+            Ok(None) => {}
+            Err((record, reason)) => errors.push(bad(record, reason)),
+        }
+    } else if let Some(bytes) = loaded.snapshot() {
         let decoded = envelope::open(
             bytes,
             Kind::Snapshot,
@@ -427,6 +507,12 @@ fn decode_record<A: Persistent>(
             transforms,
             Place { key, id: 0 },
         )
+        .map_err(|reason| match reason {
+            DecodeReason::WrongKind { found: 13, .. } => DecodeReason::WrongModel(
+                "an event-sourced journal head is stored where this snapshot-mode actor keeps its state",
+            ),
+            reason => reason,
+        })
         .and_then(|(header, body)| {
             let state = decode_versioned(A::VERSION, header, &body, A::migrate_state)?;
             Ok((header, body, state))
@@ -531,6 +617,7 @@ fn decode_record<A: Persistent>(
         };
         timers.insert(t.name, timer);
     }
+    let maps = MapSet::load(key, loaded, transforms, &mut failed);
     errors.extend(
         failed
             .into_iter()
@@ -541,7 +628,16 @@ fn decode_record<A: Persistent>(
         .position(|e| !e.reason.is_damage())
         .unwrap_or(0);
     if errors.is_empty() {
-        Ok((snapshot, pending, dead, mail, timers, waiting))
+        Ok(Record {
+            snapshot,
+            head,
+            pending,
+            dead,
+            mail,
+            timers,
+            waiting,
+            maps,
+        })
     } else {
         Err(Box::new(LoadError::Decode(errors.swap_remove(worst))))
     }
@@ -1233,6 +1329,9 @@ enum Attempt {
 /// the store holds none yet. If the store cannot be read, or its snapshot decoded, the
 /// instance is marked failed and serves nothing more.
 async fn restore<A: Persistent>(rt: &mut Runtime<A>, written: Attempt) {
+    // The maps undo this message's changes; after a commit that may have landed the actor
+    // stops all the same, and its next start reads what the store holds.
+    rt.maps.roll_back();
     let initial = |rt: &Runtime<A>| {
         rt.initial
             .as_deref()
@@ -1240,6 +1339,26 @@ async fn restore<A: Persistent>(rt: &mut Runtime<A>, written: Attempt) {
     };
     let restored = if rt.initial.is_some() && written == Attempt::NotWritten {
         initial(rt)
+    } else if let (Some(hooks), Some(_)) = (A::__journal(), rt.journal.as_ref()) {
+        // Event-sourced: the latest snapshot and the events after it, as a start reads them.
+        match rt.storage.read_journal_back(&rt.key).await {
+            Ok(loaded) => {
+                let transforms = rt.storage.transforms();
+                match crate::journal::recover::<A>(&rt.key, &loaded, transforms, &hooks) {
+                    Ok(Some(recovered)) => {
+                        if let Some(journal) = rt.journal.as_mut() {
+                            journal.head = recovered.head;
+                            journal.stored = true;
+                        }
+                        rt.initial = None;
+                        Some(recovered.state)
+                    }
+                    Ok(None) => initial(rt),
+                    Err(_) => None,
+                }
+            }
+            Err(_) => None,
+        }
     } else {
         match rt.storage.read_back(&rt.key).await {
             Ok(Some(bytes)) => {
@@ -1352,6 +1471,8 @@ async fn cycle<A: Persistent>(
         fired.as_ref(),
         rt.max_pending,
         first_id,
+        rt.journal.as_ref().map_or(1, |j| j.head.last + 1),
+        &mut rt.maps,
     );
     let handled = match input {
         Input::Message(msg) => actor.handle(&mut tx, msg, &mut rt.state).await,
@@ -1371,19 +1492,30 @@ async fn cycle<A: Persistent>(
     if let Err(e) = handled {
         return Err(roll_back(rt, e, Attempt::NotWritten).await);
     }
-    let encoded = match envelope::to_payload(&rt.state) {
-        Ok(bytes) => bytes,
-        Err(source) => {
-            let e = CommitError::Encode {
-                key: (*rt.key).clone(),
-                what: "state",
-                source,
-            };
-            return Err(roll_back(rt, e.into(), Attempt::NotWritten).await);
+    // Event-sourced, the events are the change: the state is not encoded (but for a
+    // snapshot, in the commit that writes one).
+    let event_sourced = rt.journal.is_some();
+    let encoded = if event_sourced {
+        Vec::new()
+    } else {
+        match envelope::to_payload(&rt.state) {
+            Ok(bytes) => bytes,
+            Err(source) => {
+                let e = CommitError::Encode {
+                    key: (*rt.key).clone(),
+                    what: "state",
+                    source,
+                };
+                return Err(roll_back(rt, e.into(), Attempt::NotWritten).await);
+            }
         }
     };
-    let digest = Digest::of(&encoded);
-    let changed = digest != rt.committed;
+    let (digest, changed) = if event_sourced {
+        (rt.committed, !parts.events.is_empty())
+    } else {
+        let digest = Digest::of(&encoded);
+        (digest, digest != rt.committed)
+    };
     let next_seq = parts.next_seq;
     let ops_changed = !parts.pushed.is_empty()
         || !parts.confirmed.is_empty()
@@ -1395,7 +1527,8 @@ async fn cycle<A: Persistent>(
             .as_ref()
             .is_some_and(|x| timers_changed(rt, fired.as_ref(), &x.timers))
         || arrival.is_some()
-        || fired.is_some();
+        || fired.is_some()
+        || rt.maps.changed();
     let new_requests = extra.as_ref().map_or(0, |x| x.requests.len());
     // Stored replies past the retention: the oldest go in this commit.
     let evicted: Vec<u64> = if new_requests == 0 {
@@ -1419,7 +1552,7 @@ async fn cycle<A: Persistent>(
             &evicted,
         );
         drop(encoded);
-        let (commit, commit_floor) = match built {
+        let (commit, commit_floor, head) = match built {
             Ok(built) => built,
             Err(e) => return Err(roll_back(rt, e, Attempt::NotWritten).await),
         };
@@ -1431,6 +1564,11 @@ async fn cycle<A: Persistent>(
         rt.committed = digest;
         rt.initial = None;
         rt.next_seq = next_seq;
+        rt.maps.committed();
+        if let (Some(journal), Some(head)) = (rt.journal.as_mut(), head) {
+            journal.head = head;
+            journal.stored = true;
+        }
         if let Some(floor) = commit_floor {
             rt.reserved = floor;
         }
@@ -1662,7 +1800,7 @@ fn build_commit<A: Persistent>(
     changed: bool,
     next_seq: u64,
     evicted: &[u64],
-) -> Result<(ActorCommit, Option<u64>), ActorProcessingErr> {
+) -> Result<(ActorCommit, Option<u64>, Option<HeadRow>), ActorProcessingErr> {
     let mut put_ops = Vec::with_capacity(parts.pushed.len() + parts.requeued.len());
     // A re-queued dead letter is rewritten as a pending operation under its own number,
     // with no failed attempts.
@@ -1724,7 +1862,7 @@ fn build_commit<A: Persistent>(
         sequence: next_seq,
         fingerprint: rt.state_shape,
     };
-    let snapshot = (changed || next_seq != rt.next_seq).then(|| {
+    let snapshot = (rt.journal.is_none() && (changed || next_seq != rt.next_seq)).then(|| {
         let place = Place {
             key: &rt.key,
             id: 0,
@@ -1755,6 +1893,21 @@ fn build_commit<A: Persistent>(
     if fired.is_some() || !changes.is_empty() {
         commit = timer_writes(rt, fired, changes, commit)?;
     }
+    if rt.maps.changed() {
+        let mut seal = |id: u64, fingerprint: u64, payload: &[u8]| {
+            rt.seal(Kind::MapEntry, MAP_VERSION, fingerprint, id, payload)
+        };
+        rt.maps
+            .writes(&mut seal, &mut commit.writes)
+            .map_err(|source| rt.encode_error("map entry", source))?;
+    }
+    let head = match rt.journal.as_deref() {
+        Some(journal) => {
+            let journal = *journal;
+            journal_writes(rt, journal, &parts.events, next_seq, &mut commit)?
+        }
+        None => None,
+    };
     // The store's floor stays ahead of every id handed out, so no delete, quarantine or
     // damaged snapshot can make an id come back. It moves a block at a time, so only
     // one commit in FLOOR_BLOCK ids writes it.
@@ -1762,7 +1915,81 @@ fn build_commit<A: Persistent>(
     if let Some(floor) = commit_floor {
         commit = commit.raise_floor(floor);
     }
-    Ok((commit, commit_floor))
+    Ok((commit, commit_floor, head))
+}
+
+/// The journal's writes of an event-sourced actor's message: the events, a snapshot when
+/// one is due (with `init`'s state at 0 in the first commit), the compaction of the events
+/// it covers ([`Retention::Light`]), and the head. Returns the new head, if it changed.
+fn journal_writes<A: Persistent>(
+    rt: &Runtime<A>,
+    journal: JournalState,
+    events: &[Vec<u8>],
+    next_seq: u64,
+    commit: &mut ActorCommit,
+) -> Result<Option<HeadRow>, ActorProcessingErr> {
+    let mut head = journal.head;
+    let first = head.last + 1;
+    for (i, payload) in events.iter().enumerate() {
+        let seq = first + i as u64;
+        let bytes = rt.seal(Kind::Event, rt.schema, journal.event_shape, seq, payload);
+        commit.writes.push(crate::store::RowWrite::Put {
+            space: Space::JOURNAL,
+            id: seq,
+            bytes,
+        });
+    }
+    head.last += events.len() as u64;
+    let mut snapshot = None;
+    if !journal.stored {
+        // The journal's start: `init`'s state, so that the whole journal replays from it.
+        let initial = rt.initial.as_deref().unwrap_or_default();
+        snapshot = Some((0, std::borrow::Cow::Borrowed(initial)));
+    }
+    if head.last - head.snapshot >= journal.every && head.last > 0 {
+        let encoded =
+            envelope::to_payload(&rt.state).map_err(|source| rt.encode_error("state", source))?;
+        snapshot = Some((head.last, std::borrow::Cow::Owned(encoded)));
+    }
+    if let Some((covers, state)) = snapshot {
+        // The snapshot's envelope names the event it covers.
+        let header = Header {
+            schema: rt.schema,
+            sequence: covers,
+            fingerprint: rt.state_shape,
+        };
+        let bytes = rt.seal_as(Kind::Snapshot, header, SNAPSHOT_ROW, &state);
+        commit.writes.push(crate::store::RowWrite::Put {
+            space: Space::JOURNAL_SNAPSHOT,
+            id: SNAPSHOT_ROW,
+            bytes,
+        });
+        head.snapshot = covers;
+        if journal.retention == Retention::Light && covers > 0 {
+            commit.writes.push(crate::store::RowWrite::Delete {
+                space: Space::JOURNAL,
+                first: 0,
+                last: covers,
+            });
+        }
+    }
+    if head == journal.head && journal.stored && next_seq == rt.next_seq {
+        return Ok(None);
+    }
+    let payload = envelope::to_payload(&head).map_err(|source| rt.encode_error("state", source))?;
+    // As a snapshot's, the head's envelope carries the next operation id.
+    let header = Header {
+        schema: HEAD_VERSION,
+        sequence: next_seq,
+        fingerprint: 0,
+    };
+    let bytes = rt.seal_as(Kind::JournalHead, header, HEAD_ROW, &payload);
+    commit.writes.push(crate::store::RowWrite::Put {
+        space: Space::SNAPSHOT,
+        id: HEAD_ROW,
+        bytes,
+    });
+    Ok(Some(head))
 }
 
 /// Performs the operations `seqs`, in that order. Queues, to ride on the next commit, the

@@ -500,7 +500,10 @@ impl Storage {
         self.call_then(
             move |s| {
                 counters.loads.fetch_add(1, Ordering::Relaxed);
-                s.open_actor(&key, &Space::RECORD)
+                // An event-sourced record's journal is read from its snapshot on, in the same
+                // call: no commit of this storage comes between the two reads.
+                let loaded = s.open_actor(&key, &Space::LOADED)?;
+                crate::journal::read_tail(s, &key, loaded)
             },
             |_| None,
             self.inline_here(),
@@ -563,6 +566,35 @@ impl Storage {
             Ok(rows.into_iter().next().map(|row| row.bytes))
         };
         self.call_then(read, |_| None, self.inline_here(), Access::ReadBack)
+            .await
+    }
+
+    /// Reads an event-sourced actor's head, snapshot and the events after it back for a
+    /// rollback, as a load would (without taking an epoch).
+    pub(crate) async fn read_journal_back(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
+        let key = key.clone();
+        let read = move |s: &dyn Store| {
+            let mut rows = s.read(&key, Some(Space::SNAPSHOT), 0..=0)?;
+            rows.extend(s.read(&key, Some(Space::JOURNAL_SNAPSHOT), 0..=0)?);
+            let loaded = Loaded {
+                rows,
+                ..Loaded::default()
+            };
+            crate::journal::read_tail(s, &key, loaded)
+        };
+        self.call_then(read, |_| None, self.inline_here(), Access::ReadBack)
+            .await
+    }
+
+    /// Reads a journal's head row and its events from `from` on (see [`Storage::events`]).
+    pub(crate) async fn read_journal(
+        &self,
+        key: &ActorKey,
+        from: u64,
+    ) -> Result<(Option<Vec<u8>>, Vec<crate::store::Row>), StoreError> {
+        let key = key.clone();
+        let read = move |s: &dyn Store| crate::journal::read_journal_rows(s, &key, from);
+        self.call_then(read, |_| None, self.inline_here(), Access::Any)
             .await
     }
 

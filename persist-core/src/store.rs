@@ -49,10 +49,17 @@ impl Space {
     pub const REQUESTS: Space = Space(6);
     /// Durable timers, by a row id the actor hands out: name, due time and payload.
     pub const TIMERS: Space = Space(7);
+    /// The event journal of an event-sourced actor, by event sequence number (from 1).
+    pub const JOURNAL: Space = Space(8);
+    /// The entries of an actor's durable maps, one row each, by a row id the actor hands out.
+    pub const MAPS: Space = Space(9);
+    /// The state snapshot of an event-sourced actor: one row, id 0, whose envelope names the
+    /// event it covers. (Its [`Space::SNAPSHOT`] row is the journal's head.)
+    pub const JOURNAL_SNAPSHOT: Space = Space(10);
 
     /// The spaces that make up an actor's record: what a load reads and a delete or a
     /// quarantine removes. (Quarantined rows are evidence, not record.)
-    pub const RECORD: [Space; 7] = [
+    pub const RECORD: [Space; 10] = [
         Space::SNAPSHOT,
         Space::OPS,
         Space::OUTBOX,
@@ -60,6 +67,23 @@ impl Space {
         Space::INBOX,
         Space::REQUESTS,
         Space::TIMERS,
+        Space::JOURNAL,
+        Space::MAPS,
+        Space::JOURNAL_SNAPSHOT,
+    ];
+
+    /// The spaces an actor's start reads whole: its record but the journal, of which a start
+    /// reads only the events after the snapshot.
+    pub const LOADED: [Space; 9] = [
+        Space::SNAPSHOT,
+        Space::OPS,
+        Space::OUTBOX,
+        Space::CHANNELS,
+        Space::INBOX,
+        Space::REQUESTS,
+        Space::TIMERS,
+        Space::MAPS,
+        Space::JOURNAL_SNAPSHOT,
     ];
 
     /// The space numbered `id`.
@@ -83,6 +107,9 @@ impl Space {
             5 => Some("inbox"),
             6 => Some("requests"),
             7 => Some("timers"),
+            8 => Some("journal"),
+            9 => Some("maps"),
+            10 => Some("journal snapshot"),
             _ => None,
         }
     }

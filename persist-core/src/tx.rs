@@ -11,8 +11,12 @@ use tokio::sync::oneshot;
 use crate::delivery::{
     Channel, FirstRequest, Mail, Once, RequestRefused, RequestRow, Settled, Settlement,
 };
-use crate::error::{CommitError, NotDeadLetter, OverCapacity, RequeueError, SendError};
+use crate::error::{
+    CommitError, EventError, MapError, NotDeadLetter, OverCapacity, RequeueError, SendError,
+};
+use crate::journal::EventSourced;
 use crate::key::ActorKey;
+use crate::map::DurableMap;
 use crate::model::{Control, OpId, Pending, Persistent, PersistentActor};
 use crate::timer::{Fired, Timer, TimerChange, TimerError, Timers};
 
@@ -43,6 +47,9 @@ pub struct Tx<'a, A: PersistentActor> {
     timers: &'a Timers,
     fired: Option<&'a FiredRow>,
     max_pending: usize,
+    /// The sequence number the first event emitted gets.
+    first_event: u64,
+    maps: &'a mut crate::map::MapSet,
     parts: TxParts<A::Op>,
 }
 
@@ -72,6 +79,8 @@ pub(crate) struct TxParts<Op> {
     pub(crate) unknown_confirms: usize,
     /// The next id to hand out (operations, messages, channels, stored replies).
     pub(crate) next_seq: u64,
+    /// The events emitted, encoded, in order (event-sourced actors).
+    pub(crate) events: Vec<Vec<u8>>,
     /// What delivery asked for, allocated only when a handler uses it: the message cycle's
     /// future stays small for the messages that do not.
     pub(crate) extra: Option<Box<TxExtra>>,
@@ -106,6 +115,8 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
         fired: Option<&'a FiredRow>,
         max_pending: usize,
         next_seq: u64,
+        first_event: u64,
+        maps: &'a mut crate::map::MapSet,
     ) -> Self {
         Tx {
             key,
@@ -117,6 +128,8 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             timers,
             fired,
             max_pending,
+            first_event,
+            maps,
             parts: TxParts {
                 pushed: Vec::new(),
                 confirmed: BTreeSet::new(),
@@ -125,6 +138,7 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
                 requeued: BTreeSet::new(),
                 unknown_confirms: 0,
                 next_seq,
+                events: Vec::new(),
                 extra: None,
             },
         }
@@ -652,6 +666,64 @@ impl<'a, A: PersistentActor> Tx<'a, A> {
             // The caller may have timed out and gone; that is the caller's business.
             let _ = port.send(value);
         }));
+    }
+
+    /// Durable map `name`, with keys `K` and values `V`: a keyed collection kept beside the
+    /// state, stored one row per entry, of which a commit writes only the entries this
+    /// message changed (see [`DurableMap`]). Its entries are loaded with the actor and
+    /// decoded on the first call; reads are from memory.
+    ///
+    /// Fails if a stored entry does not decode as `(K, V)` ([`MapError::Decode`], nothing is
+    /// changed), if this instance already took the map with other types, or if the name is
+    /// longer than [`crate::MAX_MAP_NAME`] bytes.
+    ///
+    /// ```ignore
+    /// let seen = tx.map::<OpId, u64>("seen")?;
+    /// if !seen.contains_key(&id) { seen.insert(id, amount); }
+    /// ```
+    pub fn map<K, V>(&mut self, name: &str) -> Result<&mut DurableMap<K, V>, MapError>
+    where
+        K: Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.maps
+            .get::<K, V>(self.key, std::any::type_name::<A>(), name)
+    }
+}
+
+impl<A: EventSourced> Tx<'_, A> {
+    /// Applies `event` to `state` with [`EventSourced::apply`] and appends it to the journal
+    /// in this message's commit; returns its sequence number. The state in memory is the new
+    /// one at once; the event is durable, and the replies and operations of the message leave,
+    /// only after the commit.
+    ///
+    /// If `apply` refuses, nothing is applied or appended ([`EventError::Rejected`]); an
+    /// actor not derived with `#[persistent(event_sourced)]` is refused
+    /// ([`EventError::NotEventSourced`]), as its events would not be journaled.
+    pub fn emit(&mut self, state: &mut A::State, event: A::Event) -> Result<u64, EventError> {
+        let seq = self.first_event + self.parts.events.len() as u64;
+        if A::__journal().is_none() {
+            return Err(EventError::NotEventSourced {
+                actor_type: std::any::type_name::<A>(),
+            });
+        }
+        let payload = crate::envelope::to_payload(&event).map_err(|source| EventError::Encode {
+            key: (**self.key).clone(),
+            seq,
+            source,
+        })?;
+        A::apply(state, &event).map_err(|source| EventError::Rejected {
+            key: (**self.key).clone(),
+            seq,
+            source,
+        })?;
+        self.parts.events.push(payload);
+        Ok(seq)
+    }
+
+    /// The number of events this message emitted so far.
+    pub fn emitted(&self) -> usize {
+        self.parts.events.len()
     }
 }
 

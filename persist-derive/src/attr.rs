@@ -28,6 +28,8 @@ pub(crate) struct Attrs {
     pub(crate) migrate: Option<Chain>,
     /// `migrate_ops(...)`: the older operation types.
     pub(crate) migrate_ops: Option<Chain>,
+    /// `event_sourced`: the actor's journal is its truth (it implements `EventSourced`).
+    pub(crate) event_sourced: Option<Path>,
 }
 
 /// `version = N`: the literal, for spans, and its value.
@@ -66,6 +68,7 @@ pub(crate) fn get(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
         version_failed: false,
         migrate: None,
         migrate_ops: None,
+        event_sourced: None,
     };
     for attr in attrs
         .iter()
@@ -107,6 +110,18 @@ pub(crate) fn get(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
                     duplicate(cx, &meta);
                 } else {
                     *slot = chain;
+                }
+            } else if meta.path.is_ident("event_sourced") {
+                if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+                    cx.error_spanned_by(
+                        &meta.path,
+                        "`event_sourced` takes no value, e.g. #[persistent(event_sourced)]",
+                    );
+                    value_tokens(meta.input)?;
+                } else if out.event_sourced.is_some() {
+                    duplicate(cx, &meta);
+                } else {
+                    out.event_sourced = Some(meta.path.clone());
                 }
             } else {
                 let key = key_string(&meta.path);

@@ -43,6 +43,13 @@ fn impls(actor: &Actor) -> TokenStream {
         let name = Ident::new("migrate_op", Span::call_site());
         migration(&krate, chain, current, &name, &op, "operation")
     });
+    let journal = actor.attrs.event_sourced.as_ref().map(|path| {
+        quote_spanned! {Span::call_site().located_at(path.span())=>
+            fn __journal() -> ::core::option::Option<#krate::__private::JournalHooks<Self>> {
+                ::core::option::Option::Some(#krate::__private::JournalHooks::<Self>::of())
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         #[allow(unused_qualifications)]
@@ -51,6 +58,7 @@ fn impls(actor: &Actor) -> TokenStream {
             #version
             #migrate_state
             #migrate_op
+            #journal
         }
         #krate::__private::impl_actor!(#ident);
     }
