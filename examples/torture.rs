@@ -4,10 +4,10 @@
 //! afterwards.
 //!
 //! Run with `cargo run --example torture -- PATH [SEED] [ACTORS] [--check] [--backend B]
-//! [--accounts N] [--bank-base ID] [--resend SPEC]...`: it recovers every actor from the
-//! store at PATH (a `RedbStore`; with `--backend sqlite` a `SqliteStore`; with `--backend
-//! postgres` a `PostgresStore`, PATH being `SCHEMA@CONNECTION-STRING`), prints what it
-//! found, then loads them until it is killed (`--check` stops after the recovery).
+//! [--model M] [--accounts N] [--bank-base ID] [--resend SPEC]...`: it recovers every actor
+//! from the store at PATH (a `RedbStore`; with `--backend sqlite` a `SqliteStore`; with
+//! `--backend postgres` a `PostgresStore`, PATH being `SCHEMA@CONNECTION-STRING`), prints
+//! what it found, then loads them until it is killed (`--check` stops after the recovery).
 //! `tests/crash_kill_loop.rs` is the driver; it runs this same code in a child process, kills
 //! it with SIGKILL and checks each restart.
 //!
@@ -15,6 +15,14 @@
 //! recovered state names exactly which prefix of the values sent it holds. Each append pushes
 //! one operation; every third is kept until a later append confirms it, the others are done
 //! once performed.
+//!
+//! `--model snapshot` (the default) runs them as [`TallyActor`]s, whose state is committed
+//! whole; `--model events` as [`EventTallyActor`]s, event-sourced twins (same messages, state,
+//! operations and lines) whose state changes only by events (the appended values), with a
+//! snapshot every [`EVENT_SNAPSHOT_EVERY`] events, so kills come mid-snapshot, and
+//! [`event_retention`] alternating by actor: the even ones keep their events
+//! (`Retention::Full`), the odd ones compact them (`Retention::Light`), so kills also come
+//! mid-compaction. The accounts are the same in both.
 //!
 //! Beside them, `--accounts N` (default 8) [`Account`]s move money to each other with
 //! `Tx::send`: two clients send deposits and transfers between random accounts, each with an
@@ -50,6 +58,10 @@
 //! CRED <account> <transfer> <amount>        a transfer credited
 //! OUTBOX <rows>                           outbox rows left in the closed store
 //! BANKDONE                                the bank check is over
+//!
+//! With --check and --model events, after READY:
+//! JOURNAL <actor> <rows> <first> <last>   the events left in the closed store (their ids;
+//!                                         0 0 for none)
 //! ```
 
 use std::io::Write;
@@ -57,9 +69,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call};
 use ractor_persist::{
-    ActorKey, Control, DecodeReason, Inbound, Once, OpId, Outcome, Pending, Persistent,
-    PersistentActor, PostgresOptions, PostgresStore, RedbStore, Redelivery, Settled, Settlement,
-    Space, SqliteStore, Start, Storage, Store, Tx,
+    ActorKey, Control, DecodeReason, EventSourced, Inbound, Once, OpId, Outcome, Pending,
+    Persistent, PersistentActor, PostgresOptions, PostgresStore, RedbStore, Redelivery, Retention,
+    Settled, Settlement, Space, SqliteStore, Start, Storage, Store, StoreError, Tx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -148,13 +160,7 @@ impl PersistentActor for TallyActor {
             TallyMsg::Append(value, reply) => {
                 let idx = tally.len;
                 *tally = tally.then(value);
-                tx.push(Note {
-                    idx,
-                    value,
-                    kept: kept(idx),
-                })?;
-                tx.confirm_where(|p| p.op().kept && p.op().idx + 2 <= idx);
-                tx.reply(reply, *tally);
+                appended(tx, idx, value, *tally, reply)?;
             }
             TallyMsg::Peek(reply) => tx.reply(reply, *tally),
         }
@@ -162,20 +168,128 @@ impl PersistentActor for TallyActor {
     }
 
     async fn perform(&self, op: &Pending<Note>, _: &Tally) -> Result<Outcome, ActorProcessingErr> {
-        let note = *op.op();
-        let actor = op.id().actor().key();
-        match &self.sink {
-            Sink::Stdout => line(format_args!(
-                "PERF {actor} {} {} {}",
-                note.idx, note.value, note.kept
-            )),
-            Sink::Call(f) => f(actor, note),
+        Ok(performed(&self.sink, op))
+    }
+}
+
+/// What append number `idx` does besides changing the state, in either model: pushes its
+/// operation, confirms the kept ones two or more appends old, replies with the new state.
+fn appended<A: PersistentActor<Op = Note>>(
+    tx: &mut Tx<'_, A>,
+    idx: u64,
+    value: u64,
+    tally: Tally,
+    reply: RpcReplyPort<Tally>,
+) -> Result<(), ActorProcessingErr> {
+    tx.push(Note {
+        idx,
+        value,
+        kept: kept(idx),
+    })?;
+    tx.confirm_where(|p| p.op().kept && p.op().idx + 2 <= idx);
+    tx.reply(reply, tally);
+    Ok(())
+}
+
+/// Reports a performed operation to `sink`; a kept one stays until confirmed.
+fn performed(sink: &Sink, op: &Pending<Note>) -> Outcome {
+    let note = *op.op();
+    let actor = op.id().actor().key();
+    match sink {
+        Sink::Stdout => line(format_args!(
+            "PERF {actor} {} {} {}",
+            note.idx, note.value, note.kept
+        )),
+        Sink::Call(f) => f(actor, note),
+    }
+    if note.kept {
+        Outcome::KeepUntilConfirmed
+    } else {
+        Outcome::Done
+    }
+}
+
+/// The event-sourced twin of [`TallyActor`]: the same messages, state, operations and lines,
+/// but the state changes only by events, each the value appended.
+#[derive(Clone, Persistent)]
+#[persistent(name = "tally_es", event_sourced)]
+pub struct EventTallyActor {
+    pub sink: Sink,
+}
+
+impl PersistentActor for EventTallyActor {
+    type Msg = TallyMsg;
+    type State = Tally;
+    type Op = Note;
+    type Arguments = ();
+
+    async fn init(&self, _: ()) -> Result<Tally, ActorProcessingErr> {
+        Ok(Tally::default())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        msg: TallyMsg,
+        tally: &mut Tally,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TallyMsg::Append(value, reply) => {
+                let idx = tally.len;
+                tx.emit(tally, value)?;
+                appended(tx, idx, value, *tally, reply)?;
+            }
+            TallyMsg::Peek(reply) => tx.reply(reply, *tally),
         }
-        Ok(if note.kept {
-            Outcome::KeepUntilConfirmed
-        } else {
-            Outcome::Done
-        })
+        Ok(())
+    }
+
+    async fn perform(&self, op: &Pending<Note>, _: &Tally) -> Result<Outcome, ActorProcessingErr> {
+        Ok(performed(&self.sink, op))
+    }
+}
+
+impl EventSourced for EventTallyActor {
+    /// The value appended.
+    type Event = u64;
+
+    fn apply(state: &mut Tally, value: &u64) -> Result<(), ActorProcessingErr> {
+        *state = state.then(*value);
+        Ok(())
+    }
+}
+
+/// How many events an [`EventTallyActor`] of the torture program writes between two
+/// snapshots: few, so that the kill loop kills many commits that write one.
+pub const EVENT_SNAPSHOT_EVERY: u64 = 16;
+
+/// What event-sourced actor number `i` keeps of its events: the even ones all of them, the odd
+/// ones only those after the latest snapshot.
+pub fn event_retention(i: usize) -> Retention {
+    if i.is_multiple_of(2) {
+        Retention::Full
+    } else {
+        Retention::Light
+    }
+}
+
+/// How the tally actors keep their state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TallyModel {
+    /// [`TallyActor`]: the whole state in each commit.
+    #[default]
+    Snapshot,
+    /// [`EventTallyActor`]: events, and a snapshot every [`EVENT_SNAPSHOT_EVERY`].
+    Events,
+}
+
+impl TallyModel {
+    /// The model's name, as `--model` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TallyModel::Snapshot => "snapshot",
+            TallyModel::Events => "events",
+        }
     }
 }
 
@@ -248,18 +362,44 @@ impl Backend {
         self,
         path: &std::path::Path,
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
-        fn count(store: &dyn Store) -> Result<usize, ractor_persist::StoreError> {
+        self.read_closed(path, |store| {
             let mut rows = 0;
             for key in store.keys(ACCOUNT_NS, Space::OUTBOX)? {
                 let key = ActorKey::new(ACCOUNT_NS, key);
                 rows += store.read(&key, Some(Space::OUTBOX), 0..=u64::MAX)?.len();
             }
             Ok(rows)
-        }
+        })
+    }
+
+    /// The ids of the events each of the first `actors` [`EventTallyActor`]s holds in the store
+    /// at `path`, read directly from the store (closed by its `Storage` before).
+    pub fn journal_ids(
+        self,
+        path: &std::path::Path,
+        actors: usize,
+    ) -> Result<Vec<Vec<u64>>, Box<dyn std::error::Error + Send + Sync>> {
+        self.read_closed(path, |store| {
+            (0..actors)
+                .map(|i| {
+                    let key = ActorKey::new(EventTallyActor::NAME, actor_key(i));
+                    let rows = store.read(&key, Some(Space::JOURNAL), 0..=u64::MAX)?;
+                    Ok(rows.into_iter().map(|r| r.id).collect())
+                })
+                .collect()
+        })
+    }
+
+    /// Opens the store at `path` itself (no `Storage`) and reads it with `f`.
+    fn read_closed<T>(
+        self,
+        path: &std::path::Path,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
+    ) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
         Ok(match self {
-            Backend::Redb => count(&RedbStore::open(path)?)?,
-            Backend::Sqlite => count(&SqliteStore::open(path)?)?,
-            Backend::Postgres => count(&PostgresStore::open(postgres_options(path)?)?)?,
+            Backend::Redb => f(&RedbStore::open(path)?)?,
+            Backend::Sqlite => f(&SqliteStore::open(path)?)?,
+            Backend::Postgres => f(&PostgresStore::open(postgres_options(path)?)?)?,
         })
     }
 }
@@ -272,6 +412,8 @@ pub struct Options {
     /// Stop after the recovery instead of loading until killed.
     pub check: bool,
     pub backend: Backend,
+    /// How the tally actors keep their state.
+    pub model: TallyModel,
     /// How many accounts move money to each other (0: none).
     pub accounts: usize,
     /// The first id the bank clients give a new request.
@@ -281,13 +423,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// Reads `PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite|postgres] [--accounts N]
-    /// [--bank-base ID] [--resend SPEC]...`.
+    /// Reads `PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite|postgres]
+    /// [--model snapshot|events] [--accounts N] [--bank-base ID] [--resend SPEC]...`.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
         let usage = "usage: torture PATH [SEED] [ACTORS] [--check] [--backend redb|sqlite|postgres] \
-                     [--accounts N] [--bank-base ID] [--resend SPEC]...";
+                     [--model snapshot|events] [--accounts N] [--bank-base ID] [--resend SPEC]...";
         let mut check = false;
         let mut backend = Backend::Redb;
+        let mut model = TallyModel::Snapshot;
         let mut accounts = 8;
         let mut bank_base = 0;
         let mut resend = Vec::new();
@@ -301,6 +444,13 @@ impl Options {
                         Some("redb") => Backend::Redb,
                         Some("sqlite") => Backend::Sqlite,
                         Some("postgres") => Backend::Postgres,
+                        _ => return Err(usage.into()),
+                    }
+                }
+                "--model" => {
+                    model = match args.next().as_deref() {
+                        Some("snapshot") => TallyModel::Snapshot,
+                        Some("events") => TallyModel::Events,
                         _ => return Err(usage.into()),
                     }
                 }
@@ -336,6 +486,7 @@ impl Options {
             actors,
             check,
             backend,
+            model,
             accounts,
             bank_base,
             resend,
@@ -357,8 +508,19 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
     let mut actors: Vec<(String, ActorRef<TallyMsg>)> = Vec::new();
     for i in 0..opts.actors {
         let key = actor_key(i);
-        let actor = TallyActor { sink: Sink::Stdout };
-        let (r, _) = Actor::spawn(None, actor, Start::new(&storage, key.clone(), ())).await?;
+        let (r, _) = match opts.model {
+            TallyModel::Snapshot => {
+                let actor = TallyActor { sink: Sink::Stdout };
+                Actor::spawn(None, actor, Start::new(&storage, key.clone(), ())).await?
+            }
+            TallyModel::Events => {
+                let actor = EventTallyActor { sink: Sink::Stdout };
+                let start = Start::new(&storage, key.clone(), ())
+                    .snapshot_every(EVENT_SNAPSHOT_EVERY)
+                    .retention(event_retention(i));
+                Actor::spawn(None, actor, start).await?
+            }
+        };
         actors.push((key, r));
     }
     let mut accounts = Vec::new();
@@ -391,6 +553,19 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
                 opts.backend.outbox_rows(&opts.path)?
             ));
             line(format_args!("BANKDONE"));
+        }
+        if opts.model == TallyModel::Events {
+            let journals = opts.backend.journal_ids(&opts.path, opts.actors)?;
+            for (i, ids) in journals.iter().enumerate() {
+                let (first, last) = (ids.first(), ids.last());
+                line(format_args!(
+                    "JOURNAL {} {} {} {}",
+                    actor_key(i),
+                    ids.len(),
+                    first.unwrap_or(&0),
+                    last.unwrap_or(&0)
+                ));
+            }
         }
         return Ok(());
     }

@@ -32,8 +32,20 @@
 //! before its commit returned, recovery of a store left open); power loss is the simulator's
 //! job (`crash_power_loss.rs`). The loop runs on redb, on SQLite (`--backend sqlite`) and on
 //! PostgreSQL (`--backend postgres`, the shared throwaway server), each printing its figure
-//! line. `CRASH_CYCLES=n` runs n cycles on each (default 300); `CRASH_SEED`
-//! reruns a seed.
+//! line.
+//!
+//! It runs once more on redb with event-sourced tally actors (`torture --model events`,
+//! `kill_loop_event_sourced_redb`): the same history and the same checks, with the state
+//! rebuilt from the latest snapshot and the events after it. Snapshots come every 16 events,
+//! so many kills fall on a commit that writes one; the even actors keep their events
+//! (`Retention::Full`), the odd ones compact them in the snapshot's commit
+//! (`Retention::Light`). Each check run also reads the events left in the closed store:
+//!
+//! - `bad_journals`: a journal that is not the actor's events `1..=len` (Full), or only those
+//!   after its latest snapshot (Light).
+//!
+//! `CRASH_CYCLES=n` runs n cycles on each (default 300, and 100 for the event-sourced loop,
+//! which only adds a model to one backend); `CRASH_SEED` reruns a seed.
 
 mod crash;
 
@@ -42,8 +54,12 @@ use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use crash::torture::{self, Backend, OPENING, REQUEST_RETENTION, Request, Tally};
+use crash::torture::{
+    self, Backend, EVENT_SNAPSHOT_EVERY, OPENING, REQUEST_RETENTION, Request, Tally, TallyModel,
+    event_retention,
+};
 use crash::{Rng, count, kept, kept_pending, seed};
+use ractor_persist::Retention;
 
 const ACTORS: usize = 8;
 /// A quarter of the kills come within the first lines, mostly in the recovery (8 states, their
@@ -113,6 +129,9 @@ struct Figures {
     double_applied: u64,
     unmatched: u64,
     outbox_left: u64,
+    /// Journals read by check runs (event-sourced loop only), and those with the wrong events.
+    journals: u64,
+    bad_journals: u64,
 }
 
 /// A reply to a bank request.
@@ -172,7 +191,9 @@ struct Model {
     bank: Bank,
     f: Figures,
     ready: bool,
-    backend: &'static str,
+    /// `backend=NAME`, and `model=events` for the event-sourced loop: names the loop in
+    /// every line it prints.
+    label: String,
     seed: u64,
     cycle: u64,
 }
@@ -180,8 +201,8 @@ struct Model {
 impl Model {
     fn violation(&self, what: &str, line: &str) {
         eprintln!(
-            "kill-loop: backend={} seed={} cycle={}: {what}: `{line}`",
-            self.backend, self.seed, self.cycle
+            "kill-loop: {} seed={} cycle={}: {what}: `{line}`",
+            self.label, self.seed, self.cycle
         );
     }
 
@@ -191,8 +212,8 @@ impl Model {
             return false;
         }
         eprintln!(
-            "kill-loop: backend={} seed={} cycle={}: bank: {what}",
-            self.backend, self.seed, self.cycle
+            "kill-loop: {} seed={} cycle={}: bank: {what}",
+            self.label, self.seed, self.cycle
         );
         true
     }
@@ -236,6 +257,7 @@ impl Model {
                 }
             }
             Some("STATE") => self.recovered(actor(1), num(2), num(3), line),
+            Some("JOURNAL") => self.journal(actor(1), num(2), num(3), num(4), line),
             Some("READY") => self.ready = true,
             Some(
                 "DSEND" | "DACK" | "TSEND" | "TACK" | "BANKERR" | "UNSETTLED" | "BAL" | "DEP"
@@ -519,6 +541,29 @@ impl Model {
             .collect()
     }
 
+    /// Judges the events actor `a` left in the closed store at the end of a check run (after
+    /// its recovery, so its appends are known): `rows` ids from `first` to `last`.
+    fn journal(&mut self, a: usize, rows: u64, first: u64, last: u64, line: &str) {
+        let len = self.actors[a].values.len() as u64;
+        // Events are numbered from 1; Light keeps those after the latest snapshot, which
+        // covers a multiple of EVENT_SNAPSHOT_EVERY (one event per append).
+        let kept_from = match event_retention(a) {
+            Retention::Full => 1,
+            Retention::Light => len - len % EVENT_SNAPSHOT_EVERY + 1,
+        };
+        let expected = match len + 1 - kept_from {
+            0 => (0, 0, 0),
+            n => (n, kept_from, len),
+        };
+        self.f.journals += 1;
+        if (rows, first, last) != expected {
+            self.f.bad_journals += 1;
+            let (n, f, l) = expected;
+            let what = format!("a journal that is not events {f}..={l} ({n} rows)");
+            self.violation(&what, line);
+        }
+    }
+
     fn recovered(&mut self, a: usize, len: u64, chain: u64, line: &str) {
         let m = &mut self.actors[a];
         let got = Tally { len, chain };
@@ -581,7 +626,25 @@ fn killed_process_loses_no_acknowledged_change_and_replays_every_pending_op() {
     if crash::child_args().is_some() {
         return;
     }
-    kill_loop(Backend::Redb, count("CRASH_CYCLES", 300));
+    kill_loop(
+        Backend::Redb,
+        TallyModel::Snapshot,
+        count("CRASH_CYCLES", 300),
+    );
+}
+
+/// The loop with event-sourced tally actors, on redb: fewer cycles by default, as it adds a
+/// model, not a backend.
+#[test]
+fn kill_loop_event_sourced_redb() {
+    if crash::child_args().is_some() {
+        return;
+    }
+    kill_loop(
+        Backend::Redb,
+        TallyModel::Events,
+        count("CRASH_CYCLES", 100),
+    );
 }
 
 #[test]
@@ -589,7 +652,11 @@ fn killed_process_on_sqlite_loses_no_acknowledged_change_and_replays_every_pendi
     if crash::child_args().is_some() {
         return;
     }
-    kill_loop(Backend::Sqlite, count("CRASH_CYCLES", 300));
+    kill_loop(
+        Backend::Sqlite,
+        TallyModel::Snapshot,
+        count("CRASH_CYCLES", 300),
+    );
 }
 
 #[test]
@@ -600,13 +667,28 @@ fn killed_process_on_postgres_loses_no_acknowledged_change_and_replays_every_pen
     if persist_postgres::TestCluster::shared().is_none() {
         return;
     }
-    kill_loop(Backend::Postgres, count("CRASH_CYCLES", 300));
+    kill_loop(
+        Backend::Postgres,
+        TallyModel::Snapshot,
+        count("CRASH_CYCLES", 300),
+    );
 }
 
-/// Runs `cycles` kills of the torture program on `backend` and checks every restart.
-fn kill_loop(backend: Backend, cycles: u64) {
+/// Runs `cycles` kills of the torture program on `backend`, its tally actors keeping their
+/// state as `tally` says, and checks every restart.
+fn kill_loop(backend: Backend, tally: TallyModel, cycles: u64) {
     let name = backend.name();
-    let seed = seed(&format!("kill-loop {name}"));
+    let (label, seed) = match tally {
+        TallyModel::Snapshot => (
+            format!("backend={name}"),
+            seed(&format!("kill-loop {name}")),
+        ),
+        other => {
+            let model = other.name();
+            let seed = seed(&format!("kill-loop {name} model={model}"));
+            (format!("backend={name} model={model}"), seed)
+        }
+    };
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let path = match backend {
@@ -623,7 +705,7 @@ fn kill_loop(backend: Backend, cycles: u64) {
         bank: Bank::default(),
         f: Figures::default(),
         ready: false,
-        backend: name,
+        label: label.clone(),
         seed,
         cycle: 0,
     };
@@ -638,6 +720,8 @@ fn kill_loop(backend: Backend, cycles: u64) {
             ACTORS.to_string(),
             "--backend".into(),
             name.into(),
+            "--model".into(),
+            tally.name().into(),
             "--accounts".into(),
             ACCOUNTS.to_string(),
             "--bank-base".into(),
@@ -662,6 +746,7 @@ fn kill_loop(backend: Backend, cycles: u64) {
             .spawn()
             .expect("start the torture child");
         model.start_incarnation(cycle);
+        let journals_before = model.f.journals;
         let mut lines = 0;
         let mut killed = false;
         for line in BufReader::new(child.stdout.take().unwrap()).lines() {
@@ -680,21 +765,32 @@ fn kill_loop(backend: Backend, cycles: u64) {
         if !killed {
             assert!(
                 check && status.success(),
-                "kill-loop: backend={name} seed={seed} cycle={cycle}: the torture child ended by itself ({status}): {}",
+                "kill-loop: {label} seed={seed} cycle={cycle}: the torture child ended by itself ({status}): {}",
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
             );
             assert!(model.ready, "kill-loop: the check run did not recover");
             assert!(
                 model.bank.done,
-                "kill-loop: backend={name} seed={seed} cycle={cycle}: the check run did not check the bank"
+                "kill-loop: {label} seed={seed} cycle={cycle}: the check run did not check the bank"
             );
+            if tally == TallyModel::Events {
+                assert_eq!(
+                    model.f.journals - journals_before,
+                    ACTORS as u64,
+                    "kill-loop: {label} seed={seed} cycle={cycle}: the check run did not print every journal"
+                );
+            }
         }
     }
     let f = &model.f;
     // Straight to stderr, past the test harness's capture: CI shows the figures.
+    let journals = match tally {
+        TallyModel::Snapshot => String::new(),
+        TallyModel::Events => format!(" journals={} bad_journals={}", f.journals, f.bad_journals),
+    };
     let _ = writeln!(
         std::io::stderr(),
-        "kill-loop: backend={name} cycles={cycles} acked={} lost={} unexpected={} missed_replays={} replayed={} recovered_inflight={} kills_in_recovery={} transfers={} deposits={} resent={} bank_checks={} money_created={} money_lost={} double_applied={} unmatched={} outbox_left={} seed={seed} ({:.1}s)",
+        "kill-loop: {label} cycles={cycles} acked={} lost={} unexpected={} missed_replays={} replayed={} recovered_inflight={} kills_in_recovery={} transfers={} deposits={} resent={} bank_checks={} money_created={} money_lost={} double_applied={} unmatched={} outbox_left={}{journals} seed={seed} ({:.1}s)",
         f.acked,
         f.lost,
         f.unexpected,
@@ -714,9 +810,9 @@ fn kill_loop(backend: Backend, cycles: u64) {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(
-        (f.lost, f.unexpected, f.missed_replays),
-        (0, 0, 0),
-        "kill-loop: backend={name} seed={seed}: see the lines above"
+        (f.lost, f.unexpected, f.missed_replays, f.bad_journals),
+        (0, 0, 0, 0),
+        "kill-loop: {label} seed={seed}: see the lines above"
     );
     assert_eq!(
         (
@@ -727,7 +823,7 @@ fn kill_loop(backend: Backend, cycles: u64) {
             f.outbox_left
         ),
         (0, 0, 0, 0, 0),
-        "kill-loop: backend={name} seed={seed}: the bank, see the lines above"
+        "kill-loop: {label} seed={seed}: the bank, see the lines above"
     );
     assert!(f.acked > 0, "kill-loop: nothing was ever acknowledged");
     assert!(

@@ -197,7 +197,13 @@ async fn a_map_of_100000_entries_writes_one_entry_per_commit() {
     }
     // An update in place and a removal write one row each, too.
     assert!(call!(a, Msg::Bump, 500).unwrap());
-    assert!(matches!(written.last()[..], [RowWrite::Put { space: Space::MAPS, .. }]));
+    assert!(matches!(
+        written.last()[..],
+        [RowWrite::Put {
+            space: Space::MAPS,
+            ..
+        }]
+    ));
     assert!(call!(a, Msg::Remove, 77).unwrap());
     assert!(matches!(
         written.last()[..],
@@ -222,7 +228,9 @@ async fn a_map_of_100000_entries_writes_one_entry_per_commit() {
 async fn a_failed_message_leaves_the_map_as_committed() {
     let store = MemoryStore::new();
     let storage = Storage::new(store.clone());
-    let (a, _) = Mapped::spawn_persistent(&storage, "undo", ()).await.unwrap();
+    let (a, _) = Mapped::spawn_persistent(&storage, "undo", ())
+        .await
+        .unwrap();
     call!(a, Msg::Fill, 0, 10).unwrap();
     let _ = a.cast(Msg::SetThenFail(3, 1000));
     let _ = a.cast(Msg::SetThenFail(50, 1000));
@@ -232,7 +240,9 @@ async fn a_failed_message_leaves_the_map_as_committed() {
     let key = ActorKey::new("mapped", "undo");
     let rows = store.read(&key, Some(Space::MAPS), 0..=u64::MAX).unwrap();
     assert_eq!(rows.len(), 10, "nothing of the failed message was written");
-    let (a, _) = Mapped::spawn_persistent(&storage, "undo", ()).await.unwrap();
+    let (a, _) = Mapped::spawn_persistent(&storage, "undo", ())
+        .await
+        .unwrap();
     assert_eq!(call!(a, Msg::Get, 3).unwrap(), Some(6));
     assert_eq!(call!(a, Msg::Get, 50).unwrap(), None);
     assert_eq!(call!(a, Msg::Len).unwrap(), 10);
@@ -241,12 +251,17 @@ async fn a_failed_message_leaves_the_map_as_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_map_read_as_other_types_is_refused_and_kept() {
     let storage = Storage::new(MemoryStore::new());
-    let (a, _) = Mapped::spawn_persistent(&storage, "types", ()).await.unwrap();
+    let (a, _) = Mapped::spawn_persistent(&storage, "types", ())
+        .await
+        .unwrap();
     call!(a, Msg::Fill, 0, 3).unwrap();
     let text = call!(a, Msg::WrongTypes).unwrap();
     assert!(text.contains("already uses map `balances`"), "{text}");
     let text = call!(a, Msg::LongName).unwrap();
-    assert_eq!(text, format!("too long, max {}", ractor_persist::MAX_MAP_NAME));
+    assert_eq!(
+        text,
+        format!("too long, max {}", ractor_persist::MAX_MAP_NAME)
+    );
     a.stop_and_wait(None, None).await.unwrap();
 
     // A new instance whose first use of the map asks for other types: a typed error naming the
@@ -271,7 +286,9 @@ async fn a_map_read_as_other_types_is_refused_and_kept() {
             let err = match tx.map::<String, String>("balances") {
                 Err(MapError::Decode(e)) => {
                     assert!(matches!(e.record, RecordRef::MapEntry(_)));
-                    assert!(matches!(&e.reason, DecodeReason::MapTypes { map, .. } if map == "balances"));
+                    assert!(
+                        matches!(&e.reason, DecodeReason::MapTypes { map, .. } if map == "balances")
+                    );
                     e.to_string()
                 }
                 other => format!("unexpected: {:?}", other.map(|m| m.len())),
@@ -281,9 +298,14 @@ async fn a_map_read_as_other_types_is_refused_and_kept() {
             Ok(())
         }
     }
-    let (b, _) = Retyped::spawn_persistent(&storage, "types", ()).await.unwrap();
+    let (b, _) = Retyped::spawn_persistent(&storage, "types", ())
+        .await
+        .unwrap();
     let (err, len) = call!(b, |port| port).unwrap();
-    assert!(err.contains("map `balances`") && err.contains("`mapped/types`"), "{err}");
+    assert!(
+        err.contains("map `balances`") && err.contains("`mapped/types`"),
+        "{err}"
+    );
     assert_eq!(len, 3);
 }
 
@@ -292,14 +314,20 @@ async fn a_map_read_as_other_types_is_refused_and_kept() {
 async fn map_changes_survive_a_reopen(backend: Backend) {
     let faults = Faults::default();
     let storage = backend.open(&faults);
-    let (a, _) = Mapped::spawn_persistent(&storage, "reopen", ()).await.unwrap();
+    let (a, _) = Mapped::spawn_persistent(&storage, "reopen", ())
+        .await
+        .unwrap();
     call!(a, Msg::Fill, 0, 200).unwrap();
     assert!(call!(a, Msg::Set, 5, 55).unwrap());
     assert!(!call!(a, Msg::Set, 1000, 1).unwrap());
     assert!(call!(a, Msg::Bump, 6).unwrap());
     assert!(call!(a, Msg::Remove, 7).unwrap());
     assert!(!call!(a, Msg::Remove, 7).unwrap());
-    assert_eq!(call!(a, Msg::Count).unwrap(), 1, "the state changed only once");
+    assert_eq!(
+        call!(a, Msg::Count).unwrap(),
+        1,
+        "the state changed only once"
+    );
     a.stop_and_wait(None, None).await.unwrap();
     storage.close().await.unwrap();
     drop(storage);

@@ -1,6 +1,10 @@
 //! Runs the channel example (built by `cargo test` with the other examples) for a few seeds:
 //! Alice and Bob must agree, each update applied once, nothing left pending, and Carol must
 //! hold each report once. The example checks this itself and exits non-zero otherwise.
+//!
+//! Runs the ledger example once: the event-sourced accounts' balances, refusals, recovery,
+//! audit and compaction are checked by the example itself, which exits non-zero if one is
+//! wrong.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -43,4 +47,23 @@ fn the_channel_example_agrees_for_several_seeds() {
             "seed {seed}: {last}"
         );
     }
+}
+
+#[test]
+fn the_ledger_example_checks_itself() {
+    let bin = example("ledger");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds the examples",
+        bin.display()
+    );
+    let out = Command::new(&bin).output().expect("run the ledger example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the ledger example failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ledger: every check passed"), "{last}");
 }

@@ -192,6 +192,18 @@ pub const CHECKS: &[Check] = &[
         "a_snapshot_row_other_than_id_0_is_refused",
         a_snapshot_row_other_than_id_0_is_refused,
     ),
+    (
+        "a_journal_reads_in_order_from_a_number",
+        a_journal_reads_in_order_from_a_number,
+    ),
+    (
+        "a_compaction_removes_only_the_events_below_its_number",
+        a_compaction_removes_only_the_events_below_its_number,
+    ),
+    (
+        "one_entry_of_a_large_map_is_written_alone",
+        one_entry_of_a_large_map_is_written_alone,
+    ),
 ];
 
 /// Runs every check, each on a store fresh from `make`, and returns each check's name with
@@ -249,7 +261,9 @@ macro_rules! store_conformance {
                 many_keys_in_one_batch, keys_lists_a_namespace_in_a_space,
                 scan_lists_every_key_with_its_marks, reads_by_range_take_no_epoch,
                 an_empty_batch_changes_nothing, a_reversed_range_reads_and_removes_nothing,
-                a_snapshot_row_other_than_id_0_is_refused);
+                a_snapshot_row_other_than_id_0_is_refused, a_journal_reads_in_order_from_a_number,
+                a_compaction_removes_only_the_events_below_its_number,
+                one_entry_of_a_large_map_is_written_alone);
         }
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {
@@ -1035,5 +1049,135 @@ pub mod checks {
         assert!(result.is_err(), "a snapshot row with id 1 was accepted");
         assert_eq!(all(s, &a), vec![], "a: nothing of the batch written");
         assert_eq!(all(s, &b), vec![], "b: nothing of the batch written");
+    }
+
+    /// The bytes of event `seq` in the kit's journals.
+    fn event(seq: u64) -> Vec<u8> {
+        let mut b = seq.to_be_bytes().to_vec();
+        b.extend(std::iter::repeat_n(seq as u8, (seq % 7) as usize));
+        b
+    }
+
+    /// Writes events `1..=n` to the journal of `k`, 100 per commit, with a head and a snapshot
+    /// beside them, as an event-sourced actor does.
+    fn journal(s: &dyn Store, k: &ActorKey, n: u64) -> u64 {
+        let e = epoch(s, k);
+        for first in (1..=n).step_by(100) {
+            let mut c = ActorCommit::new(k.clone(), e);
+            for seq in first..=(first + 99).min(n) {
+                c = c.put(Space::JOURNAL, seq, event(seq));
+            }
+            c = c.put(Space::SNAPSHOT, 0, first.to_be_bytes().to_vec());
+            commit(s, &[c]);
+        }
+        e
+    }
+
+    /// An event journal: a read of [`Space::JOURNAL`] from a number returns every event from
+    /// there on, in order, with its bytes, and a load of [`Space::LOADED`] reads the rest of
+    /// the record (the journal's snapshot, the maps) but none of the events.
+    pub fn a_journal_reads_in_order_from_a_number(s: &dyn Store) {
+        let k = key("journal");
+        let e = journal(s, &k, 1500);
+        commit(
+            s,
+            &[ActorCommit::new(k.clone(), e)
+                .put(Space::JOURNAL_SNAPSHOT, 0, b"state".to_vec())
+                .put(Space::MAPS, 9, b"entry".to_vec())],
+        );
+        let tail = s.read(&k, Some(Space::JOURNAL), 1234..=u64::MAX).unwrap();
+        assert_eq!(tail.len(), 1500 - 1233);
+        for (row, seq) in tail.iter().zip(1234..) {
+            assert_eq!((row.space, row.id), (Space::JOURNAL, seq));
+            assert_eq!(row.bytes, event(seq), "event #{seq}");
+        }
+        let loaded = open(s, &k, &Space::LOADED);
+        assert_eq!(
+            loaded.space(Space::JOURNAL).count(),
+            0,
+            "a load read events"
+        );
+        let spaces: Vec<(Space, u64)> = loaded.rows.iter().map(|r| (r.space, r.id)).collect();
+        assert_eq!(
+            spaces,
+            vec![
+                (Space::SNAPSHOT, 0),
+                (Space::MAPS, 9),
+                (Space::JOURNAL_SNAPSHOT, 0)
+            ]
+        );
+        assert_eq!(
+            s.read(&k, Some(Space::JOURNAL), 1501..=u64::MAX).unwrap(),
+            vec![]
+        );
+    }
+
+    /// A compaction (a range delete of the events a snapshot covers, in the snapshot's
+    /// commit) removes exactly those: the later events, the snapshot and the marks stay.
+    pub fn a_compaction_removes_only_the_events_below_its_number(s: &dyn Store) {
+        let k = key("compacted");
+        let e = journal(s, &k, 1000);
+        commit(
+            s,
+            &[ActorCommit::new(k.clone(), e)
+                .put(Space::JOURNAL, 1001, event(1001))
+                .put(Space::JOURNAL_SNAPSHOT, 0, b"at 1001".to_vec())
+                .put(Space::SNAPSHOT, 0, b"head".to_vec())
+                .raise_floor(77)],
+        );
+        let mut c = ActorCommit::new(k.clone(), e);
+        c.writes.push(RowWrite::Delete {
+            space: Space::JOURNAL,
+            first: 0,
+            last: 900,
+        });
+        commit(s, &[c]);
+        let left: Vec<u64> = s
+            .read(&k, Some(Space::JOURNAL), 0..=u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, (901..=1001).collect::<Vec<_>>());
+        assert_eq!(
+            s.read(&k, Some(Space::JOURNAL_SNAPSHOT), 0..=0).unwrap(),
+            vec![row(Space::JOURNAL_SNAPSHOT, 0, b"at 1001")]
+        );
+        assert_eq!(
+            marks_of(s, &k),
+            Marks {
+                epoch: e,
+                floor: 77
+            }
+        );
+    }
+
+    /// A large map: a commit that replaces one entry and removes another changes exactly
+    /// those two rows of its 5,000.
+    pub fn one_entry_of_a_large_map_is_written_alone(s: &dyn Store) {
+        let k = key("map");
+        let e = epoch(s, &k);
+        let mut c = ActorCommit::new(k.clone(), e);
+        for id in 1..=5000u64 {
+            c = c.put(Space::MAPS, id, id.to_le_bytes().to_vec());
+        }
+        commit(s, &[c]);
+        commit(
+            s,
+            &[ActorCommit::new(k.clone(), e)
+                .put(Space::MAPS, 777, b"changed".to_vec())
+                .remove(Space::MAPS, 778)],
+        );
+        let rows = s.read(&k, Some(Space::MAPS), 0..=u64::MAX).unwrap();
+        assert_eq!(rows.len(), 4999);
+        for r in rows {
+            let want = if r.id == 777 {
+                b"changed".to_vec()
+            } else {
+                r.id.to_le_bytes().to_vec()
+            };
+            assert_ne!(r.id, 778, "the removed entry is still there");
+            assert_eq!(r.bytes, want, "entry {}", r.id);
+        }
     }
 }
