@@ -120,8 +120,8 @@ pub mod prelude {
     pub use crate::SqliteStore;
     pub use crate::{
         Control, DecodeReason, Delivery, DurableMap, Entities, EventSourced, Fired, Inbound, Once,
-        OpId, Outcome, Pending, Persistent, PersistentActor, Seen, Settled, Settlement,
-        SpawnPersistent, Storage, Tx,
+        OpId, Outcome, Pending, Persistent, PersistentActor, Retention, Seen, Settled, Settlement,
+        SpawnPersistent, Start, Storage, Tx,
     };
     pub use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 }

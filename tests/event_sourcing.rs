@@ -69,6 +69,8 @@ enum Msg {
     /// Emits a deposit, then fails the handler: nothing may stay.
     DepositThenFail(u64),
     Get(RpcReplyPort<Account>),
+    /// Deposits and pushes an op; replies with the op's sequence number.
+    DepositNoted(u64, RpcReplyPort<u64>),
 }
 
 #[derive(Default, ractor_persist::Persistent)]
@@ -106,6 +108,11 @@ impl PersistentActor for Ledger {
                 return Err("the handler failed after emitting".into());
             }
             Msg::Get(port) => tx.reply(port, state.clone()),
+            Msg::DepositNoted(n, port) => {
+                tx.emit(state, Entry::Deposited(n))?;
+                let id = tx.push(n)?;
+                tx.reply(port, id.seq());
+            }
         }
         Ok(())
     }
@@ -666,4 +673,22 @@ async fn a_journal_that_cannot_be_read_fails_the_start() {
         err.to_string().contains("the journal cannot be read"),
         "{err}"
     );
+}
+
+/// Operation ids go on where they stopped after a restart: journal event numbers are
+/// numbered apart and do not push them on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operation_ids_stay_contiguous_across_restarts() {
+    let storage = Storage::new(MemoryStore::new());
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let a = spawn(&storage, "ids", 4, Retention::Full).await;
+        for n in 0..5 {
+            call!(a, Msg::Deposit, n).unwrap();
+        }
+        seqs.push(call!(a, Msg::DepositNoted, 1).unwrap());
+        seqs.push(call!(a, Msg::DepositNoted, 2).unwrap());
+        a.stop_and_wait(None, None).await.unwrap();
+    }
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4, 5]);
 }

@@ -1102,12 +1102,22 @@ pub(crate) fn sequence_floor(loaded: &Loaded) -> u64 {
 }
 
 /// The sequence number after every id stored in `loaded` under one: operations, outgoing
-/// messages, channels, inbox slots, stored replies (0 when there is none).
+/// messages, channels, inbox slots, stored replies, timers (0 when there is none). Journal
+/// events and map entries are numbered apart, and do not count.
 fn after_ops(loaded: &Loaded) -> u64 {
     loaded
         .rows
         .iter()
-        .filter(|r| r.space != Space::SNAPSHOT && r.space != Space::QUARANTINE)
+        .filter(|r| {
+            !matches!(
+                r.space,
+                Space::SNAPSHOT
+                    | Space::QUARANTINE
+                    | Space::JOURNAL
+                    | Space::MAPS
+                    | Space::JOURNAL_SNAPSHOT
+            )
+        })
         .map(|r| r.id.saturating_add(1))
         .max()
         .unwrap_or(0)
