@@ -4,7 +4,7 @@
 //! Run with `cargo bench --bench throughput`; `BENCH_QUICK=1 cargo bench --bench throughput`
 //! (or `-- quick`) runs a shorter version. Naming sections after `--` runs only those:
 //! `durable`, `unchanged`, `cycle`, `postgres`, `resident`, `recovery`, `transforms`, `delivery`,
-//! `entities`; `BENCH_ACTORS=1,1024` limits `durable` to those actor counts (for profiling).
+//! `entities`, `models`; `BENCH_ACTORS=1,1024` limits `durable` to those actor counts (for profiling).
 //! See docs/performance.md.
 
 #[path = "throughput/actors.rs"]
@@ -19,6 +19,8 @@ mod durable;
 mod entities;
 #[path = "throughput/measure.rs"]
 mod measure;
+#[path = "throughput/models.rs"]
+mod models;
 #[path = "throughput/postgres.rs"]
 mod postgres;
 #[path = "throughput/raw.rs"]
@@ -475,6 +477,10 @@ fn main() {
 
         if run("entities") {
             entities::section(dir.path(), &plan.entities).await;
+        }
+
+        if run("models") {
+            models::section(dir.path(), quick, plan.reps.max(3)).await;
         }
 
         if run("recovery") {
