@@ -876,12 +876,16 @@ MUTATIONS = {
         """    if head.snapshot > head.last {""",
         ["--test", "event_sourcing", "a_snapshot_that_disagrees_with_the_journal_is_refused"],
     ),
-    "light-compaction-removes-one-event-too-many": (
+    "full-retention-compacts-too": (
         CORE + "runtime.rs",
-        """                first: 0,
-                last: covers,""",
-        """                first: 0,
-                last: covers + 1,""",
+        """        if journal.retention == Retention::Light && covers > 0 {""",
+        """        if covers > 0 {""",
+        ["--test", "event_sourcing", "memory::snapshot_and_tail_equal_the_whole_journal"],
+    ),
+    "light-retention-never-compacts": (
+        CORE + "runtime.rs",
+        """        if journal.retention == Retention::Light && covers > 0 {""",
+        """        if journal.retention == Retention::Light && covers > u64::MAX - 1 {""",
         ["--test", "event_sourcing", "light_retention_compacts_and_keeps_the_state"],
     ),
     "an-old-event-is-read-as-the-new-type": (
