@@ -66,14 +66,14 @@ pub use persist_core::{
     Activate, ActorCommit, ActorKey, BoxError, CommitError, CommitStats, Control, Courier,
     DEFAULT_MAX_PENDING, DEFAULT_REQUEST_RETENTION, DEFAULT_SNAPSHOT_EVERY, DecodeError,
     DecodeReason, Delivery, DurableMap, Entities, EntitiesBuilder, EntityError, Error, EventError,
-    EventSourced, Fence, Fired, FirstRequest, ImportMode, Inbound, JournalError, KEY_LEN, KeyError,
-    Keyring, Letter, LoadError, Loaded, MAX_MAP_NAME, MAX_ROW_LEN, MAX_SLEEP, MapError, Marks,
-    NotDeadLetter, Once, OpId, Outcome, OverCapacity, Pending, Persistent, PersistentActor,
-    Postbox, Quarantined, RecordRef, Redelivery, Refusal, RequestRefused, RequeueError,
-    ResumeError, Retention, RetryPolicy, RetryPolicyError, Row, RowWrite, Runtime, Seen, SendError,
-    Settled, Settlement, Space, SpawnPersistent, Start, Storage, StorageConfig, Store, StoreError,
-    Stored, TimerError, TransferError, TransferStats, Transforms, Tx, assert_shape, check_epochs,
-    export, import, next_epoch, shape_fingerprint, transfer,
+    EventSourced, Fence, Fired, FirstRequest, ImportMode, Inbound, JournalEntry, JournalError,
+    KEY_LEN, KeyError, Keyring, Letter, LoadError, Loaded, MAX_MAP_NAME, MAX_ROW_LEN, MAX_SLEEP,
+    MapError, Marks, NotDeadLetter, Once, OpId, Outcome, OverCapacity, Pending, Persistent,
+    PersistentActor, Postbox, Quarantined, RecordRef, Redelivery, Refusal, RequestRefused,
+    RequeueError, ResumeError, Retention, RetryPolicy, RetryPolicyError, Row, RowWrite, Runtime,
+    Seen, SendError, Settled, Settlement, Space, SpawnPersistent, Start, Storage, StorageConfig,
+    Store, StoreError, Stored, TimerError, TransferError, TransferStats, Transforms, Tx,
+    assert_shape, check_epochs, export, import, next_epoch, shape_fingerprint, transfer,
 };
 
 #[cfg(feature = "memory")]

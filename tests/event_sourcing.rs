@@ -692,3 +692,137 @@ async fn operation_ids_stay_contiguous_across_restarts() {
     }
     assert_eq!(seqs, vec![0, 1, 2, 3, 4, 5]);
 }
+
+// ---- The derive's event migrations: `migrate_events(1 = .., 2 = ..)` ---------------------
+
+impl From<EntryV1> for EntryV2 {
+    fn from(e: EntryV1) -> EntryV2 {
+        let EntryV1::Deposited(n) = e;
+        EntryV2::Deposited {
+            amount: u64::from(n),
+            memo: "from v1".to_owned(),
+        }
+    }
+}
+
+/// Version 3: amounts carry their currency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum EntryV3 {
+    Deposited {
+        amount: u64,
+        currency: String,
+        memo: String,
+    },
+}
+
+impl From<EntryV2> for EntryV3 {
+    fn from(e: EntryV2) -> EntryV3 {
+        let EntryV2::Deposited { amount, memo } = e;
+        EntryV3::Deposited {
+            amount,
+            currency: "EUR".to_owned(),
+            memo,
+        }
+    }
+}
+
+#[derive(Default, ractor_persist::Persistent)]
+#[persistent(
+    name = "versioned",
+    version = 3,
+    event_sourced,
+    migrate_events(1 = EntryV1, 2 = EntryV2)
+)]
+struct LedgerV3;
+
+impl PersistentActor for LedgerV3 {
+    type Msg = V2Msg;
+    type State = Total;
+    type Op = ();
+    type Arguments = ();
+
+    async fn init(&self, _: ()) -> Result<Total, ActorProcessingErr> {
+        Ok(Total(0))
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        msg: V2Msg,
+        state: &mut Total,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            V2Msg::Deposit(amount, port) => {
+                let (currency, memo) = ("CHF".to_owned(), "v3".to_owned());
+                tx.emit(
+                    state,
+                    EntryV3::Deposited {
+                        amount,
+                        currency,
+                        memo,
+                    },
+                )?;
+                tx.reply(port, state.0);
+            }
+            V2Msg::Get(port) => tx.reply(port, state.0),
+        }
+        Ok(())
+    }
+}
+
+impl EventSourced for LedgerV3 {
+    type Event = EntryV3;
+
+    fn apply(state: &mut Total, event: &EntryV3) -> Result<(), ActorProcessingErr> {
+        let EntryV3::Deposited { amount, .. } = event;
+        state.0 += amount;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_derived_event_migrations_walk_every_older_version_up() {
+    let storage = Storage::new(MemoryStore::new());
+    fn start<A: PersistentActor<Arguments = ()>>(s: &Storage) -> Start<A> {
+        Start::new(s, "chain", ()).snapshot_every(u64::MAX)
+    }
+    let (v1, _) = Actor::spawn(None, LedgerV1, start(&storage)).await.unwrap();
+    call!(v1, V1Msg::Deposit, 1).unwrap();
+    v1.stop_and_wait(None, None).await.unwrap();
+    let (v2, _) = Actor::spawn(None, LedgerV2, start(&storage)).await.unwrap();
+    call!(v2, V2Msg::Deposit, 20).unwrap();
+    v2.stop_and_wait(None, None).await.unwrap();
+    let (v3, _) = Actor::spawn(None, LedgerV3, start(&storage)).await.unwrap();
+    assert_eq!(call!(v3, V2Msg::Get).unwrap(), 21);
+    assert_eq!(call!(v3, V2Msg::Deposit, 300).unwrap(), 321);
+    v3.stop_and_wait(None, None).await.unwrap();
+    let events = storage.events::<LedgerV3>("chain", 1).await.unwrap();
+    let seen: Vec<(u64, String, String)> = events
+        .into_iter()
+        .map(
+            |(
+                _,
+                EntryV3::Deposited {
+                    amount,
+                    currency,
+                    memo,
+                },
+            )| (amount, currency, memo),
+        )
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "EUR".to_owned(), "from v1".to_owned()),
+            (20, "EUR".to_owned(), "v2".to_owned()),
+            (300, "CHF".to_owned(), "v3".to_owned()),
+        ]
+    );
+    // The raw journal, for a tool without the types: the versions as written.
+    let raw = storage
+        .journal(&ActorKey::new("versioned", "chain"), 1)
+        .await
+        .unwrap();
+    let versions: Vec<(u64, u32)> = raw.iter().map(|e| (e.seq, e.schema)).collect();
+    assert_eq!(versions, [(1, 1), (2, 2), (3, 3)]);
+}

@@ -70,12 +70,31 @@ pub trait EventSourced: Persistent {
     ) -> Result<(), ractor::ActorProcessingErr>;
 
     /// Decodes an event written by an older schema version (`stored.schema()`), as
-    /// [`Persistent::migrate_state`] does for the state. The default reads it as the current
-    /// event type only if that type's shape did not change ([`Stored::decode_unchanged`]).
+    /// [`Persistent::migrate_state`] does for the state.
+    /// `#[persistent(version = 3, event_sourced, migrate_events(1 = EventV1, 2 = EventV2))]`
+    /// generates the chain of `From`s. Without one, the default reads the event as the current
+    /// type only if that type's shape did not change ([`Stored::decode_unchanged`]): a changed
+    /// event type without a migration is a typed error, never a guess.
     fn migrate_event(stored: Stored<'_>) -> Result<Self::Event, DecodeReason> {
-        stored.decode_unchanged("event")
+        match Self::__migrate_event(stored) {
+            Some(migrated) => migrated.and_then(|any| {
+                any.downcast::<Self::Event>()
+                    .map(|event| *event)
+                    .map_err(|_| DecodeReason::NoMigration {
+                        what: "event",
+                        found: stored.schema(),
+                        expected: stored.current_schema(),
+                    })
+            }),
+            None => stored.decode_unchanged("event"),
+        }
     }
 }
+
+/// An event migrated by the derive's chain, before [`EventSourced::migrate_event`] unboxes it.
+/// Not public API.
+#[doc(hidden)]
+pub type AnyEvent = Box<dyn std::any::Any + Send>;
 
 /// What happens to the events a snapshot covers (ave-actors' two modes, by name).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -291,7 +310,7 @@ pub(crate) fn recover<A: Persistent>(
                 },
             ));
         }
-        let stored = open_event::<A>(key, seq, bytes, transforms)?;
+        let stored = open_event(key, seq, bytes, A::VERSION, transforms)?;
         (hooks.replay)(&mut state, stored.as_stored::<A>())
             .map_err(|r| (RecordRef::Event(seq), r))?;
         expected += 1;
@@ -340,15 +359,17 @@ impl OpenEvent<'_> {
     }
 }
 
-/// Opens event `seq`'s envelope and checks that it says it is event `seq`.
-fn open_event<'a, A: Persistent>(
+/// Opens event `seq`'s envelope (refusing a schema newer than `version`) and checks that it
+/// says it is event `seq`.
+fn open_event<'a>(
     key: &ActorKey,
     seq: u64,
     bytes: &'a [u8],
+    version: u32,
     transforms: &Transforms,
 ) -> Result<OpenEvent<'a>, (RecordRef, DecodeReason)> {
     let place = Place { key, id: seq };
-    let (header, body) = envelope::open(bytes, Kind::Event, A::VERSION, transforms, place)
+    let (header, body) = envelope::open(bytes, Kind::Event, version, transforms, place)
         .map_err(|r| (RecordRef::Event(seq), r))?;
     if header.sequence != seq {
         return Err((
@@ -391,6 +412,20 @@ pub enum JournalError {
     },
 }
 
+/// One stored event as read without the actor's types ([`Storage::journal`]): for tools
+/// such as an admin CLI, which show a journal they cannot decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// The event's sequence number.
+    pub seq: u64,
+    /// The schema version it was written with.
+    pub schema: u32,
+    /// The shape fingerprint of its type (0: unknown).
+    pub fingerprint: u64,
+    /// Its postcard payload, checked (checksum) and with its transforms undone.
+    pub payload: Vec<u8>,
+}
+
 impl Storage {
     /// The events of event-sourced actor `key` (of type `A`), in order, from sequence number
     /// `from` (1 for the first) to the last committed one, each with its number: for
@@ -405,9 +440,51 @@ impl Storage {
         from: u64,
     ) -> Result<Vec<(u64, A::Event)>, JournalError> {
         let key = ActorKey::new(A::NAME, key);
+        let actor_type = std::any::type_name::<A>();
+        let entries = self.journal_of(&key, from, A::VERSION, actor_type).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let stored = Stored::new(e.schema, e.fingerprint, A::VERSION, &e.payload);
+            let event = if e.schema == A::VERSION {
+                stored.decode::<A::Event>()
+            } else {
+                A::migrate_event(stored)
+            }
+            .map_err(|reason| DecodeError {
+                key: key.clone(),
+                actor_type,
+                record: RecordRef::Event(e.seq),
+                reason,
+            })?;
+            out.push((e.seq, event));
+        }
+        Ok(out)
+    }
+
+    /// The events of actor `key` from `from` on, as stored, without decoding their payloads:
+    /// what [`Storage::events`] reads, for a tool that does not know the actor's types. The
+    /// same checks hold (envelopes, order, no gap, compaction reported).
+    pub async fn journal(
+        &self,
+        key: &ActorKey,
+        from: u64,
+    ) -> Result<Vec<JournalEntry>, JournalError> {
+        self.journal_of(key, from, u32::MAX, "(not known to the reader)")
+            .await
+    }
+
+    /// Reads and checks the journal of `key` from `from` on, refusing event schemas above
+    /// `version`.
+    async fn journal_of(
+        &self,
+        key: &ActorKey,
+        from: u64,
+        version: u32,
+        actor_type: &'static str,
+    ) -> Result<Vec<JournalEntry>, JournalError> {
         let from = from.max(1);
         let (head, rows) =
-            self.read_journal(&key, from)
+            self.read_journal(key, from)
                 .await
                 .map_err(|source| JournalError::Store {
                     key: key.clone(),
@@ -416,17 +493,14 @@ impl Storage {
         let transforms = self.transforms();
         let bad = |(record, reason)| DecodeError {
             key: key.clone(),
-            actor_type: std::any::type_name::<A>(),
+            actor_type,
             record,
             reason,
         };
         let Some(head) = head else {
             return Ok(Vec::new());
         };
-        let place = Place {
-            key: &key,
-            id: HEAD_ROW,
-        };
+        let place = Place { key, id: HEAD_ROW };
         let (_, body) = envelope::open(&head, Kind::JournalHead, HEAD_VERSION, transforms, place)
             .map_err(|r| bad((RecordRef::JournalHead, r)))?;
         let head: HeadRow =
@@ -443,7 +517,7 @@ impl Storage {
             if row.id != expected {
                 if expected == from && row.id <= head.snapshot + 1 {
                     return Err(JournalError::Compacted {
-                        key,
+                        key: key.clone(),
                         from,
                         first: row.id,
                     });
@@ -457,21 +531,19 @@ impl Storage {
                     },
                 ))));
             }
-            let open = open_event::<A>(&key, row.id, &row.bytes, transforms).map_err(bad)?;
-            let stored = open.as_stored::<A>();
-            let event = if stored.schema() == A::VERSION {
-                stored.decode::<A::Event>()
-            } else {
-                A::migrate_event(stored)
-            }
-            .map_err(|r| bad((RecordRef::Event(row.id), r)))?;
-            out.push((row.id, event));
+            let open = open_event(key, row.id, &row.bytes, version, transforms).map_err(bad)?;
+            out.push(JournalEntry {
+                seq: row.id,
+                schema: open.header.schema,
+                fingerprint: open.header.fingerprint,
+                payload: open.body.into_owned(),
+            });
             expected += 1;
         }
         if expected <= head.last {
             if expected == from && from <= head.snapshot {
                 return Err(JournalError::Compacted {
-                    key,
+                    key: key.clone(),
                     from,
                     first: head.snapshot + 1,
                 });

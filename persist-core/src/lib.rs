@@ -40,7 +40,7 @@ pub use error::{
     NotDeadLetter, OverCapacity, RecordRef, RequeueError, ResumeError, RetryPolicyError, SendError,
     StoreError,
 };
-pub use journal::{DEFAULT_SNAPSHOT_EVERY, EventSourced, JournalError, Retention};
+pub use journal::{DEFAULT_SNAPSHOT_EVERY, EventSourced, JournalEntry, JournalError, Retention};
 pub use key::ActorKey;
 pub use map::{DurableMap, MAX_MAP_NAME};
 pub use memory::MemoryStore;
@@ -66,7 +66,7 @@ pub use tx::Tx;
 pub mod __private {
     pub use crate::__impl_actor as impl_actor;
     pub use crate::error::DecodeReason;
-    pub use crate::journal::JournalHooks;
+    pub use crate::journal::{AnyEvent, EventSourced, JournalHooks};
 
     pub use crate::model::Stored;
 

@@ -347,6 +347,17 @@ pub trait Persistent: PersistentActor {
     fn __journal() -> Option<crate::journal::JournalHooks<Self>> {
         None
     }
+
+    /// The event migration `#[persistent(migrate_events(...))]` generates, boxed (this
+    /// trait does not know the event type); `None` without one. Not public API: see
+    /// [`crate::EventSourced::migrate_event`].
+    #[doc(hidden)]
+    fn __migrate_event(
+        stored: Stored<'_>,
+    ) -> Option<Result<crate::journal::AnyEvent, DecodeReason>> {
+        let _ = stored;
+        None
+    }
 }
 
 /// A stored record's payload as a migration sees it: the schema version and the shape

@@ -30,6 +30,8 @@ pub(crate) struct Attrs {
     pub(crate) migrate_ops: Option<Chain>,
     /// `event_sourced`: the actor's journal is its truth (it implements `EventSourced`).
     pub(crate) event_sourced: Option<Path>,
+    /// `migrate_events(...)`: the older event types.
+    pub(crate) migrate_events: Option<Chain>,
 }
 
 /// `version = N`: the literal, for spans, and its value.
@@ -69,6 +71,7 @@ pub(crate) fn get(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
         migrate: None,
         migrate_ops: None,
         event_sourced: None,
+        migrate_events: None,
     };
     for attr in attrs
         .iter()
@@ -99,12 +102,17 @@ pub(crate) fn get(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
                     out.version_failed = value.is_none();
                     out.version = value;
                 }
-            } else if meta.path.is_ident("migrate") || meta.path.is_ident("migrate_ops") {
+            } else if meta.path.is_ident("migrate")
+                || meta.path.is_ident("migrate_ops")
+                || meta.path.is_ident("migrate_events")
+            {
                 let chain = chain(cx, &meta)?;
                 let slot = if meta.path.is_ident("migrate") {
                     &mut out.migrate
-                } else {
+                } else if meta.path.is_ident("migrate_ops") {
                     &mut out.migrate_ops
+                } else {
+                    &mut out.migrate_events
                 };
                 if slot.is_some() {
                     duplicate(cx, &meta);
@@ -218,7 +226,11 @@ fn chain(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Chain>> {
             &key,
             format!(
                 "expected a list for `{key}`, e.g. #[persistent({key}(1 = {}))]",
-                if key == "migrate" { "StateV1" } else { "OpV1" }
+                match key.to_string().as_str() {
+                    "migrate" => "StateV1",
+                    "migrate_ops" => "OpV1",
+                    _ => "EventV1",
+                }
             ),
         );
         return Ok(None);

@@ -50,6 +50,25 @@ fn impls(actor: &Actor) -> TokenStream {
             }
         }
     });
+    // The event chain decodes to the current event type, which only `EventSourced` names:
+    // it is handed over boxed, and `EventSourced::migrate_event` unboxes it.
+    let migrate_events = actor.attrs.migrate_events.as_ref().map(|chain| {
+        let event = quote!(<#ident as #krate::__private::EventSourced>::Event);
+        let name = Ident::new("__chain", Span::call_site());
+        let inner = migration_to(&krate, chain, current, &name, &event, "event");
+        quote! {
+            fn __migrate_event(
+                stored: #krate::__private::Stored<'_>,
+            ) -> ::core::option::Option<
+                ::core::result::Result<#krate::__private::AnyEvent, #krate::__private::DecodeReason>,
+            > {
+                #inner
+                ::core::option::Option::Some(
+                    __chain(stored).map(|e| ::std::boxed::Box::new(e) as #krate::__private::AnyEvent),
+                )
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         #[allow(unused_qualifications)]
@@ -59,6 +78,7 @@ fn impls(actor: &Actor) -> TokenStream {
             #migrate_state
             #migrate_op
             #journal
+            #migrate_events
         }
         #krate::__private::impl_actor!(#ident);
     }
@@ -73,6 +93,19 @@ fn migration(
     current: u32,
     name: &Ident,
     assoc: &Ident,
+    what: &str,
+) -> TokenStream {
+    let target = quote!(<Self as #krate::__private::PersistentActor>::#assoc);
+    migration_to(krate, chain, current, name, &target, what)
+}
+
+/// A migration function `name` returning `target`: one arm per older version.
+fn migration_to(
+    krate: &TokenStream,
+    chain: &Chain,
+    current: u32,
+    name: &Ident,
+    target: &TokenStream,
     what: &str,
 ) -> TokenStream {
     let mut steps: Vec<_> = chain.steps.iter().collect();
@@ -98,7 +131,7 @@ fn migration(
     let current = Literal::u32_unsuffixed(current);
     quote! {
         fn #name(stored: #krate::__private::Stored<'_>) -> ::core::result::Result<
-            <Self as #krate::__private::PersistentActor>::#assoc,
+            #target,
             #krate::__private::DecodeReason
         > {
             match stored.schema() {

@@ -23,6 +23,16 @@ pub(crate) fn check(cx: &Ctxt, actor: &Actor) {
     if let Some(chain) = &actor.attrs.migrate_ops {
         check_chain(cx, actor, chain, "operation");
     }
+    if let Some(chain) = &actor.attrs.migrate_events {
+        if actor.attrs.event_sourced.is_none() {
+            cx.error_spanned_by(
+                &chain.key,
+                "`migrate_events` needs `event_sourced`: only an event-sourced actor has events",
+            );
+        } else {
+            check_chain(cx, actor, chain, "event");
+        }
+    }
 }
 
 fn check_shape(cx: &Ctxt, actor: &Actor) {
@@ -300,6 +310,26 @@ mod tests {
                 "#[derive(Persistent)] applies to the actor struct, not an enum",
                 GENERIC,
                 "the persistent name must not be empty: it is the storage namespace of this actor type",
+            ]
+        );
+    }
+
+    #[test]
+    fn event_migrations_need_an_event_sourced_actor_and_a_complete_chain() {
+        assert!(messages("version = 3, event_sourced, migrate_events(2 = B, 1 = A)").is_empty());
+        assert_eq!(
+            messages("version = 2, migrate_events(1 = A)"),
+            ["`migrate_events` needs `event_sourced`: only an event-sourced actor has events"]
+        );
+        assert_eq!(
+            messages("version = 3, event_sourced, migrate_events(1 = A)"),
+            ["migration chain has a gap: no event type for version 2"]
+        );
+        assert_eq!(
+            messages("event_sourced = true, event_sourced, event_sourced"),
+            [
+                "`event_sourced` takes no value, e.g. #[persistent(event_sourced)]",
+                "duplicate persistent attribute `event_sourced`",
             ]
         );
     }
