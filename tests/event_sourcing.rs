@@ -826,3 +826,84 @@ async fn the_derived_event_migrations_walk_every_older_version_up() {
     let versions: Vec<(u64, u32)> = raw.iter().map(|e| (e.seq, e.schema)).collect();
     assert_eq!(versions, [(1, 1), (2, 2), (3, 3)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_missing_its_first_events_is_a_gap_not_a_compaction() {
+    let store = MemoryStore::new();
+    history(&store, "lost-start", 15, 10, false).await;
+    tamper(&store, "lost-start", |c, _| {
+        c.remove(Space::JOURNAL, 1)
+            .remove(Space::JOURNAL, 2)
+            .remove(Space::JOURNAL, 3)
+    });
+    let storage = Storage::new(store.clone());
+    match storage.events::<Ledger>("lost-start", 1).await {
+        Err(JournalError::Decode(e)) => assert!(
+            matches!(
+                e.reason,
+                DecodeReason::JournalGap {
+                    after: 0,
+                    found: Some(4),
+                    ..
+                }
+            ),
+            "{e}"
+        ),
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    // A start needs only the events after the snapshot at 10: it goes on.
+    let a = spawn(&storage, "lost-start", 10, Retention::Full).await;
+    assert_eq!(state(&a).await.balance, (1..=15).sum::<u64>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_past_the_journals_head_is_refused() {
+    let store = MemoryStore::new();
+    history(&store, "past", 5, 10, false).await;
+    let key = ActorKey::new("es_account", "past");
+    let fifth = store
+        .read(&key, Some(Space::JOURNAL), 5..=5)
+        .unwrap()
+        .remove(0)
+        .bytes;
+    tamper(&store, "past", |c, _| c.put(Space::JOURNAL, 6, fifth));
+    let err = start_error(&store, "past").await;
+    assert_eq!(err.record, RecordRef::Event(6));
+    assert!(
+        matches!(
+            err.reason,
+            DecodeReason::EventsPastHead { last: 5, found: 6 }
+        ),
+        "{err}"
+    );
+    let storage = Storage::new(store.clone());
+    assert!(matches!(
+        storage.events::<Ledger>("past", 1).await,
+        Err(JournalError::Decode(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacting_at_every_event_writes_no_event_row_at_all() {
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let a = spawn(&storage, "every", 1, Retention::Light).await;
+    drive(&a, &script(12)).await;
+    let before = state(&a).await;
+    a.stop_and_wait(None, None).await.unwrap();
+    let key = ActorKey::new("es_account", "every");
+    assert_eq!(
+        store
+            .read(&key, Some(Space::JOURNAL), 0..=u64::MAX)
+            .unwrap()
+            .len(),
+        0,
+        "each event was covered by its own commit's snapshot"
+    );
+    let a = spawn(&storage, "every", 1, Retention::Light).await;
+    assert_eq!(state(&a).await, before);
+    assert!(matches!(
+        storage.events::<Ledger>("every", 1).await,
+        Err(JournalError::Compacted { .. })
+    ));
+}

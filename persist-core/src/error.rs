@@ -352,6 +352,15 @@ pub enum DecodeReason {
         /// The last event the journal's head names.
         last: u64,
     },
+    /// The journal holds event `found`, past the last one its head names (`last`): written
+    /// by no commit of this record's history.
+    #[error("the journal holds event #{found}, past its last event #{last}")]
+    EventsPastHead {
+        /// The last event the head names.
+        last: u64,
+        /// The event found past it.
+        found: u64,
+    },
     /// The snapshot and the journal do not agree: the snapshot covers events up to
     /// `snapshot`, the journal's head names `head` as the snapshot and `last` as its last event.
     #[error(

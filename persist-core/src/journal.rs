@@ -154,6 +154,9 @@ pub(crate) struct HeadRow {
     pub(crate) last: u64,
     /// The event the snapshot covers (0: `init`'s state).
     pub(crate) snapshot: u64,
+    /// The last event removed by compaction ([`Retention::Light`]; 0: none): the journal
+    /// holds the events after it. It never goes down.
+    pub(crate) compacted: u64,
 }
 
 /// The version of the head row's layout.
@@ -283,7 +286,10 @@ pub(crate) fn recover<A: Persistent>(
         place,
     )
     .map_err(|r| (RecordRef::Snapshot, r))?;
-    if header.sequence != head.snapshot || head.snapshot > head.last {
+    if header.sequence != head.snapshot
+        || head.snapshot > head.last
+        || head.compacted > head.snapshot
+    {
         return Err((
             RecordRef::Snapshot,
             DecodeReason::SnapshotMismatch {
@@ -300,9 +306,18 @@ pub(crate) fn recover<A: Persistent>(
             // Events the snapshot covers (kept as history): not part of recovery.
             continue;
         }
-        if seq != expected || seq > head.last {
+        if seq > head.last {
             return Err((
-                RecordRef::Event(expected.min(seq)),
+                RecordRef::Event(seq),
+                DecodeReason::EventsPastHead {
+                    last: head.last,
+                    found: seq,
+                },
+            ));
+        }
+        if seq != expected {
+            return Err((
+                RecordRef::Event(expected),
                 DecodeReason::JournalGap {
                     after: expected - 1,
                     found: Some(seq),
@@ -400,7 +415,8 @@ pub enum JournalError {
     #[error(transparent)]
     Decode(#[from] DecodeError),
     /// The events asked for were removed by compaction ([`Retention::Light`]): the journal
-    /// now starts at `first`.
+    /// now starts at `first` (the head keeps the last event compacted, so a missing event
+    /// that compaction did not remove is a gap, never this).
     #[error("the journal of `{key}` was compacted: it starts at event #{first}, not #{from}")]
     Compacted {
         /// The actor.
@@ -505,23 +521,26 @@ impl Storage {
             .map_err(|r| bad((RecordRef::JournalHead, r)))?;
         let head: HeadRow =
             envelope::payload(&body).map_err(|r| bad((RecordRef::JournalHead, r)))?;
-        if from > head.last {
-            return Ok(Vec::new());
+        if from <= head.compacted {
+            return Err(JournalError::Compacted {
+                key: key.clone(),
+                from,
+                first: head.compacted + 1,
+            });
         }
         let mut out = Vec::with_capacity(rows.len());
         let mut expected = from;
         for row in &rows {
             if row.id > head.last {
-                break;
+                return Err(JournalError::Decode(bad((
+                    RecordRef::Event(row.id),
+                    DecodeReason::EventsPastHead {
+                        last: head.last,
+                        found: row.id,
+                    },
+                ))));
             }
             if row.id != expected {
-                if expected == from && row.id <= head.snapshot + 1 {
-                    return Err(JournalError::Compacted {
-                        key: key.clone(),
-                        from,
-                        first: row.id,
-                    });
-                }
                 return Err(JournalError::Decode(bad((
                     RecordRef::Event(expected),
                     DecodeReason::JournalGap {
@@ -541,13 +560,6 @@ impl Storage {
             expected += 1;
         }
         if expected <= head.last {
-            if expected == from && from <= head.snapshot {
-                return Err(JournalError::Compacted {
-                    key: key.clone(),
-                    from,
-                    first: head.snapshot + 1,
-                });
-            }
             return Err(JournalError::Decode(bad((
                 RecordRef::Event(expected),
                 DecodeReason::JournalGap {

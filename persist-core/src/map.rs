@@ -133,27 +133,64 @@ pub(crate) trait Entries: Send + Sync {
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
+/// A key whose stored row a message changes: its row id before, and its entry now.
+struct Change<'a, K, V> {
+    key: &'a K,
+    before: Option<u64>,
+    now: Option<(u64, &'a V)>,
+}
+
+impl<K, V> DurableMap<K, V>
+where
+    K: Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Per key this message touched: its row before the message (the first undo entry)
+    /// and its entry now, for the keys whose stored row must change. A key inserted and
+    /// removed again, or set back to the bytes it had, changes nothing (P6).
+    fn effective(&self) -> Vec<Change<'_, K, V>> {
+        let mut first: BTreeMap<&K, &Option<(u64, V)>> = BTreeMap::new();
+        for (key, before) in &self.undo {
+            first.entry(key).or_insert(before);
+        }
+        first
+            .into_iter()
+            .filter_map(|(key, before)| {
+                let now = self.entries.get(key).map(|(id, v)| (*id, v));
+                let same = match (before, now) {
+                    (None, None) => true,
+                    (Some((a, old)), Some((b, new))) if *a == b => {
+                        // Equal encodings: the row would be rewritten with its own bytes.
+                        matches!(
+                            (postcard::to_stdvec(old), postcard::to_stdvec(new)),
+                            (Ok(x), Ok(y)) if x == y
+                        )
+                    }
+                    _ => false,
+                };
+                (!same).then(|| Change {
+                    key,
+                    before: before.as_ref().map(|(id, _)| *id),
+                    now,
+                })
+            })
+            .collect()
+    }
+}
+
 impl<K, V> Entries for DurableMap<K, V>
 where
     K: Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn changed(&self) -> bool {
-        !self.undo.is_empty()
+        !self.undo.is_empty() && !self.effective().is_empty()
     }
 
     fn writes(&self, seal: &mut Seal<'_>, out: &mut Vec<RowWrite>) -> Result<(), postcard::Error> {
-        // Per key changed: its row before the message (the first undo entry) and now.
-        let mut first: BTreeMap<&K, Option<u64>> = BTreeMap::new();
-        for (key, before) in &self.undo {
-            first
-                .entry(key)
-                .or_insert_with(|| before.as_ref().map(|(id, _)| *id));
-        }
-        for (key, before) in first {
-            let now = self.entries.get(key);
+        for Change { key, before, now } in self.effective() {
             if let Some(old) = before
-                && now.is_none_or(|(id, _)| *id != old)
+                && now.is_none_or(|(id, _)| id != old)
             {
                 out.push(RowWrite::Delete {
                     space: Space::MAPS,
@@ -162,11 +199,13 @@ where
                 });
             }
             if let Some((id, value)) = now {
-                let payload = postcard::to_stdvec(&(&*self.name, key, value))?;
+                // Capped as every record is: an entry too large to read back fails the
+                // message here, before anything is written.
+                let payload = envelope::to_payload(&(&*self.name, key, value))?;
                 out.push(RowWrite::Put {
                     space: Space::MAPS,
-                    id: *id,
-                    bytes: seal(*id, self.shape, &payload),
+                    id,
+                    bytes: seal(id, self.shape, &payload),
                 });
             }
         }

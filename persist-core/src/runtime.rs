@@ -1329,9 +1329,26 @@ enum Attempt {
 /// the store holds none yet. If the store cannot be read, or its snapshot decoded, the
 /// instance is marked failed and serves nothing more.
 async fn restore<A: Persistent>(rt: &mut Runtime<A>, written: Attempt) {
-    // The maps undo this message's changes; after a commit that may have landed the actor
-    // stops all the same, and its next start reads what the store holds.
+    // The maps undo this message's changes; after a commit that may have landed, they are
+    // read back from the store as the state is.
     rt.maps.roll_back();
+    if written == Attempt::MaybeWritten {
+        match rt.storage.read_space_back(&rt.key, Space::MAPS).await {
+            Ok(rows) => {
+                let loaded = crate::store::Loaded {
+                    rows,
+                    ..Default::default()
+                };
+                let mut failed = Vec::new();
+                let transforms = rt.storage.transforms();
+                rt.maps = MapSet::load(&rt.key, &loaded, transforms, &mut failed);
+                if !failed.is_empty() {
+                    rt.failed = true;
+                }
+            }
+            Err(_) => rt.failed = true,
+        }
+    }
     let initial = |rt: &Runtime<A>| {
         rt.initial
             .as_deref()
@@ -1862,14 +1879,18 @@ fn build_commit<A: Persistent>(
         sequence: next_seq,
         fingerprint: rt.state_shape,
     };
-    let snapshot = (rt.journal.is_none() && (changed || next_seq != rt.next_seq)).then(|| {
-        let place = Place {
-            key: &rt.key,
-            id: 0,
-        };
-        let transforms = rt.storage.transforms();
-        envelope::seal(Kind::Snapshot, head, rt.epoch, encoded, transforms, place)
-    });
+    // The first commit writes the state whatever else it holds (a change to a durable map
+    // alone): a record without it would be started from `init` again.
+    let first = rt.initial.is_some();
+    let snapshot =
+        (rt.journal.is_none() && (changed || next_seq != rt.next_seq || first)).then(|| {
+            let place = Place {
+                key: &rt.key,
+                id: 0,
+            };
+            let transforms = rt.storage.transforms();
+            envelope::seal(Kind::Snapshot, head, rt.epoch, encoded, transforms, place)
+        });
     let mut commit = ActorCommit::new(rt.key.clone(), rt.epoch);
     commit
         .writes
@@ -1930,23 +1951,29 @@ fn journal_writes<A: Persistent>(
 ) -> Result<Option<HeadRow>, ActorProcessingErr> {
     let mut head = journal.head;
     let first = head.last + 1;
-    for (i, payload) in events.iter().enumerate() {
-        let seq = first + i as u64;
-        let bytes = rt.seal(Kind::Event, rt.schema, journal.event_shape, seq, payload);
-        commit.writes.push(crate::store::RowWrite::Put {
-            space: Space::JOURNAL,
-            id: seq,
-            bytes,
-        });
+    let last = head.last + events.len() as u64;
+    let snapshot_due = last - head.snapshot >= journal.every && last > 0;
+    // Compacting, a snapshot in this commit covers its events: they are not written at all.
+    let compacts = snapshot_due && journal.retention == Retention::Light;
+    if !compacts {
+        for (i, payload) in events.iter().enumerate() {
+            let seq = first + i as u64;
+            let bytes = rt.seal(Kind::Event, rt.schema, journal.event_shape, seq, payload);
+            commit.writes.push(crate::store::RowWrite::Put {
+                space: Space::JOURNAL,
+                id: seq,
+                bytes,
+            });
+        }
     }
-    head.last += events.len() as u64;
+    head.last = last;
     let mut snapshot = None;
     if !journal.stored {
         // The journal's start: `init`'s state, so that the whole journal replays from it.
         let initial = rt.initial.as_deref().unwrap_or_default();
         snapshot = Some((0, std::borrow::Cow::Borrowed(initial)));
     }
-    if head.last - head.snapshot >= journal.every && head.last > 0 {
+    if snapshot_due {
         let encoded =
             envelope::to_payload(&rt.state).map_err(|source| rt.encode_error("state", source))?;
         snapshot = Some((head.last, std::borrow::Cow::Owned(encoded)));
@@ -1965,18 +1992,23 @@ fn journal_writes<A: Persistent>(
             bytes,
         });
         head.snapshot = covers;
-        if journal.retention == Retention::Light && covers > 0 {
-            commit.writes.push(crate::store::RowWrite::Delete {
-                space: Space::JOURNAL,
-                first: 0,
-                last: covers,
-            });
+        if journal.retention == Retention::Light && covers > head.compacted {
+            // The events before this commit's that the snapshot covers.
+            if head.compacted + 1 < first {
+                commit.writes.push(crate::store::RowWrite::Delete {
+                    space: Space::JOURNAL,
+                    first: head.compacted + 1,
+                    last: first - 1,
+                });
+            }
+            head.compacted = covers;
         }
     }
     if head == journal.head && journal.stored && next_seq == rt.next_seq {
         return Ok(None);
     }
-    let payload = envelope::to_payload(&head).map_err(|source| rt.encode_error("state", source))?;
+    let payload =
+        envelope::to_payload(&head).map_err(|source| rt.encode_error("journal head", source))?;
     // As a snapshot's, the head's envelope carries the next operation id.
     let header = Header {
         schema: HEAD_VERSION,

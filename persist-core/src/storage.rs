@@ -569,6 +569,18 @@ impl Storage {
             .await
     }
 
+    /// Reads every row of `space` of `key` back for a rollback (without taking an epoch).
+    pub(crate) async fn read_space_back(
+        &self,
+        key: &ActorKey,
+        space: Space,
+    ) -> Result<Vec<crate::store::Row>, StoreError> {
+        let key = key.clone();
+        let read = move |s: &dyn Store| s.read(&key, Some(space), 0..=u64::MAX);
+        self.call_then(read, |_| None, self.inline_here(), Access::ReadBack)
+            .await
+    }
+
     /// Reads an event-sourced actor's head, snapshot and the events after it back for a
     /// rollback, as a load would (without taking an epoch).
     pub(crate) async fn read_journal_back(&self, key: &ActorKey) -> Result<Loaded, StoreError> {
@@ -765,23 +777,36 @@ impl Storage {
         loaded: &Loaded,
         floor: u64,
     ) -> Result<(), StoreError> {
-        let body = QuarantineBody {
-            reason,
-            snapshot: loaded.snapshot().map(<[u8]>::to_vec),
-            ops: loaded.ops(),
-            rows: loaded
-                .rows
-                .iter()
-                .filter(|r| r.space != Space::SNAPSHOT && r.space != Space::OPS)
-                .map(|r| (r.space.id(), r.id, r.bytes.clone()))
-                .collect(),
-        };
-        let blob = postcard::to_stdvec(&body).map_err(|e| StoreError::backend(self.name(), e))?;
-        let commit = ActorCommit::new(key.clone(), epoch)
-            .put(Space::QUARANTINE, epoch, blob)
-            .raise_floor(floor)
-            .clear_record();
-        self.call_writing(move |s| s.commit(&[commit])).await
+        let snapshot = loaded.snapshot().map(<[u8]>::to_vec);
+        let ops = loaded.ops();
+        let mut rows: Vec<(u8, u64, Vec<u8>)> = loaded
+            .rows
+            .iter()
+            .filter(|r| !matches!(r.space, Space::SNAPSHOT | Space::OPS | Space::JOURNAL))
+            .map(|r| (r.space.id(), r.id, r.bytes.clone()))
+            .collect();
+        let name = self.name().to_owned();
+        let key = key.clone();
+        self.call_writing(move |s| {
+            // A load reads a journal only from its snapshot on; the clear below removes all of
+            // it, so every event is kept aside, the history too.
+            for r in s.read(&key, Some(Space::JOURNAL), 0..=u64::MAX)? {
+                rows.push((r.space.id(), r.id, r.bytes));
+            }
+            let body = QuarantineBody {
+                reason,
+                snapshot,
+                ops,
+                rows,
+            };
+            let blob = postcard::to_stdvec(&body).map_err(|e| StoreError::backend(&name, e))?;
+            let commit = ActorCommit::new(key, epoch)
+                .put(Space::QUARANTINE, epoch, blob)
+                .raise_floor(floor)
+                .clear_record();
+            s.commit(&[commit])
+        })
+        .await
     }
 
     /// Queues `request` for the committer thread.
