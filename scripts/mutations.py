@@ -949,6 +949,12 @@ MUTATIONS = {
             return Err((""",
         ["--test", "event_sourcing", "an_event_past_the_journals_head_is_refused"],
     ),
+    "a-start-raced-by-a-newer-writer-reads-on": (
+        CORE + "journal.rs",
+        """        if head.as_deref() != loaded.snapshot() {""",
+        """        if head.as_deref() != loaded.snapshot() && false {""",
+        ["--test", "event_sourcing", "a_newer_writer_between_the_two_reads"],
+    ),
     "a-map-removal-stays-in-memory": (
         CORE + "map.rs",
         """                out.push(RowWrite::Delete {

@@ -907,3 +907,66 @@ async fn compacting_at_every_event_writes_no_event_row_at_all() {
         Err(JournalError::Compacted { .. })
     ));
 }
+
+/// A store shared with another process: a newer writer commits between the record's read and
+/// the journal's (as a node of a shared PostgreSQL may).
+struct Racing {
+    inner: MemoryStore,
+    race: AtomicBool,
+}
+
+impl Store for Racing {
+    fn name(&self) -> &str {
+        "racing"
+    }
+    fn open_actor(&self, key: &ActorKey, spaces: &[Space]) -> Result<Loaded, StoreError> {
+        self.inner.open_actor(key, spaces)
+    }
+    fn commit(&self, batch: &[ActorCommit]) -> Result<(), StoreError> {
+        self.inner.commit(batch)
+    }
+    fn read(
+        &self,
+        key: &ActorKey,
+        space: Option<Space>,
+        ids: RangeInclusive<u64>,
+    ) -> Result<Vec<Row>, StoreError> {
+        if space == Some(Space::JOURNAL) && self.race.swap(false, Ordering::SeqCst) {
+            let epoch = self.inner.open_actor(key, &[]).unwrap().epoch;
+            let last = self
+                .inner
+                .read(key, Some(Space::JOURNAL), 0..=u64::MAX)
+                .unwrap()
+                .pop()
+                .unwrap();
+            let newer = ActorCommit::new(key.clone(), epoch)
+                .put(Space::JOURNAL, last.id + 1, last.bytes)
+                .put(Space::SNAPSHOT, 0, b"the newer writer's head".to_vec());
+            self.inner.commit(&[newer]).unwrap();
+        }
+        self.inner.read(key, space, ids)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_writer_between_the_two_reads_of_a_start_fences_it_rather_than_damages_it() {
+    let store = MemoryStore::new();
+    history(&store, "raced", 6, 10, false).await;
+    let storage = Storage::new(Racing {
+        inner: store.clone(),
+        race: AtomicBool::new(true),
+    });
+    let err = Actor::spawn(None, Ledger, Start::new(&storage, "raced", ()))
+        .await
+        .unwrap_err();
+    let ractor::SpawnErr::StartupFailed(err) = err else {
+        panic!("expected a startup failure, got {err}");
+    };
+    match err.downcast::<ractor_persist::LoadError>().map(|e| *e) {
+        Ok(ractor_persist::LoadError::Store {
+            source: StoreError::Fenced(f),
+            ..
+        }) => assert!(f[0].current > f[0].epoch, "{f:?}"),
+        other => panic!("expected the start to be fenced, got {other:?}"),
+    }
+}

@@ -205,6 +205,27 @@ pub(crate) fn read_tail(
 ) -> Result<Loaded, StoreError> {
     if let Some(from) = tail_from(&loaded) {
         let events = store.read(key, Some(Space::JOURNAL), from..=u64::MAX)?;
+        // No commit of this storage comes between the two reads, but one of another process
+        // sharing the store (PostgreSQL) may: then the head moved, a newer writer holds the
+        // actor, and this instance is fenced, not looking at a damaged journal.
+        let head = store
+            .read(key, Some(Space::SNAPSHOT), HEAD_ROW..=HEAD_ROW)?
+            .into_iter()
+            .next()
+            .map(|r| r.bytes);
+        if head.as_deref() != loaded.snapshot() {
+            let written_by = head
+                .as_deref()
+                .and_then(|b| b.get(8..16))
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            return Err(StoreError::Fenced(vec![crate::store::Fence {
+                index: 0,
+                key: key.clone(),
+                epoch: loaded.epoch,
+                current: written_by.max(loaded.epoch.saturating_add(1)),
+            }]));
+        }
         loaded.rows.extend(events);
     }
     Ok(loaded)
