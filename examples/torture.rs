@@ -22,7 +22,10 @@
 //! snapshot every [`EVENT_SNAPSHOT_EVERY`] events, so kills come mid-snapshot, and
 //! [`event_retention`] alternating by actor: the even ones keep their events
 //! (`Retention::Full`), the odd ones compact them (`Retention::Light`), so kills also come
-//! mid-compaction. The accounts are the same in both.
+//! mid-compaction. With `--model events` the accounts are event-sourced too
+//! ([`EventAccount`]: each deposit, debit, credit and prune an [`AccountEvent`], the same
+//! snapshots and retention), so the bank's checks hold for event-sourced accounts that send to
+//! each other, answer idempotent requests and crash between commit and acknowledgement.
 //!
 //! Beside them, `--accounts N` (default 8) [`Account`]s move money to each other with
 //! `Tx::send`: two clients send deposits and transfers between random accounts, each with an
@@ -284,6 +287,14 @@ pub enum TallyModel {
 }
 
 impl TallyModel {
+    /// The namespace of the model's accounts.
+    pub fn account_ns(self) -> &'static str {
+        match self {
+            TallyModel::Snapshot => ACCOUNT_NS,
+            TallyModel::Events => EVENT_ACCOUNT_NS,
+        }
+    }
+
     /// The model's name, as `--model` takes it.
     pub fn name(self) -> &'static str {
         match self {
@@ -361,11 +372,12 @@ impl Backend {
     pub fn outbox_rows(
         self,
         path: &std::path::Path,
+        namespace: &str,
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
         self.read_closed(path, |store| {
             let mut rows = 0;
-            for key in store.keys(ACCOUNT_NS, Space::OUTBOX)? {
-                let key = ActorKey::new(ACCOUNT_NS, key);
+            for key in store.keys(namespace, Space::OUTBOX)? {
+                let key = ActorKey::new(namespace, key);
                 rows += store.read(&key, Some(Space::OUTBOX), 0..=u64::MAX)?.len();
             }
             Ok(rows)
@@ -502,7 +514,8 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
     let spawning: Vec<_> = (0..opts.accounts)
         .map(|i| {
             let storage = storage.clone();
-            tokio::spawn(async move { spawn_account(&storage, i).await })
+            let model = opts.model;
+            tokio::spawn(async move { spawn_account(&storage, i, model).await })
         })
         .collect();
     let mut actors: Vec<(String, ActorRef<TallyMsg>)> = Vec::new();
@@ -550,7 +563,8 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
             // The removals of acknowledged messages ride on later commits; closing wrote them.
             line(format_args!(
                 "OUTBOX {}",
-                opts.backend.outbox_rows(&opts.path)?
+                opts.backend
+                    .outbox_rows(&opts.path, opts.model.account_ns())?
             ));
             line(format_args!("BANKDONE"));
         }
@@ -637,6 +651,9 @@ async fn append_forever(
 
 /// The namespace of the accounts.
 pub const ACCOUNT_NS: &str = "account";
+
+/// The namespace of the event-sourced accounts (`--model events`).
+pub const EVENT_ACCOUNT_NS: &str = "account_es";
 
 /// What every account holds when it is created.
 pub const OPENING: u64 = 1_000;
@@ -799,6 +816,169 @@ impl PersistentActor for Account {
     }
 }
 
+/// What happened to an event-sourced account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountEvent {
+    Deposited {
+        id: u64,
+        amount: u64,
+    },
+    Debited {
+        id: u64,
+        amount: u64,
+        message: u64,
+    },
+    Credited {
+        transfer: u64,
+        amount: u64,
+    },
+    /// The ledger's lists were checked and emptied; the balance stays.
+    Pruned,
+}
+
+/// The event-sourced twin of [`Account`] (`--model events`): the same messages and ledger,
+/// changed only through events.
+#[derive(Default, Persistent)]
+#[persistent(name = "account_es", event_sourced)]
+pub struct EventAccount;
+
+impl PersistentActor for EventAccount {
+    type Msg = AccountMsg;
+    type State = Ledger;
+    type Op = ();
+    type Arguments = u64;
+
+    async fn init(&self, opening: u64) -> Result<Ledger, ActorProcessingErr> {
+        Ok(Ledger {
+            balance: opening,
+            ..Ledger::default()
+        })
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        msg: AccountMsg,
+        state: &mut Ledger,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AccountMsg::Deposit { id, amount, reply } => {
+                match tx.once(&format!("d{id}"), &amount, reply) {
+                    Once::First(first) => {
+                        tx.emit(state, AccountEvent::Deposited { id, amount })?;
+                        tx.reply_once(first, Ok(state.balance))?;
+                    }
+                    Once::Repeated => {}
+                    Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
+                }
+            }
+            AccountMsg::Transfer {
+                id,
+                to,
+                amount,
+                reply,
+            } => match tx.once(&format!("t{id}"), &(&to, amount), reply) {
+                Once::First(first) => {
+                    if state.balance < amount {
+                        tx.reply_once(first, Err("insufficient funds".to_owned()))?;
+                        return Ok(());
+                    }
+                    let sent = tx.send_to::<EventAccount, _>(
+                        &to,
+                        &Credit {
+                            transfer: id,
+                            amount,
+                        },
+                    )?;
+                    let message = sent.seq();
+                    tx.emit(
+                        state,
+                        AccountEvent::Debited {
+                            id,
+                            amount,
+                            message,
+                        },
+                    )?;
+                    tx.reply_once(first, Ok(message))?;
+                }
+                Once::Repeated => {}
+                Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
+            },
+            AccountMsg::Credit(credit) => {
+                let event = AccountEvent::Credited {
+                    transfer: credit.transfer,
+                    amount: credit.amount,
+                };
+                tx.emit(state, event)?;
+            }
+            AccountMsg::Settle(seqs, reply) => {
+                let me = tx.key().clone();
+                let settlements = seqs
+                    .into_iter()
+                    .map(|seq| tx.settlement(&OpId::new(me.clone(), seq)))
+                    .collect();
+                tx.reply(reply, settlements);
+            }
+            AccountMsg::Get(reply) => tx.reply(reply, state.clone()),
+            AccountMsg::Prune(reply) => {
+                tx.emit(state, AccountEvent::Pruned)?;
+                tx.reply(reply, ());
+            }
+            AccountMsg::Persist(_) => {}
+        }
+        Ok(())
+    }
+
+    fn control(msg: AccountMsg) -> Result<Control<()>, AccountMsg> {
+        Account::control(msg)
+    }
+
+    fn wrap_control(c: Control<()>) -> Option<AccountMsg> {
+        Account::wrap_control(c)
+    }
+
+    fn inbound(msg: Inbound) -> Result<AccountMsg, DecodeReason> {
+        Account::inbound(msg)
+    }
+}
+
+impl EventSourced for EventAccount {
+    type Event = AccountEvent;
+
+    fn apply(state: &mut Ledger, event: &AccountEvent) -> Result<(), ActorProcessingErr> {
+        match *event {
+            AccountEvent::Deposited { id, amount } => {
+                state.balance += amount;
+                state.deposits.push((id, amount));
+            }
+            AccountEvent::Debited {
+                id,
+                amount,
+                message,
+            } => {
+                if state.balance < amount {
+                    return Err(
+                        format!("debit of {amount} above the balance {}", state.balance).into(),
+                    );
+                }
+                state.balance -= amount;
+                state.debited.push((id, amount, message));
+            }
+            AccountEvent::Credited { transfer, amount } => {
+                state.balance += amount;
+                state.credited.push((transfer, amount));
+            }
+            AccountEvent::Pruned => {
+                *state = Ledger {
+                    balance: state.balance,
+                    ..Ledger::default()
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The key of account number `i`.
 pub fn account_key(i: usize) -> String {
     format!("acct{i}")
@@ -809,15 +989,28 @@ pub fn account_key(i: usize) -> String {
 async fn spawn_account(
     storage: &Storage,
     i: usize,
+    model: TallyModel,
 ) -> Result<ActorRef<AccountMsg>, ractor::SpawnErr> {
     let redelivery = Redelivery::new(
         std::time::Duration::from_millis(5),
         std::time::Duration::from_millis(50),
     );
-    let start = Start::<Account>::new(storage, account_key(i), OPENING)
-        .redelivery(redelivery)
-        .request_retention(REQUEST_RETENTION);
-    let (r, _) = Actor::spawn(None, Account, start).await?;
+    let r = match model {
+        TallyModel::Snapshot => {
+            let start = Start::<Account>::new(storage, account_key(i), OPENING)
+                .redelivery(redelivery)
+                .request_retention(REQUEST_RETENTION);
+            Actor::spawn(None, Account, start).await?.0
+        }
+        TallyModel::Events => {
+            let start = Start::<EventAccount>::new(storage, account_key(i), OPENING)
+                .redelivery(redelivery)
+                .request_retention(REQUEST_RETENTION)
+                .snapshot_every(EVENT_SNAPSHOT_EVERY)
+                .retention(event_retention(i));
+            Actor::spawn(None, EventAccount, start).await?.0
+        }
+    };
     Ok(r)
 }
 
