@@ -378,6 +378,15 @@ pub enum DecodeReason {
     /// journal head where a snapshot-mode actor expects its state (or the other way round).
     #[error("{0}")]
     WrongModel(&'static str),
+    /// Two rows of durable map `map` hold the same key (this one and row `other`): which
+    /// holds is unknown, so neither is taken.
+    #[error("map `{map}` holds this entry's key twice, also in map entry #{other}")]
+    DuplicateEntry {
+        /// The map's name.
+        map: String,
+        /// The other row holding the key.
+        other: u64,
+    },
     /// A durable map's entry was written with other key and value types than the ones it is
     /// read as.
     #[error(

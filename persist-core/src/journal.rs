@@ -159,6 +159,14 @@ pub(crate) struct HeadRow {
     pub(crate) compacted: u64,
 }
 
+impl HeadRow {
+    /// Whether the head's numbers can be a journal's: compacted <= snapshot <= last, with room
+    /// for one more event (a forged or damaged head must never overflow an addition).
+    pub(crate) fn is_ordered(&self) -> bool {
+        self.compacted <= self.snapshot && self.snapshot <= self.last && self.last < u64::MAX
+    }
+}
+
 /// The version of the head row's layout.
 pub(crate) const HEAD_VERSION: u32 = 1;
 
@@ -307,10 +315,7 @@ pub(crate) fn recover<A: Persistent>(
         place,
     )
     .map_err(|r| (RecordRef::Snapshot, r))?;
-    if header.sequence != head.snapshot
-        || head.snapshot > head.last
-        || head.compacted > head.snapshot
-    {
+    if !head.is_ordered() || header.sequence != head.snapshot {
         return Err((
             RecordRef::Snapshot,
             DecodeReason::SnapshotMismatch {
@@ -542,6 +547,16 @@ impl Storage {
             .map_err(|r| bad((RecordRef::JournalHead, r)))?;
         let head: HeadRow =
             envelope::payload(&body).map_err(|r| bad((RecordRef::JournalHead, r)))?;
+        if !head.is_ordered() {
+            return Err(JournalError::Decode(bad((
+                RecordRef::JournalHead,
+                DecodeReason::SnapshotMismatch {
+                    snapshot: head.compacted,
+                    head: head.snapshot,
+                    last: head.last,
+                },
+            ))));
+        }
         if from <= head.compacted {
             return Err(JournalError::Compacted {
                 key: key.clone(),
@@ -596,16 +611,39 @@ impl Storage {
 
 /// Reads the head row and the journal's rows from `from` in one call on the committer
 /// thread.
+///
+/// The head is read again after the rows: a writer of another process sharing the store may
+/// commit between the reads, and rows read against a head they do not match would look like a
+/// damaged journal. The read is tried again until the head holds still (a few times at most).
 pub(crate) fn read_journal_rows(
     store: &dyn crate::Store,
     key: &ActorKey,
     from: u64,
 ) -> Result<(Option<Vec<u8>>, Vec<Row>), StoreError> {
-    let head = store
-        .read(key, Some(Space::SNAPSHOT), HEAD_ROW..=HEAD_ROW)?
-        .into_iter()
-        .next()
-        .map(|r| r.bytes);
-    let rows = store.read(key, Some(Space::JOURNAL), from..=u64::MAX)?;
-    Ok((head, rows))
+    let head_of = |store: &dyn crate::Store| -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(store
+            .read(key, Some(Space::SNAPSHOT), HEAD_ROW..=HEAD_ROW)?
+            .into_iter()
+            .next()
+            .map(|r| r.bytes))
+    };
+    let mut head = head_of(store)?;
+    for _ in 0..JOURNAL_READ_TRIES {
+        let rows = store.read(key, Some(Space::JOURNAL), from..=u64::MAX)?;
+        let again = head_of(store)?;
+        if again == head {
+            return Ok((head, rows));
+        }
+        head = again;
+    }
+    Err(StoreError::Interrupted {
+        store: store.name().to_owned(),
+        source: format!(
+            "the journal of `{key}` changed under each of {JOURNAL_READ_TRIES} reads (another process is writing it)"
+        )
+        .into(),
+    })
 }
+
+/// How many times a journal read is tried while another process keeps writing the journal.
+const JOURNAL_READ_TRIES: usize = 8;

@@ -310,6 +310,15 @@ impl MapSet {
                 }
                 let (k, v): (K, V) = envelope::payload(&entry.body)
                     .map_err(|reason| MapError::Decode(Box::new(bad(reason))))?;
+                if let Some((other, _)) = entries.get(&k) {
+                    // The runtime writes one row per key: two are damage it cannot settle.
+                    return Err(MapError::Decode(Box::new(bad(
+                        DecodeReason::DuplicateEntry {
+                            map: name.to_owned(),
+                            other: *other,
+                        },
+                    ))));
+                }
                 entries.insert(k, (entry.id, v));
             }
             self.raw.remove(name);

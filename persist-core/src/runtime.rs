@@ -1555,6 +1555,10 @@ async fn cycle<A: Persistent>(
         let over = total.saturating_sub(rt.request_retention);
         rt.mail.request_order.keys().take(over).copied().collect()
     };
+    if !(changed || ops_changed) {
+        // The maps' changes, if any, cancelled out: nothing to write, nothing to keep.
+        rt.maps.committed();
+    }
     if changed || ops_changed {
         let built = build_commit(
             rt,
@@ -1951,7 +1955,11 @@ fn journal_writes<A: Persistent>(
 ) -> Result<Option<HeadRow>, ActorProcessingErr> {
     let mut head = journal.head;
     let first = head.last + 1;
-    let last = head.last + events.len() as u64;
+    let last = head
+        .last
+        .checked_add(events.len() as u64)
+        .filter(|last| *last < u64::MAX)
+        .ok_or_else(|| format!("`{}`: the journal's event numbers are exhausted", rt.key))?;
     let snapshot_due = last - head.snapshot >= journal.every && last > 0;
     // Compacting, a snapshot in this commit covers its events: they are not written at all.
     let compacts = snapshot_due && journal.retention == Retention::Light;
