@@ -713,11 +713,161 @@ pub enum AccountMsg {
     Persist(Control<()>),
 }
 
-/// An account (a copy of the one of `tests/bank`, which also records the message each debit
-/// sent, so a check can wait for it).
+/// A change to an account's ledger: what `apply_change` makes of it in either model (the
+/// event-sourced account stores it as its event).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountEvent {
+    Deposited {
+        id: u64,
+        amount: u64,
+    },
+    Debited {
+        id: u64,
+        amount: u64,
+        message: u64,
+    },
+    Credited {
+        transfer: u64,
+        amount: u64,
+    },
+    /// The ledger's lists were checked and emptied; the balance stays.
+    Pruned,
+}
+
+/// Changes `state` by `change`; a debit above the balance is refused, the state unchanged.
+fn apply_change(state: &mut Ledger, change: &AccountEvent) -> Result<(), ActorProcessingErr> {
+    match *change {
+        AccountEvent::Deposited { id, amount } => {
+            state.balance += amount;
+            state.deposits.push((id, amount));
+        }
+        AccountEvent::Debited {
+            id,
+            amount,
+            message,
+        } => {
+            if state.balance < amount {
+                return Err(
+                    format!("debit of {amount} above the balance {}", state.balance).into(),
+                );
+            }
+            state.balance -= amount;
+            state.debited.push((id, amount, message));
+        }
+        AccountEvent::Credited { transfer, amount } => {
+            state.balance += amount;
+            state.credited.push((transfer, amount));
+        }
+        AccountEvent::Pruned => {
+            *state = Ledger {
+                balance: state.balance,
+                ..Ledger::default()
+            };
+        }
+    }
+    Ok(())
+}
+
+/// An account in either model: how a change reaches its ledger.
+pub trait Books: Persistent + PersistentActor<Msg = AccountMsg, State = Ledger, Op = ()> {
+    /// Makes `change` to `state`: directly (snapshot mode) or as an event.
+    fn record(
+        tx: &mut Tx<'_, Self>,
+        state: &mut Ledger,
+        change: AccountEvent,
+    ) -> Result<(), ActorProcessingErr>;
+}
+
+/// An account's handler, the same in both models (a copy of the one of `tests/bank`, which
+/// also records the message each debit sent, so a check can wait for it).
+async fn handle_account<A: Books>(
+    tx: &mut Tx<'_, A>,
+    msg: AccountMsg,
+    state: &mut Ledger,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        AccountMsg::Deposit { id, amount, reply } => {
+            match tx.once(&format!("d{id}"), &amount, reply) {
+                Once::First(first) => {
+                    A::record(tx, state, AccountEvent::Deposited { id, amount })?;
+                    tx.reply_once(first, Ok(state.balance))?;
+                }
+                Once::Repeated => {}
+                Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
+            }
+        }
+        AccountMsg::Transfer {
+            id,
+            to,
+            amount,
+            reply,
+        } => match tx.once(&format!("t{id}"), &(&to, amount), reply) {
+            Once::First(first) => {
+                if state.balance < amount {
+                    tx.reply_once(first, Err("insufficient funds".to_owned()))?;
+                    return Ok(());
+                }
+                let sent = tx.send_to::<A, _>(
+                    &to,
+                    &Credit {
+                        transfer: id,
+                        amount,
+                    },
+                )?;
+                let message = sent.seq();
+                A::record(
+                    tx,
+                    state,
+                    AccountEvent::Debited {
+                        id,
+                        amount,
+                        message,
+                    },
+                )?;
+                tx.reply_once(first, Ok(message))?;
+            }
+            Once::Repeated => {}
+            Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
+        },
+        AccountMsg::Credit(credit) => {
+            let change = AccountEvent::Credited {
+                transfer: credit.transfer,
+                amount: credit.amount,
+            };
+            A::record(tx, state, change)?;
+        }
+        AccountMsg::Settle(seqs, reply) => {
+            let me = tx.key().clone();
+            let settlements = seqs
+                .into_iter()
+                .map(|seq| tx.settlement(&OpId::new(me.clone(), seq)))
+                .collect();
+            tx.reply(reply, settlements);
+        }
+        AccountMsg::Get(reply) => tx.reply(reply, state.clone()),
+        AccountMsg::Prune(reply) => {
+            A::record(tx, state, AccountEvent::Pruned)?;
+            tx.reply(reply, ());
+        }
+        AccountMsg::Persist(_) => {}
+    }
+    Ok(())
+}
+
+/// An account whose ledger is committed whole.
 #[derive(Default, Persistent)]
 #[persistent(name = "account")]
 pub struct Account;
+
+impl Books for Account {
+    fn record(
+        _: &mut Tx<'_, Self>,
+        state: &mut Ledger,
+        change: AccountEvent,
+    ) -> Result<(), ActorProcessingErr> {
+        apply_change(state, &change)
+    }
+}
 
 impl PersistentActor for Account {
     type Msg = AccountMsg;
@@ -738,66 +888,7 @@ impl PersistentActor for Account {
         msg: AccountMsg,
         state: &mut Ledger,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            AccountMsg::Deposit { id, amount, reply } => {
-                match tx.once(&format!("d{id}"), &amount, reply) {
-                    Once::First(first) => {
-                        state.balance += amount;
-                        state.deposits.push((id, amount));
-                        tx.reply_once(first, Ok(state.balance))?;
-                    }
-                    Once::Repeated => {}
-                    Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
-                }
-            }
-            AccountMsg::Transfer {
-                id,
-                to,
-                amount,
-                reply,
-            } => match tx.once(&format!("t{id}"), &(&to, amount), reply) {
-                Once::First(first) => {
-                    if state.balance < amount {
-                        tx.reply_once(first, Err("insufficient funds".to_owned()))?;
-                        return Ok(());
-                    }
-                    let sent = tx.send_to::<Account, _>(
-                        &to,
-                        &Credit {
-                            transfer: id,
-                            amount,
-                        },
-                    )?;
-                    state.balance -= amount;
-                    state.debited.push((id, amount, sent.seq()));
-                    tx.reply_once(first, Ok(sent.seq()))?;
-                }
-                Once::Repeated => {}
-                Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
-            },
-            AccountMsg::Credit(credit) => {
-                state.balance += credit.amount;
-                state.credited.push((credit.transfer, credit.amount));
-            }
-            AccountMsg::Settle(seqs, reply) => {
-                let me = tx.key().clone();
-                let settlements = seqs
-                    .into_iter()
-                    .map(|seq| tx.settlement(&OpId::new(me.clone(), seq)))
-                    .collect();
-                tx.reply(reply, settlements);
-            }
-            AccountMsg::Get(reply) => tx.reply(reply, state.clone()),
-            AccountMsg::Prune(reply) => {
-                *state = Ledger {
-                    balance: state.balance,
-                    ..Ledger::default()
-                };
-                tx.reply(reply, ());
-            }
-            AccountMsg::Persist(_) => {}
-        }
-        Ok(())
+        handle_account(tx, msg, state).await
     }
 
     fn control(msg: AccountMsg) -> Result<Control<()>, AccountMsg> {
@@ -816,31 +907,22 @@ impl PersistentActor for Account {
     }
 }
 
-/// What happened to an event-sourced account.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AccountEvent {
-    Deposited {
-        id: u64,
-        amount: u64,
-    },
-    Debited {
-        id: u64,
-        amount: u64,
-        message: u64,
-    },
-    Credited {
-        transfer: u64,
-        amount: u64,
-    },
-    /// The ledger's lists were checked and emptied; the balance stays.
-    Pruned,
-}
-
 /// The event-sourced twin of [`Account`] (`--model events`): the same messages and ledger,
 /// changed only through events.
 #[derive(Default, Persistent)]
 #[persistent(name = "account_es", event_sourced)]
 pub struct EventAccount;
+
+impl Books for EventAccount {
+    fn record(
+        tx: &mut Tx<'_, Self>,
+        state: &mut Ledger,
+        change: AccountEvent,
+    ) -> Result<(), ActorProcessingErr> {
+        tx.emit(state, change)?;
+        Ok(())
+    }
+}
 
 impl PersistentActor for EventAccount {
     type Msg = AccountMsg;
@@ -849,10 +931,7 @@ impl PersistentActor for EventAccount {
     type Arguments = u64;
 
     async fn init(&self, opening: u64) -> Result<Ledger, ActorProcessingErr> {
-        Ok(Ledger {
-            balance: opening,
-            ..Ledger::default()
-        })
+        Account.init(opening).await
     }
 
     async fn handle(
@@ -861,72 +940,7 @@ impl PersistentActor for EventAccount {
         msg: AccountMsg,
         state: &mut Ledger,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            AccountMsg::Deposit { id, amount, reply } => {
-                match tx.once(&format!("d{id}"), &amount, reply) {
-                    Once::First(first) => {
-                        tx.emit(state, AccountEvent::Deposited { id, amount })?;
-                        tx.reply_once(first, Ok(state.balance))?;
-                    }
-                    Once::Repeated => {}
-                    Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
-                }
-            }
-            AccountMsg::Transfer {
-                id,
-                to,
-                amount,
-                reply,
-            } => match tx.once(&format!("t{id}"), &(&to, amount), reply) {
-                Once::First(first) => {
-                    if state.balance < amount {
-                        tx.reply_once(first, Err("insufficient funds".to_owned()))?;
-                        return Ok(());
-                    }
-                    let sent = tx.send_to::<EventAccount, _>(
-                        &to,
-                        &Credit {
-                            transfer: id,
-                            amount,
-                        },
-                    )?;
-                    let message = sent.seq();
-                    tx.emit(
-                        state,
-                        AccountEvent::Debited {
-                            id,
-                            amount,
-                            message,
-                        },
-                    )?;
-                    tx.reply_once(first, Ok(message))?;
-                }
-                Once::Repeated => {}
-                Once::Refused(port, why) => tx.reply(port, Err(why.to_string())),
-            },
-            AccountMsg::Credit(credit) => {
-                let event = AccountEvent::Credited {
-                    transfer: credit.transfer,
-                    amount: credit.amount,
-                };
-                tx.emit(state, event)?;
-            }
-            AccountMsg::Settle(seqs, reply) => {
-                let me = tx.key().clone();
-                let settlements = seqs
-                    .into_iter()
-                    .map(|seq| tx.settlement(&OpId::new(me.clone(), seq)))
-                    .collect();
-                tx.reply(reply, settlements);
-            }
-            AccountMsg::Get(reply) => tx.reply(reply, state.clone()),
-            AccountMsg::Prune(reply) => {
-                tx.emit(state, AccountEvent::Pruned)?;
-                tx.reply(reply, ());
-            }
-            AccountMsg::Persist(_) => {}
-        }
-        Ok(())
+        handle_account(tx, msg, state).await
     }
 
     fn control(msg: AccountMsg) -> Result<Control<()>, AccountMsg> {
@@ -946,36 +960,7 @@ impl EventSourced for EventAccount {
     type Event = AccountEvent;
 
     fn apply(state: &mut Ledger, event: &AccountEvent) -> Result<(), ActorProcessingErr> {
-        match *event {
-            AccountEvent::Deposited { id, amount } => {
-                state.balance += amount;
-                state.deposits.push((id, amount));
-            }
-            AccountEvent::Debited {
-                id,
-                amount,
-                message,
-            } => {
-                if state.balance < amount {
-                    return Err(
-                        format!("debit of {amount} above the balance {}", state.balance).into(),
-                    );
-                }
-                state.balance -= amount;
-                state.debited.push((id, amount, message));
-            }
-            AccountEvent::Credited { transfer, amount } => {
-                state.balance += amount;
-                state.credited.push((transfer, amount));
-            }
-            AccountEvent::Pruned => {
-                *state = Ledger {
-                    balance: state.balance,
-                    ..Ledger::default()
-                };
-            }
-        }
-        Ok(())
+        apply_change(state, event)
     }
 }
 

@@ -326,12 +326,28 @@ pub(crate) fn recover<A: Persistent>(
         ));
     }
     let mut state = decode_state::<A>(header, &body).map_err(|r| (RecordRef::Snapshot, r))?;
-    let mut expected = head.snapshot + 1;
-    for (seq, bytes) in events {
-        if seq < expected {
-            // Events the snapshot covers (kept as history): not part of recovery.
-            continue;
-        }
+    for (seq, bytes) in in_order(events, head.snapshot + 1, &head)? {
+        let stored = open_event(key, seq, bytes, A::VERSION, transforms)?;
+        (hooks.replay)(&mut state, stored.as_stored::<A>())
+            .map_err(|r| (RecordRef::Event(seq), r))?;
+    }
+    Ok(Some(Recovered { state, head }))
+}
+
+/// A stored event: its number and its envelope.
+type Event<'a> = (u64, &'a [u8]);
+
+/// The events of `rows` (by ascending number) from `from` to the head's last, each there once
+/// and in order; rows below `from` (history a snapshot covers) are passed over. An event
+/// missing is a gap, one past the head's last is refused.
+fn in_order<'a>(
+    rows: impl IntoIterator<Item = Event<'a>>,
+    from: u64,
+    head: &HeadRow,
+) -> Result<Vec<Event<'a>>, (RecordRef, DecodeReason)> {
+    let mut events = Vec::new();
+    let mut expected = from;
+    for (seq, bytes) in rows.into_iter().filter(|(seq, _)| *seq >= from) {
         if seq > head.last {
             return Err((
                 RecordRef::Event(seq),
@@ -351,9 +367,7 @@ pub(crate) fn recover<A: Persistent>(
                 },
             ));
         }
-        let stored = open_event(key, seq, bytes, A::VERSION, transforms)?;
-        (hooks.replay)(&mut state, stored.as_stored::<A>())
-            .map_err(|r| (RecordRef::Event(seq), r))?;
+        events.push((seq, bytes));
         expected += 1;
     }
     if expected <= head.last {
@@ -366,7 +380,7 @@ pub(crate) fn recover<A: Persistent>(
             },
         ));
     }
-    Ok(Some(Recovered { state, head }))
+    Ok(events)
 }
 
 /// Decodes a snapshot's state: the current version (only with the current shape) or an
@@ -564,46 +578,17 @@ impl Storage {
                 first: head.compacted + 1,
             });
         }
-        let mut out = Vec::with_capacity(rows.len());
-        let mut expected = from;
-        for row in &rows {
-            if row.id > head.last {
-                return Err(JournalError::Decode(bad((
-                    RecordRef::Event(row.id),
-                    DecodeReason::EventsPastHead {
-                        last: head.last,
-                        found: row.id,
-                    },
-                ))));
-            }
-            if row.id != expected {
-                return Err(JournalError::Decode(bad((
-                    RecordRef::Event(expected),
-                    DecodeReason::JournalGap {
-                        after: expected - 1,
-                        found: Some(row.id),
-                        last: head.last,
-                    },
-                ))));
-            }
-            let open = open_event(key, row.id, &row.bytes, version, transforms).map_err(bad)?;
+        let rows = rows.iter().map(|r| (r.id, &r.bytes[..]));
+        let events = in_order(rows, from, &head).map_err(bad)?;
+        let mut out = Vec::with_capacity(events.len());
+        for (seq, bytes) in events {
+            let open = open_event(key, seq, bytes, version, transforms).map_err(bad)?;
             out.push(JournalEntry {
-                seq: row.id,
+                seq,
                 schema: open.header.schema,
                 fingerprint: open.header.fingerprint,
                 payload: open.body.into_owned(),
             });
-            expected += 1;
-        }
-        if expected <= head.last {
-            return Err(JournalError::Decode(bad((
-                RecordRef::Event(expected),
-                DecodeReason::JournalGap {
-                    after: expected - 1,
-                    found: None,
-                    last: head.last,
-                },
-            ))));
         }
         Ok(out)
     }

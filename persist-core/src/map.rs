@@ -352,7 +352,8 @@ impl MapSet {
         seal: &mut Seal<'_>,
         out: &mut Vec<RowWrite>,
     ) -> Result<(), postcard::Error> {
-        for map in self.typed.values().filter(|m| m.changed()) {
+        // A map this message did not change writes nothing.
+        for map in self.typed.values() {
             map.writes(seal, out)?;
         }
         Ok(())

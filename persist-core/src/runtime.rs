@@ -1918,14 +1918,12 @@ fn build_commit<A: Persistent>(
     if fired.is_some() || !changes.is_empty() {
         commit = timer_writes(rt, fired, changes, commit)?;
     }
-    if rt.maps.changed() {
-        let mut seal = |id: u64, fingerprint: u64, payload: &[u8]| {
-            rt.seal(Kind::MapEntry, MAP_VERSION, fingerprint, id, payload)
-        };
-        rt.maps
-            .writes(&mut seal, &mut commit.writes)
-            .map_err(|source| rt.encode_error("map entry", source))?;
-    }
+    let mut seal = |id: u64, fingerprint: u64, payload: &[u8]| {
+        rt.seal(Kind::MapEntry, MAP_VERSION, fingerprint, id, payload)
+    };
+    rt.maps
+        .writes(&mut seal, &mut commit.writes)
+        .map_err(|source| rt.encode_error("map entry", source))?;
     let head = match rt.journal.as_deref() {
         Some(journal) => {
             let journal = *journal;
