@@ -103,7 +103,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Snapshot => "snapshot",
             Kind::Op => "operation",
@@ -302,6 +302,48 @@ pub(crate) fn open_any<'a>(
     let v = verify(bytes, schema)?;
     let payload = untransform(&v, transforms, place)?;
     Ok((v.kind, v.header, payload))
+}
+
+impl Verified<'_> {
+    /// The envelope format (1 or 2).
+    pub(crate) fn format(&self) -> u8 {
+        self.head[2]
+    }
+
+    /// The epoch of the instance that wrote the record.
+    pub(crate) fn epoch(&self) -> u64 {
+        u64::from_le_bytes(self.head[8..16].try_into().expect("8 bytes"))
+    }
+
+    /// Whether the body is compressed.
+    pub(crate) fn compressed(&self) -> bool {
+        self.fields.first().is_some_and(|f| f & COMPRESSED != 0)
+    }
+
+    /// The id of the key that sealed the body, if it is encrypted.
+    pub(crate) fn key_id(&self) -> Option<u32> {
+        let flags = *self.fields.first()?;
+        if flags & ENCRYPTED == 0 {
+            return None;
+        }
+        let at = if flags & COMPRESSED != 0 { 5 } else { 1 };
+        let id = self.fields.get(at..at + 4)?;
+        Some(u32::from_le_bytes(id.try_into().ok()?))
+    }
+
+    /// The stored body's length (after the transforms).
+    pub(crate) fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The payload, its transforms undone.
+    pub(crate) fn payload(
+        &self,
+        transforms: &Transforms,
+        place: Place<'_>,
+    ) -> Result<Cow<'_, [u8]>, DecodeReason> {
+        untransform(self, transforms, place)
+    }
 }
 
 /// Undoes a verified record's transforms.

@@ -6,6 +6,7 @@
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admin;
 pub mod atomic_file;
 mod delivery;
 mod entities;

@@ -146,12 +146,12 @@ pub struct Quarantined {
 
 /// How a quarantined record is stored.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct QuarantineBody {
-    reason: String,
-    snapshot: Option<Vec<u8>>,
-    ops: Vec<(u64, Vec<u8>)>,
+pub(crate) struct QuarantineBody {
+    pub(crate) reason: String,
+    pub(crate) snapshot: Option<Vec<u8>>,
+    pub(crate) ops: Vec<(u64, Vec<u8>)>,
     /// (space, id, bytes) of the record's rows outside the snapshot and the operations.
-    rows: Vec<(u8, u64, Vec<u8>)>,
+    pub(crate) rows: Vec<(u8, u64, Vec<u8>)>,
 }
 
 /// How a quarantined record was stored before the delivery spaces existed.
@@ -163,7 +163,7 @@ struct QuarantineBodyV1 {
 }
 
 impl QuarantineBody {
-    fn decode(blob: &[u8]) -> Result<Self, postcard::Error> {
+    pub(crate) fn decode(blob: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes::<QuarantineBody>(blob).or_else(|_| {
             let v1: QuarantineBodyV1 = postcard::from_bytes(blob)?;
             Ok(QuarantineBody {

@@ -77,6 +77,17 @@ pub enum FormatError {
         /// The marker this build reads.
         expected: &'static str,
     },
+    /// Another process holds the file (redb's lock): a running application, or another
+    /// admin tool. Stop it first.
+    #[error("the file is open in another process (redb's lock); stop that process first")]
+    InUse,
+    /// [`crate::RedbStore::open_existing`] found no file at the path.
+    #[error("no file at this path (open_existing creates none)")]
+    NoFile,
+    /// [`crate::RedbStore::open_existing`] found a redb database without any table: a file
+    /// whose creation never committed, not a store.
+    #[error("a redb database without tables, not a store (open_existing initialises none)")]
+    NotAStore,
 }
 
 /// What a readable redb database holds.
@@ -173,6 +184,7 @@ pub(crate) fn probe(path: &Path) -> Result<(), Failure> {
 /// invalid data.
 pub(crate) fn open_failure(e: DatabaseError) -> Failure {
     match e {
+        DatabaseError::DatabaseAlreadyOpen => FormatError::InUse.into(),
         DatabaseError::Storage(StorageError::Io(io)) if io.kind() == io::ErrorKind::InvalidData => {
             FormatError::NotRedb {
                 detail: io.to_string(),

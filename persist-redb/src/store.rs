@@ -15,7 +15,7 @@ use redb::{Database, Durability, ReadableDatabase, StorageBackend};
 
 use crate::create;
 use crate::error::{Failure, guarded};
-use crate::format::{self, Layout};
+use crate::format::{self, FormatError, Layout};
 use crate::rows::{self, Writer};
 
 /// A store in one redb database, normally one file.
@@ -58,6 +58,28 @@ impl RedbStore {
     /// file another opener holds gives [`StoreError::Backend`] naming the file.
     pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
         Self::open_wrapped(path, |backend| backend)
+    }
+
+    /// Opens the store in the file at `path` like [`RedbStore::open`], but only a store that
+    /// exists: no file is created ([`crate::FormatError::NoFile`]), and a database without
+    /// tables is refused ([`crate::FormatError::NotAStore`]) rather than made a store. For
+    /// tools that inspect a store and must not leave a new one behind.
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        guarded(&name, || {
+            if !create::exists(path)? {
+                return Err(FormatError::NoFile.into());
+            }
+            format::probe(path)?;
+            let db = format::builder()
+                .create(path)
+                .map_err(format::open_failure)?;
+            if format::inspect(&db.begin_read()?)? == Layout::Empty {
+                return Err(FormatError::NotAStore.into());
+            }
+            Self::prepare(name.clone(), db)
+        })
     }
 
     /// Opens like [`RedbStore::open`], passing each redb backend of the file (and of the

@@ -26,6 +26,16 @@ pub enum FormatError {
     /// all, rather than a new store. Remove it to create a store there.
     #[error("the file is empty: not a store, and not made one (remove it to create a store)")]
     EmptyFile,
+    /// [`crate::SqliteOptions::existing_only`]: there is no file at the path.
+    #[error("no file at this path (existing_only creates none)")]
+    NoFile,
+    /// [`crate::SqliteOptions::existing_only`]: an SQLite database without the store's
+    /// tables (of this prefix), which an ordinary open would add.
+    #[error("an SQLite database without the store's tables of prefix `{prefix}`, not a store")]
+    NotAStore {
+        /// The table prefix looked for.
+        prefix: String,
+    },
     /// The file is not an SQLite database.
     #[error("not an SQLite database ({detail}), so not a ractor-persist store")]
     NotSqlite {
@@ -171,7 +181,7 @@ pub(crate) fn initialize(conn: &Connection, schema: &Schema) -> Result<(), Failu
 /// Checks an existing file through a read-only connection before anything writes to it: that
 /// it is an SQLite database holding our store or nothing of our prefix, that SQLite's
 /// `quick_check` finds it sound, and, if it holds our store, that the store is whole.
-pub(crate) fn probe(path: &Path, schema: &Schema, prefix: &str) -> Result<(), Failure> {
+pub(crate) fn probe(path: &Path, schema: &Schema, prefix: &str) -> Result<Layout, Failure> {
     if std::fs::metadata(path)?.len() == 0 {
         return Err(FormatError::EmptyFile.into());
     }
@@ -223,7 +233,7 @@ pub(crate) fn probe(path: &Path, schema: &Schema, prefix: &str) -> Result<(), Fa
     }
     drop(txn);
     conn.close().map_err(|(_, e)| e)?;
-    Ok(())
+    Ok(layout)
 }
 
 /// Whether the first read of `conn` (read-only) meets a hot rollback journal it may not roll

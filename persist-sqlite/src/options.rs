@@ -17,12 +17,14 @@ pub const DEFAULT_TABLE_PREFIX: &str = "ractor_persist_";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqliteOptions {
     table_prefix: String,
+    existing_only: bool,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
             table_prefix: DEFAULT_TABLE_PREFIX.to_owned(),
+            existing_only: false,
         }
     }
 }
@@ -43,6 +45,20 @@ impl SqliteOptions {
     pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.table_prefix = prefix.into();
         self
+    }
+
+    /// Opens only a store that exists: no file is created ([`FormatError::NoFile`]), and a
+    /// database without the store's tables is refused ([`FormatError::NotAStore`]) before
+    /// anything is written to it, rather than given the tables. For tools that inspect a store
+    /// and must not change a file that is not one.
+    pub fn existing_only(mut self) -> Self {
+        self.existing_only = true;
+        self
+    }
+
+    /// Whether [`SqliteOptions::existing_only`] was asked for.
+    pub fn is_existing_only(&self) -> bool {
+        self.existing_only
     }
 
     /// The table prefix.

@@ -109,9 +109,18 @@ impl SqliteStore {
             let prefix = options.checked_prefix()?;
             let schema = Schema::new(prefix);
             if !create::exists(path)? {
+                if options.is_existing_only() {
+                    return Err(FormatError::NoFile.into());
+                }
                 create::create(path, &schema)?;
             }
-            format::probe(path, &schema, prefix)?;
+            let layout = format::probe(path, &schema, prefix)?;
+            if options.is_existing_only() && layout == Layout::Empty {
+                return Err(FormatError::NotAStore {
+                    prefix: prefix.to_owned(),
+                }
+                .into());
+            }
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let conn = Connection::open_with_flags(path, flags)?;
             conn.busy_timeout(BUSY_TIMEOUT)?;

@@ -1,0 +1,184 @@
+//! Opening a store named by a URL-like argument: `redb:PATH`, `sqlite:PATH`,
+//! `postgres://...` (or `postgresql://...`).
+
+use std::error::Error as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use persist_core::{Store, StoreError};
+
+use crate::CliError;
+
+/// A store argument, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// `redb:PATH`
+    Redb(PathBuf),
+    /// `sqlite:PATH`
+    Sqlite(PathBuf),
+    /// `postgres://...`, `postgresql://...`, or libpq's `key=value` form after `postgres:`.
+    Postgres(String),
+}
+
+/// The schemes a store argument may start with.
+pub(crate) const SCHEMES: &str = "redb:PATH, sqlite:PATH, postgres://USER@HOST/DB";
+
+impl Location {
+    /// Parses `arg`; an unknown scheme is [`CliError::UnknownScheme`].
+    pub(crate) fn parse(arg: &str) -> Result<Location, CliError> {
+        if arg.starts_with("postgres://") || arg.starts_with("postgresql://") {
+            return Ok(Location::Postgres(arg.to_owned()));
+        }
+        let unknown = || CliError::UnknownScheme {
+            arg: arg.to_owned(),
+        };
+        let (scheme, rest) = arg.split_once(':').ok_or_else(unknown)?;
+        if rest.is_empty() {
+            return Err(CliError::NoPath {
+                arg: arg.to_owned(),
+            });
+        }
+        match scheme {
+            "redb" => Ok(Location::Redb(PathBuf::from(rest))),
+            "sqlite" => Ok(Location::Sqlite(PathBuf::from(rest))),
+            "postgres" | "postgresql" => Ok(Location::Postgres(rest.to_owned())),
+            _ => Err(unknown()),
+        }
+    }
+
+    /// Opens the store, refusing to create one: a missing file, a file that is not a store, a
+    /// file another process holds, are each a typed error and change nothing.
+    pub(crate) fn open(&self, options: &OpenOptions) -> Result<Arc<dyn Store>, CliError> {
+        let opened: Result<Arc<dyn Store>, StoreError> = match self {
+            #[cfg(feature = "redb")]
+            Location::Redb(path) => {
+                persist_redb::RedbStore::open_existing(path).map(|s| Arc::new(s) as _)
+            }
+            #[cfg(feature = "sqlite")]
+            Location::Sqlite(path) => {
+                let mut o = persist_sqlite::SqliteOptions::new().existing_only();
+                if let Some(prefix) = &options.table_prefix {
+                    o = o.table_prefix(prefix);
+                }
+                persist_sqlite::SqliteStore::open_with(path, o).map(|s| Arc::new(s) as _)
+            }
+            #[cfg(feature = "postgres")]
+            Location::Postgres(params) => {
+                let mut o = persist_postgres::PostgresOptions::new(params).map_err(|e| {
+                    CliError::Open {
+                        store: "postgres".to_owned(),
+                        source: StoreError::backend("postgres", e),
+                    }
+                })?;
+                if let Some(schema) = &options.schema {
+                    o = o.schema(schema);
+                }
+                if let Some(prefix) = &options.table_prefix {
+                    o = o.table_prefix(prefix);
+                }
+                persist_postgres::PostgresStore::open(o).map(|s| Arc::new(s) as _)
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(CliError::NotBuilt {
+                    arg: self.to_string(),
+                });
+            }
+        };
+        opened.map_err(|source| {
+            if in_use(&source) {
+                CliError::InUse {
+                    store: self.to_string(),
+                    source,
+                }
+            } else {
+                CliError::Open {
+                    store: self.to_string(),
+                    source,
+                }
+            }
+        })
+    }
+}
+
+/// Whether the open failed because another process holds the store (redb's lock).
+fn in_use(e: &StoreError) -> bool {
+    #[cfg(feature = "redb")]
+    {
+        let mut source = e.source();
+        while let Some(s) = source {
+            if let Some(persist_redb::FormatError::InUse) = s.downcast_ref() {
+                return true;
+            }
+            source = s.source();
+        }
+    }
+    let _ = e;
+    false
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Redb(p) => write!(f, "redb:{}", p.display()),
+            Location::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            // The password is not shown.
+            Location::Postgres(params) => match params.split_once('@') {
+                Some((auth, rest)) if params.contains("://") => {
+                    let user = auth.rsplit_once(':').map_or(auth, |(u, _)| u);
+                    let scheme_user = user;
+                    write!(f, "{scheme_user}@{rest}")
+                }
+                _ => f.write_str("postgres"),
+            },
+        }
+    }
+}
+
+/// Backend options from the command line.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OpenOptions {
+    /// SQLite's and PostgreSQL's table prefix.
+    pub(crate) table_prefix: Option<String>,
+    /// PostgreSQL's schema.
+    pub(crate) schema: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_parse_and_unknown_ones_are_refused() {
+        assert_eq!(
+            Location::parse("redb:a/b.redb").unwrap(),
+            Location::Redb("a/b.redb".into())
+        );
+        assert_eq!(
+            Location::parse("sqlite:x.db").unwrap(),
+            Location::Sqlite("x.db".into())
+        );
+        assert!(matches!(
+            Location::parse("postgres://u:secret@h/db").unwrap(),
+            Location::Postgres(_)
+        ));
+        assert_eq!(
+            Location::parse("postgres://u:secret@h/db")
+                .unwrap()
+                .to_string(),
+            "postgres://u@h/db"
+        );
+        assert!(matches!(
+            Location::parse("mysql://h/db"),
+            Err(CliError::UnknownScheme { .. })
+        ));
+        assert!(matches!(
+            Location::parse("bank.redb"),
+            Err(CliError::UnknownScheme { .. })
+        ));
+        assert!(matches!(
+            Location::parse("redb:"),
+            Err(CliError::NoPath { .. })
+        ));
+    }
+}
