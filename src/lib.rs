@@ -76,6 +76,16 @@ pub use persist_core::{
     assert_shape, check_epochs, export, import, next_epoch, shape_fingerprint, transfer,
 };
 
+/// Inspecting and repairing a store without running its actors (persist-core's admin calls),
+/// and, with the `admin` feature, the admin tool's commands to mount in your own binary with
+/// your actor types registered ([`admin::Admin`]).
+pub mod admin {
+    pub use persist_core::admin::*;
+    #[cfg(feature = "admin")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+    pub use persist_cli::{Admin, CliError, exit};
+}
+
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use persist_core::MemoryStore;

@@ -55,7 +55,7 @@ pub(crate) fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Result<u8, Cl
             key,
             full,
         } => show(admin, store, &ActorKey::new(namespace, key), full, &mut p)?,
-        Command::Verify => return verify(admin, store, &mut p),
+        Command::Verify => return verify(admin, store, &location, &mut p),
         Command::DeadLetters { namespace } => {
             dead_letters(admin, store, namespace.as_deref(), &mut p)?
         }
@@ -349,7 +349,12 @@ fn show(
     Ok(())
 }
 
-fn verify(admin: &Admin, store: &dyn Store, p: &mut Printer<'_>) -> Result<u8, CliError> {
+fn verify(
+    admin: &Admin,
+    store: &dyn Store,
+    location: &Location,
+    p: &mut Printer<'_>,
+) -> Result<u8, CliError> {
     let progress = bar(None, p.json, "verifying", false);
     let mut tick = |done: usize, total: usize| {
         progress.set_length(total as u64);
@@ -373,15 +378,16 @@ fn verify(admin: &Admin, store: &dyn Store, p: &mut Printer<'_>) -> Result<u8, C
             .collect();
         p.json(&json!({
             "ok": report.bad.is_empty(), "keys": report.keys, "rows": report.rows,
-            "bytes": report.bytes, "bad": bad,
+            "bytes": report.bytes, "backend_check": location.integrity_check(), "bad": bad,
         }))?;
         return Ok(code);
     }
     p.line(&format!(
-        "checked {} keys, {} rows, {} bytes: the backend's integrity check passed on open; {}",
+        "checked {} keys, {} rows, {} bytes ({}): {}",
         report.keys,
         report.rows,
         report.bytes,
+        location.integrity_check(),
         match report.bad.len() {
             0 => "every record is sound".to_owned(),
             1 => "1 bad record".to_owned(),

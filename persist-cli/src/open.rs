@@ -101,6 +101,21 @@ impl Location {
     }
 }
 
+impl Location {
+    /// What the backend checked when the store was opened, for `verify`'s report.
+    pub(crate) fn integrity_check(&self) -> &'static str {
+        match self {
+            Location::Redb(_) => "redb verified every page's checksum on open",
+            Location::Sqlite(_) => {
+                "SQLite's quick_check and every row's and mark's checksum passed on open"
+            }
+            Location::Postgres(_) => {
+                "PostgreSQL offers no page check to a client: the server's own data checksums                  apply if the cluster has them on"
+            }
+        }
+    }
+}
+
 /// Whether the open failed because another process holds the store (redb's lock).
 fn in_use(e: &StoreError) -> bool {
     #[cfg(feature = "redb")]

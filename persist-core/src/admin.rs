@@ -528,35 +528,25 @@ pub fn delete(store: &dyn Store, key: &ActorKey) -> Result<Changed, AdminError> 
     if record == 0 {
         return Err(AdminError::NoActor { key: key.clone() });
     }
-    let (epoch, removed) = delete_record(store, key)?;
+    let epoch = delete_record(store, key)?;
     Ok(Changed {
         key: key.clone(),
         epoch,
         written: 0,
-        removed,
+        removed: record,
     })
 }
 
-/// Takes a new epoch for `key` and removes its record; returns the epoch and the rows
-/// removed. What [`crate::Storage::delete`] runs.
-pub(crate) fn delete_record(store: &dyn Store, key: &ActorKey) -> Result<(u64, usize), StoreError> {
+/// Takes a new epoch for `key` and removes its record in one commit; returns the epoch. What
+/// [`crate::Storage::delete`] runs.
+pub(crate) fn delete_record(store: &dyn Store, key: &ActorKey) -> Result<u64, StoreError> {
     // Reading the record also takes a new epoch, fencing a running instance at once.
     let loaded = store.open_actor(key, &Space::RECORD)?;
     let commit = ActorCommit::new(key.clone(), loaded.epoch)
         .clear_record()
         .raise_floor(sequence_floor(&loaded));
-    // The journal is read by a load only from its snapshot on: count what the clear removes.
-    let journal = store
-        .read(key, Some(Space::JOURNAL), 0..=u64::MAX)?
-        .len();
-    let removed = loaded
-        .rows
-        .iter()
-        .filter(|r| r.space != Space::JOURNAL)
-        .count()
-        + journal;
     store.commit(&[commit])?;
-    Ok((loaded.epoch, removed))
+    Ok(loaded.epoch)
 }
 
 /// How many rows of its record (not its quarantine) `key` holds.

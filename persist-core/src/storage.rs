@@ -677,15 +677,8 @@ impl Storage {
     /// spawned again under the key never reuses an operation id of the deleted one.
     pub async fn delete(&self, key: &ActorKey) -> Result<(), StoreError> {
         let key = key.clone();
-        self.call_writing(move |s| {
-            // Reading the record also takes a new epoch, fencing a running instance at once.
-            let loaded = s.open_actor(&key, &Space::RECORD)?;
-            let commit = ActorCommit::new(key, loaded.epoch)
-                .clear_record()
-                .raise_floor(sequence_floor(&loaded));
-            s.commit(&[commit])
-        })
-        .await
+        self.call_writing(move |s| crate::admin::delete_record(s, &key).map(drop))
+            .await
     }
 
     /// Writes every row and mark of the store to `out` as an export stream (see

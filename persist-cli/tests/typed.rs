@@ -1,0 +1,299 @@
+//! The admin commands mounted in a user's binary with its actor types registered: `show` and
+//! `dead-letters` print states, operations and events as JSON through the user's `Serialize`
+//! impls, and `edit` replaces a state in a commit of its own.
+
+use std::path::Path;
+
+use persist_cli::{Admin, exit};
+use ractor::call;
+use ractor_persist::prelude::*;
+use ractor_persist::{EventSourced, RedbStore, Start};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Balance {
+    owner: String,
+    cents: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Notice {
+    Sms { to: String, text: String },
+}
+
+enum AccountMsg {
+    Open(String, RpcReplyPort<()>),
+    Deposit(i64, RpcReplyPort<i64>),
+    Peek(RpcReplyPort<Balance>),
+}
+
+/// A snapshot-mode account whose notices stay pending until confirmed.
+#[derive(Default, Persistent)]
+#[persistent(name = "account")]
+struct Account;
+
+impl PersistentActor for Account {
+    type Msg = AccountMsg;
+    type State = Balance;
+    type Op = Notice;
+    type Arguments = ();
+
+    async fn init(&self, _: ()) -> Result<Balance, ActorProcessingErr> {
+        Ok(Balance::default())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        msg: AccountMsg,
+        state: &mut Balance,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AccountMsg::Open(owner, reply) => {
+                state.owner = owner;
+                tx.reply(reply, ());
+            }
+            AccountMsg::Deposit(cents, reply) => {
+                state.cents += cents;
+                tx.push(Notice::Sms {
+                    to: state.owner.clone(),
+                    text: format!("+{cents}"),
+                })?;
+                tx.reply(reply, state.cents);
+            }
+            AccountMsg::Peek(reply) => tx.reply(reply, state.clone()),
+        }
+        Ok(())
+    }
+
+    async fn perform(
+        &self,
+        _: &Pending<Notice>,
+        _: &Balance,
+    ) -> Result<Outcome, ActorProcessingErr> {
+        Ok(Outcome::KeepUntilConfirmed)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Tally {
+    Added(u32),
+}
+
+enum TallyMsg {
+    Add(u32, RpcReplyPort<u32>),
+}
+
+/// An event-sourced counter.
+#[derive(Default, Persistent)]
+#[persistent(name = "tally", event_sourced)]
+struct Counter;
+
+impl PersistentActor for Counter {
+    type Msg = TallyMsg;
+    type State = u32;
+    type Op = ();
+    type Arguments = ();
+
+    async fn init(&self, _: ()) -> Result<u32, ActorProcessingErr> {
+        Ok(0)
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        TallyMsg::Add(n, reply): TallyMsg,
+        state: &mut u32,
+    ) -> Result<(), ActorProcessingErr> {
+        tx.emit(state, Tally::Added(n))?;
+        tx.reply(reply, *state);
+        Ok(())
+    }
+}
+
+impl EventSourced for Counter {
+    type Event = Tally;
+    fn apply(state: &mut u32, Tally::Added(n): &Tally) -> Result<(), ActorProcessingErr> {
+        *state += n;
+        Ok(())
+    }
+}
+
+/// Alice's account with 90 cents and two pending notices, and a tally of 5, in `path`.
+async fn make_store(path: &Path) {
+    let storage = Storage::new(RedbStore::open(path).unwrap());
+    let (alice, _) = Account::spawn_persistent(&storage, "alice", ()).await.unwrap();
+    call!(alice, AccountMsg::Open, "alice".to_owned()).unwrap();
+    call!(alice, AccountMsg::Deposit, 40).unwrap();
+    call!(alice, AccountMsg::Deposit, 50).unwrap();
+    alice.stop_and_wait(None, None).await.unwrap();
+    let (tally, _) = ractor::Actor::spawn(None, Counter, Start::new(&storage, "t", ()))
+        .await
+        .unwrap();
+    call!(tally, TallyMsg::Add, 2).unwrap();
+    call!(tally, TallyMsg::Add, 3).unwrap();
+    tally.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+}
+
+fn typed() -> Admin {
+    Admin::new().actor::<Account>().event_sourced::<Counter>()
+}
+
+/// Runs `args` (after the program name) through `admin`; returns the exit code and stdout.
+fn run(admin: Admin, args: &[&str]) -> (u8, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut argv = vec!["ractor-persist"];
+    argv.extend_from_slice(args);
+    let code = admin.run_with(argv, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+fn export(path: &Path) -> Vec<u8> {
+    let store = RedbStore::open_existing(path).unwrap();
+    let mut out = Vec::new();
+    ractor_persist::export(&store, &mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_prints_a_registered_actors_state_and_operations_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.redb");
+    make_store(&path).await;
+    let url = format!("redb:{}", path.display());
+
+    let (code, out, err) = run(typed(), &["--json", &url, "show", "account", "alice"]);
+    assert_eq!(code, exit::SUCCESS, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let records = v["records"].as_array().unwrap();
+    let snapshot = records.iter().find(|r| r["space"] == "snapshot").unwrap();
+    assert_eq!(snapshot["value"], json!({"owner": "alice", "cents": 90}));
+    let ops: Vec<&Value> = records.iter().filter(|r| r["space"] == "ops").collect();
+    assert_eq!(ops.len(), 2, "two pending notices: {out}");
+    assert_eq!(
+        ops[0]["value"],
+        json!({"Sms": {"to": "alice", "text": "+40"}})
+    );
+    assert_eq!(
+        ops[1]["value"],
+        json!({"Sms": {"to": "alice", "text": "+50"}})
+    );
+    assert_eq!(ops[0]["header"]["kind_name"], "operation");
+
+    // For people too.
+    let (code, out, _) = run(typed(), &[&url, "show", "account", "alice"]);
+    assert_eq!(code, exit::SUCCESS);
+    assert!(
+        out.contains(r#"value   {"cents":90,"owner":"alice"}"#),
+        "{out}"
+    );
+
+    // Every record of both models checks: kinds in their spaces, numbers equal to row ids.
+    let (code, out, err) = run(typed(), &["--json", &url, "verify"]);
+    assert_eq!(code, exit::SUCCESS, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["bad"], json!([]));
+    assert_eq!(v["keys"], 2);
+
+    // The generic tool shows the bytes only.
+    let (code, out, _) = run(Admin::new(), &["--json", &url, "show", "account", "alice"]);
+    assert_eq!(code, exit::SUCCESS);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["records"][0].get("value").is_none());
+    assert!(v["records"][0]["payload_hex"].as_str().unwrap().len() > 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_prints_an_event_sourced_actors_events_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.redb");
+    make_store(&path).await;
+    let url = format!("redb:{}", path.display());
+
+    let (code, out, err) = run(typed(), &["--json", &url, "show", "tally", "t"]);
+    assert_eq!(code, exit::SUCCESS, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let events: Vec<&Value> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["space"] == "journal")
+        .map(|r| &r["value"])
+        .collect();
+    assert_eq!(events, [&json!({"Added": 2}), &json!({"Added": 3})]);
+    let snapshot = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["space"] == "journal snapshot")
+        .unwrap();
+    assert_eq!(snapshot["value"], json!(0), "init's state, before event 1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edit_replaces_a_state_in_a_commit_of_its_own_and_keeps_the_pending_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.redb");
+    make_store(&path).await;
+    let url = format!("redb:{}", path.display());
+
+    // Bad input writes nothing: a value of another type, an event-sourced actor, an unknown
+    // key, and an edit from a binary that does not know the type.
+    let before = export(&path);
+    for (admin, args, code) in [
+        (typed(), vec!["edit", "account", "alice", "--state", r#"{"cents":"x"}"#], exit::REFUSED),
+        (typed(), vec!["edit", "tally", "t", "--state", "7"], exit::REFUSED),
+        (typed(), vec!["edit", "account", "nobody", "--state", r#"{"owner":"n","cents":1}"#], exit::REFUSED),
+        (Admin::new(), vec!["edit", "account", "alice", "--state", r#"{"owner":"a","cents":1}"#], exit::REFUSED),
+    ] {
+        let mut argv = vec![url.as_str()];
+        argv.extend(args.iter().copied());
+        let (got, _, err) = run(admin, &argv);
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert_eq!(export(&path), before, "{args:?} wrote nothing");
+    }
+
+    let (code, out, err) = run(
+        typed(),
+        &[&url, "edit", "account", "alice", "--state", r#"{"owner":"alice","cents":100}"#],
+    );
+    assert_eq!(code, exit::SUCCESS, "{err}");
+    assert!(out.contains("replaced the state of account/alice"), "{out}");
+
+    let storage = Storage::new(RedbStore::open(&path).unwrap());
+    let (alice, _) = Account::spawn_persistent(&storage, "alice", ()).await.unwrap();
+    let state = call!(alice, AccountMsg::Peek).unwrap();
+    assert_eq!(state, Balance { owner: "alice".into(), cents: 100 });
+    // The notices are still pending, under their ids, and new ones number after them.
+    assert_eq!(call!(alice, AccountMsg::Deposit, 1).unwrap(), 101);
+    alice.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+    let (code, out, _) = run(typed(), &["--json", &url, "list", "account"]);
+    assert_eq!(code, exit::SUCCESS);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["pending"], 3, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_and_list_refuse_a_namespace_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.redb");
+    make_store(&path).await;
+    let url = format!("redb:{}", path.display());
+    for cmd in [["list", "nope"], ["dead-letters", "nope"]] {
+        let mut argv = vec!["--json", url.as_str()];
+        argv.extend(cmd);
+        let (code, out, err) = run(typed(), &argv);
+        assert_eq!(code, exit::REFUSED, "{cmd:?}");
+        assert!(err.contains("namespace `nope`"), "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["error"]["kind"], "no_namespace");
+    }
+}
