@@ -211,7 +211,7 @@ pub(crate) struct Cli {
     /// The table prefix of an SQLite or PostgreSQL store (default `ractor_persist_`).
     #[arg(long, global = true, value_name = "PREFIX")]
     pub(crate) table_prefix: Option<String>,
-    /// The schema of a PostgreSQL store (default `ractor_persist`).
+    /// The schema of a PostgreSQL store (default `public`).
     #[arg(long, global = true, value_name = "SCHEMA")]
     pub(crate) pg_schema: Option<String>,
     #[command(subcommand)]

@@ -64,12 +64,13 @@ impl Location {
             }
             #[cfg(feature = "postgres")]
             Location::Postgres(params) => {
-                let mut o = persist_postgres::PostgresOptions::new(params).map_err(|e| {
+                let o = persist_postgres::PostgresOptions::new(params).map_err(|e| {
                     CliError::Open {
                         store: "postgres".to_owned(),
                         source: StoreError::backend("postgres", e),
                     }
                 })?;
+                let mut o = o.existing_only();
                 if let Some(schema) = &options.schema {
                     o = o.schema(schema);
                 }

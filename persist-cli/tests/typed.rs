@@ -123,7 +123,9 @@ impl EventSourced for Counter {
 /// Alice's account with 90 cents and two pending notices, and a tally of 5, in `path`.
 async fn make_store(path: &Path) {
     let storage = Storage::new(RedbStore::open(path).unwrap());
-    let (alice, _) = Account::spawn_persistent(&storage, "alice", ()).await.unwrap();
+    let (alice, _) = Account::spawn_persistent(&storage, "alice", ())
+        .await
+        .unwrap();
     call!(alice, AccountMsg::Open, "alice".to_owned()).unwrap();
     call!(alice, AccountMsg::Deposit, 40).unwrap();
     call!(alice, AccountMsg::Deposit, 50).unwrap();
@@ -247,10 +249,38 @@ async fn edit_replaces_a_state_in_a_commit_of_its_own_and_keeps_the_pending_oper
     // key, and an edit from a binary that does not know the type.
     let before = export(&path);
     for (admin, args, code) in [
-        (typed(), vec!["edit", "account", "alice", "--state", r#"{"cents":"x"}"#], exit::REFUSED),
-        (typed(), vec!["edit", "tally", "t", "--state", "7"], exit::REFUSED),
-        (typed(), vec!["edit", "account", "nobody", "--state", r#"{"owner":"n","cents":1}"#], exit::REFUSED),
-        (Admin::new(), vec!["edit", "account", "alice", "--state", r#"{"owner":"a","cents":1}"#], exit::REFUSED),
+        (
+            typed(),
+            vec!["edit", "account", "alice", "--state", r#"{"cents":"x"}"#],
+            exit::REFUSED,
+        ),
+        (
+            typed(),
+            vec!["edit", "tally", "t", "--state", "7"],
+            exit::REFUSED,
+        ),
+        (
+            typed(),
+            vec![
+                "edit",
+                "account",
+                "nobody",
+                "--state",
+                r#"{"owner":"n","cents":1}"#,
+            ],
+            exit::REFUSED,
+        ),
+        (
+            Admin::new(),
+            vec![
+                "edit",
+                "account",
+                "alice",
+                "--state",
+                r#"{"owner":"a","cents":1}"#,
+            ],
+            exit::REFUSED,
+        ),
     ] {
         let mut argv = vec![url.as_str()];
         argv.extend(args.iter().copied());
@@ -262,15 +292,30 @@ async fn edit_replaces_a_state_in_a_commit_of_its_own_and_keeps_the_pending_oper
 
     let (code, out, err) = run(
         typed(),
-        &[&url, "edit", "account", "alice", "--state", r#"{"owner":"alice","cents":100}"#],
+        &[
+            &url,
+            "edit",
+            "account",
+            "alice",
+            "--state",
+            r#"{"owner":"alice","cents":100}"#,
+        ],
     );
     assert_eq!(code, exit::SUCCESS, "{err}");
     assert!(out.contains("replaced the state of account/alice"), "{out}");
 
     let storage = Storage::new(RedbStore::open(&path).unwrap());
-    let (alice, _) = Account::spawn_persistent(&storage, "alice", ()).await.unwrap();
+    let (alice, _) = Account::spawn_persistent(&storage, "alice", ())
+        .await
+        .unwrap();
     let state = call!(alice, AccountMsg::Peek).unwrap();
-    assert_eq!(state, Balance { owner: "alice".into(), cents: 100 });
+    assert_eq!(
+        state,
+        Balance {
+            owner: "alice".into(),
+            cents: 100
+        }
+    );
     // The notices are still pending, under their ids, and new ones number after them.
     assert_eq!(call!(alice, AccountMsg::Deposit, 1).unwrap(), 101);
     alice.stop_and_wait(None, None).await.unwrap();

@@ -487,7 +487,11 @@ pub fn requeue(
             return Err(AdminError::NotDeadLetter {
                 key: key.clone(),
                 id,
-                found: format!("it is a {}", p.header.kind_name),
+                found: if p.header.is_pending_op() {
+                    "it is still pending".to_owned()
+                } else {
+                    format!("the row holds a record of kind {}", p.header.kind)
+                },
             });
         }
         Ok(p)
@@ -630,8 +634,10 @@ fn quarantine_entry(
 }
 
 /// Puts the record that the instance of `epoch` quarantined back in place of `key`'s record,
-/// and removes it from the quarantine, in one commit: for after a release that can read it
-/// (a migration added, a key restored to the keyring).
+/// and removes it from the quarantine, in one commit: the undo of a quarantine, byte for byte.
+/// Only damaged records are quarantined, so a start that is still opted in to quarantine moves
+/// a record that is still damaged aside again, and one that is not fails on it: restore a
+/// record to inspect it in place, to export it, or after its bytes were repaired elsewhere.
 ///
 /// Refused, writing nothing, when there is no such quarantined record
 /// ([`AdminError::NoQuarantine`]) or when the actor has a record again

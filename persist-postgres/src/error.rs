@@ -92,6 +92,15 @@ pub enum PostgresError {
         /// The value the store needs.
         expected: &'static str,
     },
+    /// [`crate::PostgresOptions::existing_only`]: the schema holds none of the store's
+    /// tables, which an ordinary open would create.
+    #[error("no store in schema `{schema}` with table prefix `{prefix}` (existing_only creates none)")]
+    NoStore {
+        /// The schema.
+        schema: String,
+        /// The table prefix.
+        prefix: String,
+    },
 }
 
 /// Why a body failed, before the store's name is attached.

@@ -37,6 +37,7 @@ pub struct PostgresOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) statement_timeout: Duration,
     pub(crate) reconnect_for: Duration,
+    pub(crate) existing_only: bool,
 }
 
 impl fmt::Debug for PostgresOptions {
@@ -94,6 +95,7 @@ impl PostgresOptions {
             connect_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(30),
             reconnect_for: Duration::from_secs(30),
+            existing_only: false,
         }
     }
 
@@ -132,6 +134,14 @@ impl PostgresOptions {
     /// from 20 ms to 1 s, before it fails (default 30 s). Zero: one attempt.
     pub fn reconnect_for(mut self, duration: Duration) -> Self {
         self.reconnect_for = duration;
+        self
+    }
+
+    /// Opens only a store that exists: a schema without the store's tables is refused
+    /// ([`crate::PostgresError::NoStore`]) and nothing is created. For tools that inspect a
+    /// store and must not leave a new one behind.
+    pub fn existing_only(mut self) -> Self {
+        self.existing_only = true;
         self
     }
 

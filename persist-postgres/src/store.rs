@@ -108,7 +108,8 @@ impl PostgresStore {
     /// Connects to the server `options` name and opens the store in its schema.
     ///
     /// - No tables of the prefix: they are created in one transaction (and the schema, if
-    ///   missing), with the format marker and [`SCHEMA_VERSION`].
+    ///   missing), with the format marker and [`SCHEMA_VERSION`]; with
+    ///   [`PostgresOptions::existing_only`], refused instead ([`PostgresError::NoStore`]).
     /// - All three: the marker, the version and every column are checked; a table of another
     ///   application ([`PostgresError::Foreign`]), a newer version
     ///   ([`PostgresError::NewerSchema`]) or only some of the tables
@@ -348,6 +349,12 @@ impl PostgresStore {
         for attempt in 0..3 {
             match self.inspect(client).await? {
                 Tables::Ours => return Ok(()),
+                Tables::None if self.options.existing_only => {
+                    return Err(Failure::Open(PostgresError::NoStore {
+                        schema: self.schema.schema.clone(),
+                        prefix: self.options.prefix.clone(),
+                    }));
+                }
                 Tables::None => {
                     // Only a missing schema is created: CREATE SCHEMA IF NOT EXISTS needs the
                     // CREATE privilege on the database even when the schema exists.
