@@ -39,7 +39,8 @@ pub(crate) fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Result<u8, Cl
     {
         return Err(CliError::ExportExists { path: file.clone() });
     }
-    let store = location.open(&options)?;
+    let create = matches!(cli.command, Command::Import { create: true, .. });
+    let store = location.open(&options, create)?;
     let store: &dyn Store = &*store;
     let json = cli.json;
     let mut p = Printer { out, json };
@@ -65,8 +66,10 @@ pub(crate) fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Result<u8, Cl
             p.changed(
                 &changed,
                 &format!(
-                    "requeued operation #{id} of {key}: rewritten as a pending operation with no \
-                     failed attempts; the actor performs it at its next start"
+                    "requeued operation #{id} of {key} under the new epoch {}: rewritten as a \
+                     pending operation with no failed attempts; the actor performs it at its \
+                     next start",
+                    changed.epoch
                 ),
                 json!({"command": "requeue", "id": id}),
             )?;
@@ -77,9 +80,9 @@ pub(crate) fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Result<u8, Cl
             p.changed(
                 &changed,
                 &format!(
-                    "deleted {key}: {} rows removed; its quarantined records and its marks stay \
-                     (operation ids are not reused)",
-                    changed.removed
+                    "deleted {key} under the new epoch {}: {} rows removed; its quarantined \
+                     records and its marks stay, so no operation id is used again",
+                    changed.epoch, changed.removed
                 ),
                 json!({"command": "delete"}),
             )?;
@@ -97,15 +100,15 @@ pub(crate) fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Result<u8, Cl
             p.changed(
                 &changed,
                 &format!(
-                    "restored the record of {key} quarantined by epoch {epoch}: {} rows put back, \
-                     the quarantined copy removed",
-                    changed.written
+                    "restored the record of {key} quarantined by epoch {epoch}, under the new \
+                     epoch {}: {} rows put back, the quarantined copy removed",
+                    changed.epoch, changed.written
                 ),
                 json!({"command": "quarantine restore", "quarantined_by": epoch}),
             )?;
         }
         Command::Export { file } => export(store, &file, &mut p)?,
-        Command::Import { file, replace } => import(store, &file, replace, &mut p)?,
+        Command::Import { file, replace, .. } => import(store, &file, replace, &mut p)?,
         Command::Stats => stats(store, &location, &mut p)?,
         Command::Edit {
             namespace,
@@ -117,7 +120,11 @@ pub(crate) fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Result<u8, Cl
             let changed = typed.edit(store, &key, &state, &admin.transforms)?;
             p.changed(
                 &changed,
-                &format!("replaced the state of {key}; its pending operations are unchanged"),
+                &format!(
+                    "replaced the state of {key} under the new epoch {}; its pending operations \
+                     are unchanged",
+                    changed.epoch
+                ),
                 json!({"command": "edit"}),
             )?;
         }
@@ -161,7 +168,7 @@ impl Printer<'_> {
             v["rows_removed"] = json!(c.removed);
             self.json(&v)
         } else {
-            self.line(&format!("{text} (under the new epoch {})", c.epoch))
+            self.line(text)
         }
     }
 }
@@ -599,7 +606,7 @@ fn import(
     let stats = if file.as_os_str() == "-" {
         let stdin = std::io::stdin();
         let mut r = BufReader::new(stdin.lock());
-        persist_core::import(store, &mut r, mode)?
+        persist_core::import(store, &mut r, mode).map_err(not_empty)?
     } else {
         let f = File::open(file).map_err(|source| CliError::Io {
             path: file.to_owned(),
@@ -608,7 +615,7 @@ fn import(
         let len = f.metadata().map(|m| m.len()).ok();
         let progress = bar(len, p.json, "importing", true);
         let mut r: Box<dyn Read> = Box::new(progress.wrap_read(BufReader::new(f)));
-        let stats = persist_core::import(store, &mut r, mode)?;
+        let stats = persist_core::import(store, &mut r, mode).map_err(not_empty)?;
         progress.finish_and_clear();
         stats
     };
@@ -620,6 +627,17 @@ fn import(
         "imported {} actors, {} rows ({} bytes of rows) in one commit",
         stats.actors, stats.rows, stats.bytes
     ))
+}
+
+/// An import into a store that is not empty, in the tool's words.
+fn not_empty(e: persist_core::TransferError) -> CliError {
+    match e {
+        persist_core::TransferError::NotEmpty { keys, first, .. } => CliError::NotEmpty {
+            keys,
+            first: first.to_string(),
+        },
+        e => e.into(),
+    }
 }
 
 fn stats(store: &dyn Store, location: &Location, p: &mut Printer<'_>) -> Result<(), CliError> {
@@ -679,7 +697,7 @@ fn stats(store: &dyn Store, location: &Location, p: &mut Printer<'_>) -> Result<
         &[
             "NAMESPACE",
             "ACTORS",
-            "MARKS-ONLY",
+            "NO-RECORD",
             "ROWS",
             "BYTES",
             "PENDING",

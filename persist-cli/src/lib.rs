@@ -117,6 +117,17 @@ pub enum CliError {
         /// The error.
         source: std::io::Error,
     },
+    /// `import` without `--replace` into a store that holds something; nothing was written.
+    #[error(
+        "the store is not empty ({keys} keys, the first `{first}`): nothing imported (--replace \
+         imports into it anyway, replacing the stream's keys)"
+    )]
+    NotEmpty {
+        /// How many keys it holds.
+        keys: usize,
+        /// The first of them.
+        first: String,
+    },
     /// `export` refuses to overwrite a file.
     #[error("{path} exists; export writes a new file only (remove it or choose another name)")]
     ExportExists {
@@ -185,6 +196,7 @@ impl CliError {
             CliError::Transfer(_) => "transfer",
             CliError::Io { .. } => "io",
             CliError::ExportExists { .. } => "export_exists",
+            CliError::NotEmpty { .. } => "not_empty",
             CliError::NotTyped { .. } => "not_typed",
             CliError::Json { .. } => "json",
         }
@@ -276,6 +288,10 @@ pub(crate) enum Command {
         /// Import into a store that holds other keys too, replacing the stream's keys.
         #[arg(long)]
         replace: bool,
+        /// Create the store if there is no file (PostgreSQL: no tables); an existing file
+        /// must still be a store.
+        #[arg(long)]
+        create: bool,
     },
     /// Counts per namespace: actors, rows, bytes, pending, dead, quarantined.
     Stats,

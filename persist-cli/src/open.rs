@@ -46,17 +46,30 @@ impl Location {
         }
     }
 
-    /// Opens the store, refusing to create one: a missing file, a file that is not a store, a
-    /// file another process holds, are each a typed error and change nothing.
-    pub(crate) fn open(&self, options: &OpenOptions) -> Result<Arc<dyn Store>, CliError> {
+    /// Opens the store. With `create` (`import --create`) a new store is made where there is
+    /// no file (or, for PostgreSQL, no tables); otherwise a missing store is refused. A file
+    /// that is not a store, or one another process holds, is a typed error and is left
+    /// unchanged, `create` or not.
+    pub(crate) fn open(
+        &self,
+        options: &OpenOptions,
+        create: bool,
+    ) -> Result<Arc<dyn Store>, CliError> {
         let opened: Result<Arc<dyn Store>, StoreError> = match self {
+            #[cfg(feature = "redb")]
+            Location::Redb(path) if create && !path.exists() => {
+                persist_redb::RedbStore::open(path).map(|s| Arc::new(s) as _)
+            }
             #[cfg(feature = "redb")]
             Location::Redb(path) => {
                 persist_redb::RedbStore::open_existing(path).map(|s| Arc::new(s) as _)
             }
             #[cfg(feature = "sqlite")]
             Location::Sqlite(path) => {
-                let mut o = persist_sqlite::SqliteOptions::new().existing_only();
+                let mut o = persist_sqlite::SqliteOptions::new();
+                if !(create && !path.exists()) {
+                    o = o.existing_only();
+                }
                 if let Some(prefix) = &options.table_prefix {
                     o = o.table_prefix(prefix);
                 }
@@ -70,7 +83,7 @@ impl Location {
                         source: StoreError::backend("postgres", e),
                     }
                 })?;
-                let mut o = o.existing_only();
+                let mut o = if create { o } else { o.existing_only() };
                 if let Some(schema) = &options.schema {
                     o = o.schema(schema);
                 }

@@ -607,7 +607,8 @@ async fn delete_removes_the_record_and_refuses_what_does_not_exist() {
         .cli(&["delete", WALLET, "alice"])
         .expect(code::SUCCESS);
     assert!(
-        run.stdout.contains("deleted wallet/alice: 3 rows removed"),
+        run.stdout.contains("deleted wallet/alice under the new epoch")
+            && run.stdout.contains(": 3 rows removed"),
         "{run:?}"
     );
     assert!(store.rows(&wallet("alice")).is_empty());
@@ -758,8 +759,8 @@ async fn quarantine_list_shows_the_records_and_restore_puts_one_back() {
         .expect(code::SUCCESS);
     assert!(
         run.stdout.contains(&format!(
-            "restored the record of wallet/q quarantined by epoch {q_epoch}: 2 rows put back"
-        )),
+            "restored the record of wallet/q quarantined by epoch {q_epoch}, under the new epoch"
+        )) && run.stdout.contains(": 2 rows put back"),
         "{run:?}"
     );
     let rows = store.rows(&wallet("q"));
@@ -889,7 +890,7 @@ async fn export_then_import_into_a_fresh_sqlite_store_gives_the_same_stream() {
     let run = target
         .cli(&["--json", "import", file_arg])
         .expect(code::REFUSED);
-    assert_eq!(run.json()["error"]["kind"], "transfer");
+    assert_eq!(run.json()["error"]["kind"], "not_empty");
     assert_eq!(target.export(), stream, "a refused import writes nothing");
     // With --replace, the stream's keys get its rows again, under a new epoch that fences
     // any running instance.
