@@ -192,6 +192,7 @@ impl CliError {
             CliError::Admin(AdminError::RecordExists { .. }) => "record_exists",
             CliError::Admin(AdminError::NotEditable { .. }) => "not_editable",
             CliError::Admin(AdminError::Damaged { .. }) => "damaged",
+            CliError::Admin(AdminError::NeedsKey { .. }) => "needs_key",
             CliError::Admin(_) | CliError::Store(_) => "store",
             CliError::Transfer(_) => "transfer",
             CliError::Io { .. } => "io",

@@ -26,6 +26,9 @@ enum AccountMsg {
     Open(String, RpcReplyPort<()>),
     Deposit(i64, RpcReplyPort<i64>),
     Peek(RpcReplyPort<Balance>),
+    /// A notice to a phone that does not exist: it fails, and with one attempt allowed
+    /// becomes a dead letter.
+    Bounce(RpcReplyPort<ractor_persist::Settlement>),
 }
 
 /// A snapshot-mode account whose notices stay pending until confirmed.
@@ -63,16 +66,27 @@ impl PersistentActor for Account {
                 tx.reply(reply, state.cents);
             }
             AccountMsg::Peek(reply) => tx.reply(reply, state.clone()),
+            AccountMsg::Bounce(reply) => {
+                let id = tx.push(Notice::Sms {
+                    to: "nowhere".into(),
+                    text: "?".into(),
+                })?;
+                let settled = tx.settlement(&id);
+                tx.reply(reply, settled);
+            }
         }
         Ok(())
     }
 
     async fn perform(
         &self,
-        _: &Pending<Notice>,
+        op: &Pending<Notice>,
         _: &Balance,
     ) -> Result<Outcome, ActorProcessingErr> {
-        Ok(Outcome::KeepUntilConfirmed)
+        Ok(match op.op() {
+            Notice::Sms { to, .. } if to == "nowhere" => Outcome::Retry,
+            _ => Outcome::KeepUntilConfirmed,
+        })
     }
 }
 
@@ -341,4 +355,73 @@ async fn dead_letters_and_list_refuse_a_namespace_that_does_not_exist() {
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["error"]["kind"], "no_namespace");
     }
+}
+
+fn keyring() -> ractor_persist::Transforms {
+    let keys = ractor_persist::Keyring::new(1, &[7u8; ractor_persist::KEY_LEN]).unwrap();
+    ractor_persist::Transforms::none().encrypt(keys)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_dead_letter_is_requeued_only_with_the_keyring_and_stays_encrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sealed.redb");
+    let config = ractor_persist::StorageConfig::with_transforms(keyring());
+    let storage = Storage::with_config(RedbStore::open(&path).unwrap(), config);
+    let once = ractor_persist::RetryPolicy::new(
+        std::time::Duration::ZERO,
+        std::time::Duration::ZERO,
+        1,
+    )
+    .unwrap();
+    let start = Start::<Account>::new(&storage, "eve", ()).retry_policy(once);
+    let (eve, _) = ractor::Actor::spawn(None, Account, start).await.unwrap();
+    let settled = call!(eve, AccountMsg::Bounce).unwrap();
+    assert_eq!(settled.wait().await, ractor_persist::Settled::DeadLetter);
+    eve.stop_and_wait(None, None).await.unwrap();
+    storage.close().await.unwrap();
+    let url = format!("redb:{}", path.display());
+
+    // Without the keyring: the header shows, the payload does not, and a requeue (which must
+    // rewrite the sealed record) is refused, writing nothing.
+    let (code, out, _) = run(Admin::new(), &["--json", &url, "dead-letters"]);
+    assert_eq!(code, exit::SUCCESS);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["header"]["encrypted_key"], 1, "{out}");
+    let id = v[0]["id"].as_u64().unwrap().to_string();
+    let before = export(&path);
+    let (code, out, err) = run(typed(), &["--json", &url, "requeue", "account", "eve", &id]);
+    assert_eq!(code, exit::REFUSED, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["error"]["kind"], "needs_key");
+    assert!(err.contains("encrypted with key 1"), "{err}");
+    assert_eq!(export(&path), before, "nothing written");
+
+    // With it: requeued, sealed again, and the actor's own build reads it.
+    let admin = || typed().transforms(keyring());
+    let (code, _, err) = run(admin(), &[&url, "requeue", "account", "eve", &id]);
+    assert_eq!(code, exit::SUCCESS, "{err}");
+    let (code, out, _) = run(admin(), &["--json", &url, "show", "account", "eve"]);
+    assert_eq!(code, exit::SUCCESS);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let op = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["space"] == "ops")
+        .unwrap();
+    assert_eq!(op["header"]["kind_name"], "operation", "pending again: {out}");
+    assert_eq!(op["header"]["encrypted_key"], 1, "still encrypted");
+    assert_eq!(op["value"], json!({"Sms": {"to": "nowhere", "text": "?"}}));
+    let (code, out, err) = run(admin(), &["--json", &url, "verify"]);
+    assert_eq!(code, exit::SUCCESS, "{out}{err}");
+
+    // verify tells its progress once per key.
+    let store = RedbStore::open_existing(&path).unwrap();
+    let mut ticks = Vec::new();
+    let report =
+        ractor_persist::admin::verify(&store, &keyring(), &mut |done, all| ticks.push((done, all)))
+            .unwrap();
+    assert!(report.bad.is_empty());
+    assert_eq!(ticks, [(1, 1)]);
 }

@@ -73,6 +73,22 @@ pub enum AdminError {
         /// The rows its current record has.
         rows: usize,
     },
+    /// A record to rewrite is encrypted with a key the call was not given: pass the store's
+    /// [`Transforms`] with its keyring.
+    #[error(
+        "{space} row #{id} of `{key}` is encrypted with key {key_id}, which was not given: \
+         rewriting it needs the store's keyring (Admin::transforms)"
+    )]
+    NeedsKey {
+        /// The actor.
+        key: ActorKey,
+        /// The record's space.
+        space: Space,
+        /// The record's row id.
+        id: u64,
+        /// The id of the key it is sealed with.
+        key_id: u32,
+    },
     /// The actor's record may not be changed this way.
     #[error("`{key}` cannot be edited: {reason}")]
     NotEditable {
@@ -475,13 +491,19 @@ pub fn requeue(
                 found: "the actor has no operation with this id".to_owned(),
             });
         };
-        let p = payload(key, id, &row.bytes, transforms).map_err(|reason| {
-            AdminError::Damaged {
+        let p = payload(key, id, &row.bytes, transforms).map_err(|reason| match reason {
+            DecodeReason::MissingKey { key_id } => AdminError::NeedsKey {
+                key: key.clone(),
+                space: Space::OPS,
+                id,
+                key_id,
+            },
+            reason => AdminError::Damaged {
                 key: key.clone(),
                 space: Space::OPS,
                 id,
                 reason,
-            }
+            },
         })?;
         if !p.header.is_dead_letter() {
             return Err(AdminError::NotDeadLetter {
