@@ -63,3 +63,17 @@ fn readme_shows_the_move_store_one_liner_the_example_runs() {
         assert!(readme.contains(feature), "README's tables lack {feature}");
     }
 }
+
+#[test]
+fn readme_has_an_operating_it_section_that_links_the_operations_guide() {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("## Operating it")
+        .nth(1)
+        .expect("an \"Operating it\" section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    assert!(section.contains("docs/operations.md"));
+    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).exists());
+}

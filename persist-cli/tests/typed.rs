@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Balance {
+pub(crate) struct Balance {
     owner: String,
     cents: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum Notice {
+pub(crate) enum Notice {
     Sms { to: String, text: String },
 }
 
@@ -424,4 +424,74 @@ async fn an_encrypted_dead_letter_is_requeued_only_with_the_keyring_and_stays_en
             .unwrap();
     assert!(report.bad.is_empty());
     assert_eq!(ticks, [(1, 1)]);
+}
+
+/// The next release of the account: a new field, and a migration from version 1.
+mod v2 {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub(crate) struct Balance2 {
+        pub owner: String,
+        pub cents: i64,
+        pub frozen: bool,
+    }
+
+    impl From<Balance> for Balance2 {
+        fn from(v1: Balance) -> Self {
+            Balance2 {
+                owner: v1.owner,
+                cents: v1.cents,
+                frozen: false,
+            }
+        }
+    }
+
+    #[derive(Default, Persistent)]
+    #[persistent(name = "account", version = 2, migrate(1 = Balance))]
+    pub(crate) struct Account2;
+
+    impl PersistentActor for Account2 {
+        type Msg = ();
+        type State = Balance2;
+        type Op = Notice;
+        type Arguments = ();
+
+        async fn init(&self, _: ()) -> Result<Balance2, ActorProcessingErr> {
+            Ok(Balance2::from(Balance::default()))
+        }
+
+        async fn handle(
+            &self,
+            _: &mut Tx<'_, Self>,
+            _: (),
+            _: &mut Balance2,
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_reads_an_older_schema_through_the_types_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.redb");
+    make_store(&path).await;
+    let url = format!("redb:{}", path.display());
+
+    let admin = Admin::new().actor::<v2::Account2>();
+    let (code, out, err) = run(admin, &["--json", &url, "show", "account", "alice"]);
+    assert_eq!(code, exit::SUCCESS, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let snapshot = &v["records"][0];
+    assert_eq!(snapshot["header"]["schema"], 1, "stored by version 1");
+    assert_eq!(
+        snapshot["value"],
+        json!({"owner": "alice", "cents": 90, "frozen": false}),
+        "shown as version 2 reads it"
+    );
+    assert_eq!(
+        v["records"][1]["value"],
+        json!({"Sms": {"to": "alice", "text": "+40"}})
+    );
 }
