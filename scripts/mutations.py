@@ -112,9 +112,9 @@ MUTATIONS = {
         ["--test", "golden", "a_store_without_floors_keeps_ids_unique_across_a_quarantine"],
     ),
     "delete-keeps-only-the-stored-floor": (
-        CORE + "storage.rs",
-        "                .raise_floor(sequence_floor(&loaded));\n",
-        "                .raise_floor(loaded.floor);\n",
+        CORE + "admin.rs",
+        "        .raise_floor(sequence_floor(&loaded));\n",
+        "        .raise_floor(loaded.floor);\n",
         ["--test", "golden", "a_store_without_floors_keeps_ids_unique_across_a_delete"],
     ),
     "old-ops-decoded-as-the-new-type-without-a-shape-check": (
@@ -997,6 +997,121 @@ MUTATIONS = {
         """                if entry.fingerprint != shape {""",
         """                if entry.fingerprint != shape && false {""",
         ["--test", "durable_maps", "a_map_read_as_other_types_is_refused_and_kept"],
+    ),
+    # The operate issue: the admin calls and the tool.
+    "a-refused-requeue-takes-an-epoch-first": (
+        CORE + "admin.rs",
+        """    current(store.read(key, Some(Space::OPS), id..=id)?)?;
+""",
+        "",
+        ["-p", "persist-cli", "--test", "cli", "requeue_turns_a_dead_letter"],
+    ),
+    "a-requeue-leaves-the-letter-dead": (
+        CORE + "admin.rs",
+        """    let bytes = envelope::seal(
+        Kind::Op,""",
+        """    let bytes = envelope::seal(
+        Kind::DeadOp,""",
+        ["-p", "persist-cli", "--test", "cli", "requeue_turns_a_dead_letter"],
+    ),
+    "verify-passes-a-bad-checksum": (
+        CORE + "admin.rs",
+        """    let v = envelope::verify(&row.bytes, u32::MAX).map_err(|e| e.to_string())?;
+    let Some(kinds) = kinds_of(row.space) else {""",
+        """    let Ok(v) = envelope::verify(&row.bytes, u32::MAX) else {
+        return Ok(());
+    };
+    let Some(kinds) = kinds_of(row.space) else {""",
+        ["-p", "persist-cli", "--test", "cli", "verify_names_exactly_the_damaged_records"],
+    ),
+    "verify-takes-any-kind-in-any-space": (
+        CORE + "admin.rs",
+        "    if !kinds.contains(&v.kind) {",
+        "    if false && !kinds.contains(&v.kind) {",
+        ["-p", "persist-cli", "--test", "cli", "verify_names_exactly_the_damaged_records"],
+    ),
+    "verify-exits-zero-on-bad-records": (
+        "persist-cli/src/commands.rs",
+        """    let code = if report.bad.is_empty() {
+        exit::SUCCESS
+    } else {
+        exit::DAMAGED
+    };""",
+        """    let code = exit::SUCCESS;""",
+        ["-p", "persist-cli", "--test", "cli", "verify_names_exactly_the_damaged_records"],
+    ),
+    "the-tool-creates-a-missing-redb-file": (
+        "persist-cli/src/open.rs",
+        "            Location::Redb(path) if create && !path.exists() => {",
+        "            Location::Redb(path) if !create || !path.exists() => {",
+        ["-p", "persist-cli", "--test", "cli", "a_missing_file_is_refused_and_not_created"],
+    ),
+    "sqlite-existing-only-gives-a-foreign-file-tables": (
+        "persist-sqlite/src/store.rs",
+        "            if options.is_existing_only() && layout == Layout::Empty {",
+        "            if false && options.is_existing_only() && layout == Layout::Empty {",
+        ["-p", "persist-cli", "--test", "cli", "a_foreign_file_is_refused_and_left_as_it_is"],
+    ),
+    "postgres-existing-only-creates-the-tables": (
+        PG + "store.rs",
+        "                Tables::None if self.options.existing_only => {",
+        "                Tables::None if false => {",
+        ["-p", "persist-cli", "--test", "cli", "a_postgres_schema_without_a_store_is_refused"],
+    ),
+    "redbs-lock-is-not-named": (
+        "persist-redb/src/format.rs",
+        "        DatabaseError::DatabaseAlreadyOpen => FormatError::InUse.into(),\n",
+        "",
+        ["-p", "persist-cli", "--test", "cli", "a_redb_store_held_by_another_process"],
+    ),
+    "a-restore-overwrites-a-record": (
+        CORE + "admin.rs",
+        """        let held = rows.iter().filter(|r| r.space != Space::QUARANTINE).count();
+        if held > 0 {""",
+        """        let held = rows.iter().filter(|r| r.space != Space::QUARANTINE).count();
+        if held > usize::MAX - 1 {""",
+        ["-p", "persist-cli", "--test", "cli", "quarantine_list_shows_the_records"],
+    ),
+    "a-delete-of-nothing-writes-marks": (
+        CORE + "admin.rs",
+        """    if record == 0 {
+        return Err(AdminError::NoActor { key: key.clone() });
+    }
+    let epoch = delete_record(store, key)?;""",
+        """    let epoch = delete_record(store, key)?;""",
+        ["-p", "persist-cli", "--test", "cli", "delete_removes_the_record_and_refuses"],
+    ),
+    "an-edit-overwrites-a-journal-head": (
+        CORE + "admin.rs",
+        """        if header.kind != Kind::Snapshot as u8 {
+            return Err(AdminError::NotEditable {""",
+        """        if header.kind == 0 {
+            return Err(AdminError::NotEditable {""",
+        ["-p", "persist-cli", "--test", "typed", "edit_replaces_a_state"],
+    ),
+    "typed-show-skips-the-migrations": (
+        CORE + "admin.rs",
+        """    let stored = Stored::new(h.schema, h.fingerprint, version, &payload.value);
+    if h.schema == version {""",
+        """    let stored = Stored::new(h.schema, h.fingerprint, version, &payload.value);
+    if h.schema <= version {""",
+        ["-p", "persist-cli", "--test", "typed", "show_reads_an_older_schema"],
+    ),
+    "an-encrypted-requeue-is-written-plain": (
+        CORE + "admin.rs",
+        """        &p.value,
+        transforms,
+        Place { key, id },""",
+        """        &p.value,
+        &Transforms::none(),
+        Place { key, id },""",
+        ["-p", "persist-cli", "--test", "typed", "an_encrypted_dead_letter_is_requeued"],
+    ),
+    "operations-md-drifts-from-the-tool": (
+        "persist-cli/src/commands.rs",
+        """        return p.line("no dead letters");""",
+        """        return p.line("no dead letter");""",
+        ["-p", "persist-cli", "--test", "operations_doc"],
     ),
 }
 

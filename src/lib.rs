@@ -80,10 +80,10 @@ pub use persist_core::{
 /// and, with the `admin` feature, the admin tool's commands to mount in your own binary with
 /// your actor types registered ([`admin::Admin`]).
 pub mod admin {
-    pub use persist_core::admin::*;
     #[cfg(feature = "admin")]
     #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
     pub use persist_cli::{Admin, CliError, exit};
+    pub use persist_core::admin::*;
 }
 
 #[cfg(feature = "memory")]

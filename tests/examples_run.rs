@@ -5,6 +5,9 @@
 //! Runs the ledger example once: the event-sourced accounts' balances, refusals, recovery,
 //! audit and compaction are checked by the example itself, which exits non-zero if one is
 //! wrong.
+//!
+//! Runs the metrics example once: it scrapes its own Prometheus endpoint over HTTP and exits
+//! non-zero if the commit, retry and dead-letter metrics are missing from the scrape.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -66,4 +69,31 @@ fn the_ledger_example_checks_itself() {
     );
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.starts_with("ledger: every check passed"), "{last}");
+}
+
+#[test]
+fn the_metrics_example_scrapes_its_own_prometheus_endpoint() {
+    let bin = example("metrics");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds the examples",
+        bin.display()
+    );
+    let out = Command::new(&bin)
+        .output()
+        .expect("run the metrics example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the metrics example failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ractor_persist_commits_total{")),
+        "{stdout}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("metrics: the scrape has"), "{last}");
 }

@@ -75,5 +75,7 @@ fn readme_has_an_operating_it_section_that_links_the_operations_guide() {
         .next()
         .unwrap();
     assert!(section.contains("docs/operations.md"));
-    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).exists());
+    assert!(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).exists()
+    );
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 use persist_cli::Admin;
 use ractor::call;
 use ractor_persist::prelude::*;
-use ractor_persist::{ActorCommit, ActorKey, RedbStore, RetryPolicy, Settlement, Space, Start, Store};
+use ractor_persist::{
+    ActorCommit, ActorKey, RedbStore, RetryPolicy, Settlement, Space, Start, Store,
+};
 use serde::{Deserialize, Serialize};
 
 /// An account's state.
@@ -126,8 +128,14 @@ pub async fn make_demo(dir: &Path) -> Result<(), Box<dyn Error>> {
     let storage = Storage::new(RedbStore::open(dir.join("bank.redb"))?);
     // One failed attempt makes a dead letter.
     let once = RetryPolicy::new(Duration::ZERO, Duration::ZERO, 1)?;
-    for (key, cents) in [("alice", 5000), ("bob", 1200), ("carol", 700), ("dave", 90), ("erin", 1)] {
-        let start = Start::<Account>::new(&storage, key, ()).retry_policy(once.clone());
+    for (key, cents) in [
+        ("alice", 5000),
+        ("bob", 1200),
+        ("carol", 700),
+        ("dave", 90),
+        ("erin", 1),
+    ] {
+        let start = Start::<Account>::new(&storage, key, ()).retry_policy(once);
         let (acct, _) = ractor::Actor::spawn(None, Account, start).await?;
         call!(acct, AccountMsg::Open, key.to_owned())?;
         if key != "bob" {

@@ -557,8 +557,10 @@ fn export(store: &dyn Store, file: &Path, p: &mut Printer<'_>) -> Result<(), Cli
         return Ok(());
     }
     if p.json {
-        return p.json(&json!({"command": "export", "file": file, "actors": stats.actors,
-                              "rows": stats.rows, "bytes": stats.bytes}));
+        return p.json(
+            &json!({"command": "export", "file": file, "actors": stats.actors,
+                              "rows": stats.rows, "bytes": stats.bytes}),
+        );
     }
     p.line(&format!(
         "exported {} actors, {} rows ({} bytes of rows) to {}",
@@ -643,7 +645,9 @@ fn not_empty(e: persist_core::TransferError) -> CliError {
 fn stats(store: &dyn Store, location: &Location, p: &mut Printer<'_>) -> Result<(), CliError> {
     let list = admin::stats(store)?;
     let file = match location {
-        Location::Redb(path) | Location::Sqlite(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+        Location::Redb(path) | Location::Sqlite(path) => {
+            std::fs::metadata(path).ok().map(|m| m.len())
+        }
         Location::Postgres(_) => None,
     };
     let mut total = admin::NamespaceStats::default();

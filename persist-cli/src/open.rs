@@ -67,7 +67,7 @@ impl Location {
             #[cfg(feature = "sqlite")]
             Location::Sqlite(path) => {
                 let mut o = persist_sqlite::SqliteOptions::new();
-                if !(create && !path.exists()) {
+                if !create || path.exists() {
                     o = o.existing_only();
                 }
                 if let Some(prefix) = &options.table_prefix {
@@ -77,12 +77,11 @@ impl Location {
             }
             #[cfg(feature = "postgres")]
             Location::Postgres(params) => {
-                let o = persist_postgres::PostgresOptions::new(params).map_err(|e| {
-                    CliError::Open {
+                let o =
+                    persist_postgres::PostgresOptions::new(params).map_err(|e| CliError::Open {
                         store: "postgres".to_owned(),
                         source: StoreError::backend("postgres", e),
-                    }
-                })?;
+                    })?;
                 let mut o = if create { o } else { o.existing_only() };
                 if let Some(schema) = &options.schema {
                     o = o.schema(schema);

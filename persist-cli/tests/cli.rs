@@ -607,7 +607,8 @@ async fn delete_removes_the_record_and_refuses_what_does_not_exist() {
         .cli(&["delete", WALLET, "alice"])
         .expect(code::SUCCESS);
     assert!(
-        run.stdout.contains("deleted wallet/alice under the new epoch")
+        run.stdout
+            .contains("deleted wallet/alice under the new epoch")
             && run.stdout.contains(": 3 rows removed"),
         "{run:?}"
     );

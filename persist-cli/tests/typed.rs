@@ -368,12 +368,9 @@ async fn an_encrypted_dead_letter_is_requeued_only_with_the_keyring_and_stays_en
     let path = dir.path().join("sealed.redb");
     let config = ractor_persist::StorageConfig::with_transforms(keyring());
     let storage = Storage::with_config(RedbStore::open(&path).unwrap(), config);
-    let once = ractor_persist::RetryPolicy::new(
-        std::time::Duration::ZERO,
-        std::time::Duration::ZERO,
-        1,
-    )
-    .unwrap();
+    let once =
+        ractor_persist::RetryPolicy::new(std::time::Duration::ZERO, std::time::Duration::ZERO, 1)
+            .unwrap();
     let start = Start::<Account>::new(&storage, "eve", ()).retry_policy(once);
     let (eve, _) = ractor::Actor::spawn(None, Account, start).await.unwrap();
     let settled = call!(eve, AccountMsg::Bounce).unwrap();
@@ -410,7 +407,10 @@ async fn an_encrypted_dead_letter_is_requeued_only_with_the_keyring_and_stays_en
         .iter()
         .find(|r| r["space"] == "ops")
         .unwrap();
-    assert_eq!(op["header"]["kind_name"], "operation", "pending again: {out}");
+    assert_eq!(
+        op["header"]["kind_name"], "operation",
+        "pending again: {out}"
+    );
     assert_eq!(op["header"]["encrypted_key"], 1, "still encrypted");
     assert_eq!(op["value"], json!({"Sms": {"to": "nowhere", "text": "?"}}));
     let (code, out, err) = run(admin(), &["--json", &url, "verify"]);

@@ -806,7 +806,11 @@ fn check_row(
         return Err(format!("{} is not a space this build uses", row.space));
     };
     if !kinds.contains(&v.kind) {
-        return Err(format!("a {} record in the {} space", v.kind.name(), row.space));
+        return Err(format!(
+            "a {} record in the {} space",
+            v.kind.name(),
+            row.space
+        ));
     }
     let numbered = matches!(row.space, Space::OPS | Space::JOURNAL);
     if numbered && v.header.sequence != row.id {
@@ -930,7 +934,14 @@ pub fn replace_state<A: Persistent>(
         fingerprint: crate::shape::shape_fingerprint::<A::State>().unwrap_or(0),
     };
     let place = Place { key, id: 0 };
-    let bytes = envelope::seal(Kind::Snapshot, head, loaded.epoch, &value, transforms, place);
+    let bytes = envelope::seal(
+        Kind::Snapshot,
+        head,
+        loaded.epoch,
+        &value,
+        transforms,
+        place,
+    );
     store.commit(&[ActorCommit::new(key.clone(), loaded.epoch).put(Space::SNAPSHOT, 0, bytes)])?;
     Ok(Changed {
         key: key.clone(),

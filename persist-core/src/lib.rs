@@ -17,6 +17,7 @@ mod key;
 mod map;
 mod memory;
 mod model;
+mod observe;
 mod runtime;
 mod seen;
 mod shape;

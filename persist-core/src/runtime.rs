@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use std::time::Instant;
+use tracing::Instrument;
+use tracing::field::{Empty, display};
 
 use ractor::{ActorProcessingErr, ActorRef, SupervisionEvent};
 
@@ -23,6 +25,7 @@ use crate::map::{MAP_VERSION, MapSet};
 use crate::model::{
     Control, OpId, Outcome, Pending, Persistent, PersistentActor, RetryPolicy, Stored,
 };
+use crate::observe::{NamespaceMetrics, TARGET, Tally};
 use crate::shape::shape_fingerprint;
 use crate::storage::{Storage, next_sequence, panic_text, sequence_floor};
 use crate::store::{ActorCommit, Space};
@@ -191,6 +194,8 @@ pub struct Runtime<A: PersistentActor> {
     maps: MapSet,
     /// xorshift state for retry jitter.
     rng: u64,
+    /// What the actor adds to its namespace's gauges, and its message counter.
+    tally: Tally,
 }
 
 /// An actor's durable timers and when the sleep armed for them ends.
@@ -304,10 +309,65 @@ impl<A: PersistentActor> Runtime<A> {
 }
 
 /// Loads the actor's record (taking a new epoch), or builds its first state with `init`.
+///
+/// The load is the `ractor_persist.load` span, and its time goes to
+/// `ractor_persist_load_duration_seconds`.
 pub async fn pre_start<A: Persistent>(
     actor: &A,
     myself: ActorRef<A::Msg>,
     start: Start<A>,
+) -> Result<Runtime<A>, ActorProcessingErr> {
+    let metrics = start.storage.namespace_metrics(A::NAME);
+    let span = tracing::info_span!(
+        target: TARGET,
+        "ractor_persist.load",
+        namespace = A::NAME,
+        key = start.key.as_str(),
+        epoch = Empty,
+        pending = Empty,
+        dead = Empty,
+        replayed_ops = Empty,
+        replayed_events = Empty,
+        duration_seconds = Empty,
+        outcome = Empty,
+        error = Empty,
+    );
+    let started = Instant::now();
+    let loaded = load(actor, myself, start, &span, metrics.clone())
+        .instrument(span.clone())
+        .await;
+    let took = started.elapsed();
+    metrics.loaded(took);
+    span.record("duration_seconds", took.as_secs_f64());
+    match loaded {
+        Ok(mut rt) => {
+            rt.tally.set(rt.pending.len(), rt.dead.len());
+            if !span.is_disabled() {
+                // Performed again by the start hook: every pending operation but those
+                // waiting for a retry.
+                let waiting = rt.pending.keys().filter(|s| rt.retry.contains_key(s));
+                span.record("pending", rt.pending.len());
+                span.record("dead", rt.dead.len());
+                span.record("replayed_ops", rt.pending.len() - waiting.count());
+            }
+            Ok(rt)
+        }
+        Err(e) => {
+            span.record("outcome", "failed");
+            span.record("error", display(&e));
+            Err(e)
+        }
+    }
+}
+
+/// [`pre_start`], in its span: records the epoch, the outcome ("loaded", "initialized" or
+/// "quarantined") and the events an event-sourced actor replayed.
+async fn load<A: Persistent>(
+    actor: &A,
+    myself: ActorRef<A::Msg>,
+    start: Start<A>,
+    span: &tracing::Span,
+    metrics: Arc<NamespaceMetrics>,
 ) -> Result<Runtime<A>, ActorProcessingErr> {
     let key = Arc::new(ActorKey::new(A::NAME, start.key));
     let store_err = |source| LoadError::Store {
@@ -319,12 +379,14 @@ pub async fn pre_start<A: Persistent>(
         .load((*key).clone())
         .await
         .map_err(store_err)?;
+    span.record("epoch", loaded.epoch);
     let state_shape = shape_fingerprint::<A::State>().unwrap_or(0);
     let op_shape = shape_fingerprint::<A::Op>().unwrap_or(0);
     // Ids go on above every one the key ever used, whatever happened to its record.
     let mut next_seq = next_sequence(&loaded, FLOOR_BLOCK);
     let mut reserved = loaded.floor;
     let journal_hooks = A::__journal();
+    let mut quarantined = false;
     let record = match decode_record::<A>(&key, &loaded, start.storage.transforms()).map_err(|e| *e)
     {
         Ok(decoded) => decoded,
@@ -336,11 +398,24 @@ pub async fn pre_start<A: Persistent>(
             // floor is written in the same transaction, so no id is reused even if this
             // instance stops before its first write.
             let floor = sequence_floor(&loaded);
+            let reason = e.to_string();
             start
                 .storage
-                .quarantine(&key, loaded.epoch, e.to_string(), &loaded, floor)
+                .quarantine(&key, loaded.epoch, reason.clone(), &loaded, floor)
                 .await
                 .map_err(store_err)?;
+            tracing::warn!(
+                name: "ractor_persist.quarantined",
+                target: TARGET,
+                namespace = key.namespace(),
+                key = key.key(),
+                epoch = loaded.epoch,
+                reason = reason.as_str(),
+                "damaged record moved into the quarantine; the actor starts from init"
+            );
+            metrics.quarantined();
+            span.record("outcome", "quarantined");
+            quarantined = true;
             (next_seq, reserved) = (floor, floor);
             Record::default()
         }
@@ -356,9 +431,19 @@ pub async fn pre_start<A: Persistent>(
         waiting,
         maps,
     } = record;
+    if let Some(head) = &head {
+        span.record("replayed_events", head.last.saturating_sub(head.snapshot));
+    }
     let (state, committed, initial) = match snapshot {
-        Some((state, committed)) => (state, Digest::of(&committed), None),
+        Some((state, committed)) => {
+            span.record("outcome", "loaded");
+            (state, Digest::of(&committed), None)
+        }
         None => {
+            // A quarantine recorded its outcome already.
+            if !quarantined {
+                span.record("outcome", "initialized");
+            }
             let state = actor.init(start.args).await?;
             let encoded = envelope::to_payload(&state).map_err(|source| LoadError::Encode {
                 key: (*key).clone(),
@@ -439,6 +524,7 @@ pub async fn pre_start<A: Persistent>(
         journal,
         maps,
         rng: seed | 1,
+        tally: Tally::new(metrics),
     })
 }
 
@@ -779,7 +865,7 @@ pub async fn post_start<A: Persistent>(
         .collect();
     cycle(actor, &myself, rt, Input::Started, replay, None, None).await?;
     let all: Vec<u64> = rt.mail.outbox.keys().copied().collect();
-    post_again(rt, all);
+    post_again(rt, all, Post::Restart);
     arm_redelivery_timer(&myself, rt);
     // Timers that fell due while the actor was not running fire now, before any message.
     fire_due(actor, &myself, rt).await
@@ -930,6 +1016,9 @@ pub async fn post_stop<A: Persistent>(
     if let Some(life) = &rt.life {
         life.stopped(next_wake(rt));
     }
+    // A stopped actor holds nothing: its counts leave the gauges now, not when ractor drops
+    // its state (which a supervisor's event may carry for a while).
+    rt.tally.set(0, 0);
     PersistentActor::post_stop(actor, myself, &rt.state).await
 }
 
@@ -981,7 +1070,7 @@ async fn control<A: Persistent>(
                 .filter(|(_, o)| o.due <= now)
                 .map(|(id, _)| *id)
                 .collect();
-            post_again(rt, due);
+            post_again(rt, due, Post::Timer);
             // Operations kept until confirmation whose redelivery is due are performed
             // again; that is not a failed attempt.
             let kept: Vec<u64> = rt
@@ -991,12 +1080,27 @@ async fn control<A: Persistent>(
                 .filter(|(_, (at, _))| *at <= now)
                 .map(|(seq, _)| *seq)
                 .collect();
+            let redelivered = kept.len() as u64;
             for seq in kept {
                 if let Some((at, n)) = rt.mail.kept.get_mut(&seq) {
                     *n = n.saturating_add(1);
                     *at = far_future(now);
+                    tracing::debug!(
+                        name: "ractor_persist.redelivery",
+                        target: TARGET,
+                        namespace = rt.key.namespace(),
+                        key = rt.key.key(),
+                        what = "operation",
+                        op = seq,
+                        times = *n,
+                        cause = Post::Timer.name(),
+                        "operation kept until confirmation performed again"
+                    );
                 }
                 order.insert(seq);
+            }
+            if redelivered > 0 {
+                rt.tally.metrics().redelivered(redelivered);
             }
             rt.mail.timer = None;
             // The earliest of everything still waiting (kept operations performed now
@@ -1014,7 +1118,7 @@ async fn control<A: Persistent>(
                 .filter(|(_, o)| o.to == key)
                 .map(|(id, _)| *id)
                 .collect();
-            post_again(rt, to);
+            post_again(rt, to, Post::Arrived);
         }
     }
     let result = perform(actor, myself, rt, order.into_iter().collect()).await;
@@ -1027,14 +1131,43 @@ fn far_future(now: Instant) -> Instant {
     now + std::time::Duration::from_secs(86_400 * 365)
 }
 
-/// Posts the outbox messages `ids` again, in order of their channels' sequence numbers,
-/// and schedules their next redelivery.
-fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>) {
+/// Why outbox messages are posted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Post {
+    /// The first time, after the commit that sent them.
+    First,
+    /// Again: the actor started with them in its outbox.
+    Restart,
+    /// Again: their redelivery timer ran out.
+    Timer,
+    /// Again: the receiver (re)appeared.
+    Arrived,
+    /// Again: the receiver said which message it misses.
+    Missing,
+}
+
+impl Post {
+    /// The `cause` field of a redelivery event.
+    fn name(self) -> &'static str {
+        match self {
+            Post::First => "first",
+            Post::Restart => "restart",
+            Post::Timer => "timer",
+            Post::Arrived => "arrived",
+            Post::Missing => "missing",
+        }
+    }
+}
+
+/// Posts the outbox messages `ids` (again, unless `cause` is [`Post::First`]), in order of
+/// their channels' sequence numbers, and schedules their next redelivery.
+fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>, cause: Post) {
     if ids.is_empty() {
         return;
     }
     ids.sort_by_key(|id| rt.mail.outbox.get(id).map(|o| (o.channel, o.seq)));
     let now = Instant::now();
+    let mut redelivered = 0u64;
     for id in ids {
         let unit = rt.unit();
         let Some(out) = rt.mail.outbox.get_mut(&id) else {
@@ -1043,6 +1176,22 @@ fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>) {
         out.posts = out.posts.saturating_add(1);
         out.due = now + rt.redelivery.delay(out.posts, unit);
         let due = out.due;
+        if cause != Post::First {
+            redelivered += 1;
+            tracing::debug!(
+                name: "ractor_persist.redelivery",
+                target: TARGET,
+                namespace = rt.key.namespace(),
+                key = rt.key.key(),
+                what = "letter",
+                to = %out.to,
+                channel = out.channel,
+                seq = out.seq,
+                times = out.posts,
+                cause = cause.name(),
+                "letter not acknowledged posted again"
+            );
+        }
         let letter = Letter {
             from: (*rt.key).clone(),
             to: out.to.clone(),
@@ -1056,6 +1205,9 @@ fn post_again<A: PersistentActor>(rt: &mut Runtime<A>, mut ids: Vec<u64>) {
         };
         rt.mail.schedule(due);
         rt.storage.postbox().post(letter);
+    }
+    if redelivered > 0 {
+        rt.tally.metrics().redelivered(redelivered);
     }
 }
 
@@ -1267,7 +1419,7 @@ fn acknowledged<A: PersistentActor>(rt: &mut Runtime<A>, letter: &Letter) {
         None
     };
     if let Some(id) = post {
-        post_again(rt, vec![id]);
+        post_again(rt, vec![id], Post::Missing);
     }
 }
 
@@ -1458,7 +1610,48 @@ pub async fn handle<A: Persistent>(
 
 /// The message cycle for any input: run the user's code with a [`Tx`], commit if anything
 /// changed, reply, then perform `again` (older operations, in sequence order) and the new ones.
+///
+/// The cycle is the `ractor_persist.message` span; `seq` counts this instance's cycles.
 async fn cycle<A: Persistent>(
+    actor: &A,
+    myself: &ActorRef<A::Msg>,
+    rt: &mut Runtime<A>,
+    input: Input<A>,
+    again: BTreeSet<u64>,
+    arrival: Option<Box<Arrival>>,
+    fired: Option<FiredRow>,
+) -> Result<(), ActorProcessingErr> {
+    rt.tally.messages = rt.tally.messages.wrapping_add(1);
+    let kind = match (&input, &arrival, &fired) {
+        (Input::Started, ..) => "post_start",
+        (Input::Supervision(_), ..) => "supervision",
+        (Input::Message(_), Some(_), _) => "letter",
+        (Input::Message(_), None, Some(_)) => "timer",
+        (Input::Message(_), None, None) => "message",
+    };
+    let span = tracing::debug_span!(
+        target: TARGET,
+        "ractor_persist.message",
+        namespace = rt.key.namespace(),
+        key = rt.key.key(),
+        epoch = rt.epoch,
+        seq = rt.tally.messages,
+        kind,
+        outcome = Empty,
+        error = Empty,
+    );
+    let cycle = cycle_in(actor, myself, rt, input, again, arrival, fired, &span);
+    if span.is_disabled() {
+        // No subscriber wants it: no span to enter on every poll.
+        cycle.await
+    } else {
+        cycle.instrument(span.clone()).await
+    }
+}
+
+/// [`cycle`], in its span: records the outcome of the message's commit.
+#[allow(clippy::too_many_arguments)]
+async fn cycle_in<A: Persistent>(
     actor: &A,
     myself: &ActorRef<A::Msg>,
     rt: &mut Runtime<A>,
@@ -1466,8 +1659,10 @@ async fn cycle<A: Persistent>(
     mut again: BTreeSet<u64>,
     arrival: Option<Box<Arrival>>,
     fired: Option<FiredRow>,
+    span: &tracing::Span,
 ) -> Result<(), ActorProcessingErr> {
     if rt.failed {
+        span.record("outcome", "refused");
         return Err(failed_before(rt).into());
     }
     let arrival = arrival.as_deref();
@@ -1507,6 +1702,8 @@ async fn cycle<A: Persistent>(
         }
     }
     if let Err(e) = handled {
+        span.record("outcome", "handler_failed");
+        span.record("error", display(&e));
         return Err(roll_back(rt, e, Attempt::NotWritten).await);
     }
     // Event-sourced, the events are the change: the state is not encoded (but for a
@@ -1523,6 +1720,8 @@ async fn cycle<A: Persistent>(
                     what: "state",
                     source,
                 };
+                span.record("outcome", "encode_failed");
+                span.record("error", display(&e));
                 return Err(roll_back(rt, e.into(), Attempt::NotWritten).await);
             }
         }
@@ -1558,6 +1757,7 @@ async fn cycle<A: Persistent>(
     if !(changed || ops_changed) {
         // The maps' changes, if any, cancelled out: nothing to write, nothing to keep.
         rt.maps.committed();
+        span.record("outcome", "unchanged");
     }
     if changed || ops_changed {
         let built = build_commit(
@@ -1575,13 +1775,24 @@ async fn cycle<A: Persistent>(
         drop(encoded);
         let (commit, commit_floor, head) = match built {
             Ok(built) => built,
-            Err(e) => return Err(roll_back(rt, e, Attempt::NotWritten).await),
+            Err(e) => {
+                span.record("outcome", "encode_failed");
+                span.record("error", display(&e));
+                return Err(roll_back(rt, e, Attempt::NotWritten).await);
+            }
         };
         if let Err(source) = rt.storage.commit(commit).await {
             // Replies and operations are dropped with `parts`: callers see an error.
-            let e = rt.fail(source).into();
-            return Err(roll_back(rt, e, Attempt::MaybeWritten).await);
+            let e = rt.fail(source);
+            let outcome = match e {
+                CommitError::Fenced { .. } => "fenced",
+                _ => "commit_failed",
+            };
+            span.record("outcome", outcome);
+            span.record("error", display(&e));
+            return Err(roll_back(rt, e.into(), Attempt::MaybeWritten).await);
         }
+        span.record("outcome", "committed");
         rt.committed = digest;
         rt.initial = None;
         rt.next_seq = next_seq;
@@ -1637,9 +1848,6 @@ async fn cycle<A: Persistent>(
     }
     // In a block: none of this lives in the future across the perform below.
     let order: Vec<u64> = {
-        for reply in parts.replies {
-            reply();
-        }
         let mut order: Vec<u64> = Vec::with_capacity(parts.pushed.len());
         for (seq, op) in parts.pushed {
             rt.pending.insert(
@@ -1651,6 +1859,11 @@ async fn cycle<A: Persistent>(
                 },
             );
             order.push(seq);
+        }
+        // The gauges count the commit before a caller hears of it.
+        rt.tally.set(rt.pending.len(), rt.dead.len());
+        for reply in parts.replies {
+            reply();
         }
         let (sent, watch) = match extra {
             Some(x) => {
@@ -1679,7 +1892,7 @@ async fn cycle<A: Persistent>(
             rt.mail.outbox.insert(sent.id, out);
             posted.push(sent.id);
         }
-        post_again(rt, posted);
+        post_again(rt, posted, Post::First);
         for (seq, waiter) in watch {
             if rt.pending.contains_key(&seq) || rt.mail.outbox.contains_key(&seq) {
                 let waiters = rt.mail.watchers.entry(seq).or_default();
@@ -2064,6 +2277,7 @@ async fn perform<A: Persistent>(
                 if rt.mail.kept.contains_key(&seq) {
                     rt.mail.kept.remove(&seq);
                 }
+                rt.tally.set(rt.pending.len(), rt.dead.len());
                 rt.mail.settle(seq, Settled::Done);
                 done.push(seq);
                 continue;
@@ -2098,13 +2312,26 @@ async fn perform<A: Persistent>(
                 break;
             }
         };
-        if attempts >= rt.policy.max_attempts() {
+        let max_attempts = rt.policy.max_attempts();
+        if attempts >= max_attempts {
             // Given up: set aside as a dead letter, kept in the store with its count.
             let payload = envelope::join_attempts(attempts, &bytes);
             rewrites.push((seq, rt.op_envelope(Kind::CountedDeadOp, seq, &payload)));
             if let Some(p) = rt.pending.remove(&seq) {
                 rt.dead.insert(seq, p);
             }
+            tracing::warn!(
+                name: "ractor_persist.dead_letter",
+                target: TARGET,
+                namespace = rt.key.namespace(),
+                key = rt.key.key(),
+                op = seq,
+                attempts,
+                error = failed.as_ref().err().map(display),
+                "operation failed too often: moved to the dead letters"
+            );
+            rt.tally.metrics().dead_lettered(1);
+            rt.tally.set(rt.pending.len(), rt.dead.len());
             rt.mail.settle(seq, Settled::DeadLetter);
         } else if failed.is_ok() {
             // The retry's instant is stored with the count: it is waited out across a
@@ -2116,8 +2343,34 @@ async fn perform<A: Persistent>(
                 crate::timer::to_ms_ceil(std::time::SystemTime::now() + delay).unwrap_or(u64::MAX);
             let payload = envelope::join_waiting(attempts, due, &bytes);
             rewrites.push((seq, rt.op_envelope(Kind::WaitingOp, seq, &payload)));
+            tracing::debug!(
+                name: "ractor_persist.retry",
+                target: TARGET,
+                namespace = rt.key.namespace(),
+                key = rt.key.key(),
+                op = seq,
+                attempts,
+                max_attempts,
+                after = "backoff",
+                delay_seconds = delay.as_secs_f64(),
+                "operation asked to be retried: performed again after a backoff"
+            );
+            rt.tally.metrics().retried(1);
         } else {
             rewrites.push((seq, rt.pending_envelope(seq, attempts, &bytes)));
+            tracing::warn!(
+                name: "ractor_persist.retry",
+                target: TARGET,
+                namespace = rt.key.namespace(),
+                key = rt.key.key(),
+                op = seq,
+                attempts,
+                max_attempts,
+                after = "restart",
+                error = failed.as_ref().err().map(display),
+                "operation failed: the actor stops and performs it again when it starts"
+            );
+            rt.tally.metrics().retried(1);
         }
         if let Err(e) = failed {
             // The actor stops; the operation is performed again after a restart.
@@ -2143,6 +2396,7 @@ async fn perform<A: Persistent>(
     if rt.retry.is_empty() {
         rt.retry = BTreeMap::new();
     }
+    rt.tally.set(rt.pending.len(), rt.dead.len());
     arm_retry_timer(myself, rt);
     result
 }

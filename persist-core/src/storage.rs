@@ -333,6 +333,8 @@ struct Inner {
     counters: Arc<Counters>,
     postbox: crate::delivery::Postbox,
     max_key_len: Option<usize>,
+    /// The metric handles of the namespaces of the actors started on this storage.
+    namespaces: crate::observe::Namespaces,
 }
 
 impl Drop for Inner {
@@ -383,6 +385,7 @@ impl Storage {
             riders: Vec::new(),
             poisoned: None,
             counters: counters.clone(),
+            metrics: crate::observe::CommitMetrics::new(&name),
         };
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
@@ -406,6 +409,7 @@ impl Storage {
                 counters,
                 postbox,
                 max_key_len,
+                namespaces: crate::observe::Namespaces::default(),
             }),
         }
     }
@@ -474,6 +478,14 @@ impl Storage {
     /// The store's name, as used in errors.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The metric handles of the actors of `namespace` on this storage.
+    pub(crate) fn namespace_metrics(
+        &self,
+        namespace: &'static str,
+    ) -> Arc<crate::observe::NamespaceMetrics> {
+        self.inner.namespaces.get(namespace)
     }
 
     /// What the committer has done so far.
@@ -929,6 +941,7 @@ struct Committer {
     riders: Vec<ActorCommit>,
     poisoned: Option<String>,
     counters: Arc<Counters>,
+    metrics: crate::observe::CommitMetrics,
 }
 
 impl Committer {
@@ -1016,16 +1029,43 @@ impl Committer {
 
     /// Writes the riders and `batch` in one transaction; tells `answer` the outcome of each
     /// commit of `batch`, by its index, with the commit itself once written.
+    ///
+    /// The transaction is the `ractor_persist.commit` span, and feeds the commit metrics.
     fn write(
         &mut self,
         batch: Vec<ActorCommit>,
+        answer: impl FnMut(usize, Result<(), StoreError>, Option<ActorCommit>),
+    ) {
+        let span = tracing::debug_span!(
+            target: crate::observe::TARGET,
+            "ractor_persist.commit",
+            store = %self.name,
+            commits = tracing::field::Empty,
+            riders = tracing::field::Empty,
+            fenced = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+            duration_seconds = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        self.write_in(batch, answer, &span);
+    }
+
+    /// [`Committer::write`], in its span.
+    fn write_in(
+        &mut self,
+        batch: Vec<ActorCommit>,
         mut answer: impl FnMut(usize, Result<(), StoreError>, Option<ActorCommit>),
+        span: &tracing::Span,
     ) {
         if self.poisoned.is_some() {
             // Nothing more is written until the store is reopened: drop the riders too.
             self.riders.clear();
+            span.record("outcome", "poisoned");
             for i in 0..batch.len() {
-                answer(i, Err(self.refuse().expect("poisoned")), None);
+                let refused = self.refuse().unwrap_or_else(|| self.closed());
+                answer(i, Err(refused), None);
             }
             return;
         }
@@ -1040,17 +1080,34 @@ impl Committer {
             .map(|_| None)
             .chain((0..n).map(Some))
             .collect();
+        let started = std::time::Instant::now();
+        let mut fenced = 0u64;
         loop {
             if commits.is_empty() {
+                if fenced > 0 {
+                    span.record("fenced", fenced);
+                    span.record("outcome", "fenced");
+                }
                 return;
             }
             match self.guarded(|s| s.commit(&commits)) {
                 Ok(()) => {
+                    let took = started.elapsed();
                     let c = &self.counters;
                     c.batches.fetch_add(1, Ordering::Relaxed);
                     c.commits.fetch_add(commits.len() as u64, Ordering::Relaxed);
                     let riders = owners.iter().filter(|w| w.is_none()).count();
                     c.riders.fetch_add(riders as u64, Ordering::Relaxed);
+                    let bytes: usize = commits.iter().map(ActorCommit::byte_len).sum();
+                    self.metrics.written(commits.len(), riders, bytes, took);
+                    if !span.is_disabled() {
+                        span.record("commits", commits.len());
+                        span.record("riders", riders);
+                        span.record("fenced", fenced);
+                        span.record("bytes", bytes);
+                        span.record("duration_seconds", took.as_secs_f64());
+                        span.record("outcome", "committed");
+                    }
                     for (commit, owner) in commits.into_iter().zip(owners) {
                         if let Some(i) = owner {
                             answer(i, Ok(()), Some(commit));
@@ -1065,6 +1122,8 @@ impl Committer {
                 {
                     // Refuse the stale commits alone and write the others.
                     for fence in fences.iter().rev() {
+                        crate::observe::fenced(&fence.key, fence.epoch, fence.current);
+                        fenced += 1;
                         commits.remove(fence.index);
                         if let Some(i) = owners.remove(fence.index) {
                             let mut one = fence.clone();
@@ -1091,7 +1150,23 @@ impl Committer {
                         },
                         e => e,
                     };
-                    if !matches!(e, StoreError::Interrupted { .. }) {
+                    let took = started.elapsed();
+                    self.metrics.failed(took);
+                    let poisons = !matches!(e, StoreError::Interrupted { .. });
+                    span.record("fenced", fenced);
+                    span.record("duration_seconds", took.as_secs_f64());
+                    span.record("outcome", "failed");
+                    span.record("error", tracing::field::display(&e));
+                    tracing::error!(
+                        name: "ractor_persist.commit_failed",
+                        target: crate::observe::TARGET,
+                        store = %self.name,
+                        commits = commits.len(),
+                        poisoned = poisons,
+                        error = %e,
+                        "store transaction failed"
+                    );
+                    if poisons {
                         self.poisoned = Some(e.to_string());
                     }
                     for i in owners.into_iter().flatten() {

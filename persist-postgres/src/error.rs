@@ -94,7 +94,9 @@ pub enum PostgresError {
     },
     /// [`crate::PostgresOptions::existing_only`]: the schema holds none of the store's
     /// tables, which an ordinary open would create.
-    #[error("no store in schema `{schema}` with table prefix `{prefix}` (existing_only creates none)")]
+    #[error(
+        "no store in schema `{schema}` with table prefix `{prefix}` (existing_only creates none)"
+    )]
     NoStore {
         /// The schema.
         schema: String,
