@@ -55,8 +55,7 @@ MUTATIONS = {
         CORE + "storage.rs",
         """        loop {
             if commits.is_empty() {
-                return;
-            }
+                if fenced > 0 {
 """,
         """        for o in owners.iter_mut() {
             if let Some(i) = o.take() {
@@ -65,26 +64,26 @@ MUTATIONS = {
         }
         loop {
             if commits.is_empty() {
-                return;
-            }
+                if fenced > 0 {
 """,
         ["-p", "persist-core", "--lib", "storage::tests::waiting_commits_share_one_batch"],
     ),
     "no-rollback-after-a-handler-error": (
         CORE + "runtime.rs",
-        """    if let Err(e) = handled {
+        """        span.record("outcome", "handler_failed");
+        span.record("error", display(&e));
         return Err(roll_back(rt, e, Attempt::NotWritten).await);
     }""",
-        """    if let Err(e) = handled {
+        """        span.record("outcome", "handler_failed");
+        span.record("error", display(&e));
         return Err(e);
     }""",
         ["--test", "rollback", "failed_handler"],
     ),
     "no-rollback-after-a-failed-commit": (
         CORE + "runtime.rs",
-        """            let e = rt.fail(source).into();
-            return Err(roll_back(rt, e, Attempt::MaybeWritten).await);""",
-        """            return Err(rt.fail(source).into());""",
+        """            return Err(roll_back(rt, e.into(), Attempt::MaybeWritten).await);""",
+        """            return Err(e.into());""",
         ["--test", "rollback", "failed_commit"],
     ),
     "load-ignores-the-stored-floor": (
@@ -624,7 +623,7 @@ MUTATIONS = {
     ),
     "committer-acknowledges-an-interrupted-batch": (
         CORE + "storage.rs",
-        """                    if !matches!(e, StoreError::Interrupted { .. }) {
+        """                    if poisons {
                         self.poisoned = Some(e.to_string());
                     }""",
         """                    if let StoreError::Interrupted { .. } = e {
@@ -1112,6 +1111,33 @@ MUTATIONS = {
         """        return p.line("no dead letters");""",
         """        return p.line("no dead letter");""",
         ["-p", "persist-cli", "--test", "operations_doc"],
+    ),
+    # The operate issue: spans and metrics.
+    "a-dead-letter-is-not-counted": (
+        CORE + "runtime.rs",
+        "            rt.tally.metrics().dead_lettered(1);\n",
+        "",
+        ["--test", "observability"],
+    ),
+    "a-fence-is-not-counted": (
+        CORE + "observe.rs",
+        """    namespace_counter(FENCED_TOTAL, key.namespace()).increment(1);""",
+        """    let _ = (FENCED_TOTAL, namespace_counter as fn(&'static str, &str) -> Counter);""",
+        ["--test", "observability"],
+    ),
+    "a-stopped-actor-leaves-its-gauges-up": (
+        CORE + "observe.rs",
+        """    fn drop(&mut self) {
+        self.set(0, 0);
+    }""",
+        """    fn drop(&mut self) {}""",
+        ["--test", "observability"],
+    ),
+    "a-transaction-records-no-bytes": (
+        CORE + "observe.rs",
+        "        self.bytes.increment(bytes as u64);\n",
+        "        let _ = bytes;\n",
+        ["--test", "observability"],
     ),
 }
 
