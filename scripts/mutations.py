@@ -1106,6 +1106,12 @@ MUTATIONS = {
         Place { key, id },""",
         ["-p", "persist-cli", "--test", "typed", "an_encrypted_dead_letter_is_requeued"],
     ),
+    "an-edit-of-a-sealed-state-without-its-key-writes-it-plain": (
+        CORE + "admin.rs",
+        "        if let (Some(key_id), None) = (header.encrypted, &transforms.keys) {",
+        "        if let (Some(key_id), None) = (None::<u32>, &transforms.keys) {",
+        ["-p", "persist-cli", "--test", "typed", "an_encrypted_dead_letter_is_requeued"],
+    ),
     "operations-md-drifts-from-the-tool": (
         "persist-cli/src/commands.rs",
         """        return p.line("no dead letters");""",

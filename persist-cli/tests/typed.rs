@@ -394,6 +394,24 @@ async fn an_encrypted_dead_letter_is_requeued_only_with_the_keyring_and_stays_en
     assert!(err.contains("encrypted with key 1"), "{err}");
     assert_eq!(export(&path), before, "nothing written");
 
+    // An edit without it would write the state in plain text: refused too.
+    let (code, out, err) = run(
+        typed(),
+        &[
+            "--json",
+            &url,
+            "edit",
+            "account",
+            "eve",
+            "--state",
+            r#"{"owner":"eve","cents":5}"#,
+        ],
+    );
+    assert_eq!(code, exit::REFUSED, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["error"]["kind"], "needs_key");
+    assert_eq!(export(&path), before, "nothing written");
+
     // With it: requeued, sealed again, and the actor's own build reads it.
     let admin = || typed().transforms(keyring());
     let (code, _, err) = run(admin(), &[&url, "requeue", "account", "eve", &id]);
@@ -413,6 +431,26 @@ async fn an_encrypted_dead_letter_is_requeued_only_with_the_keyring_and_stays_en
     );
     assert_eq!(op["header"]["encrypted_key"], 1, "still encrypted");
     assert_eq!(op["value"], json!({"Sms": {"to": "nowhere", "text": "?"}}));
+    // And an edit with it seals the new state.
+    let (code, _, err) = run(
+        admin(),
+        &[
+            &url,
+            "edit",
+            "account",
+            "eve",
+            "--state",
+            r#"{"owner":"eve","cents":5}"#,
+        ],
+    );
+    assert_eq!(code, exit::SUCCESS, "{err}");
+    let (_, out, _) = run(admin(), &["--json", &url, "show", "account", "eve"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["records"][0]["header"]["encrypted_key"], 1, "{out}");
+    assert_eq!(
+        v["records"][0]["value"],
+        json!({"owner": "eve", "cents": 5})
+    );
     let (code, out, err) = run(admin(), &["--json", &url, "verify"]);
     assert_eq!(code, exit::SUCCESS, "{out}{err}");
 

@@ -881,7 +881,8 @@ pub fn stats(store: &dyn Store) -> Result<Vec<NamespaceStats>, StoreError> {
 /// everything else of its record: the edit an operator makes when a state must be corrected
 /// by hand. The state is encoded in `A`'s current schema version, sealed with `transforms`.
 ///
-/// Refused, writing nothing, when the actor has no state ([`AdminError::NoActor`]), when it
+/// Refused, writing nothing, when the actor has no state ([`AdminError::NoActor`]), when its
+/// state is encrypted and `transforms` has no keyring ([`AdminError::NeedsKey`]), when it
 /// is event-sourced (its state is its journal's: send it a message that emits the correcting
 /// event instead), or when its stored state is of a newer schema version than `A`'s
 /// ([`AdminError::Damaged`] with [`DecodeReason::UnknownSchema`]): a build that cannot read
@@ -911,6 +912,16 @@ pub fn replace_state<A: Persistent>(
                 key: key.clone(),
                 reason: "it is event-sourced: its state is the fold of its journal; send it a \
                          message that emits the correcting event",
+            });
+        }
+        // A sealed state is replaced by a sealed one: without the keyring, the new state
+        // would be written in plain text, which a store that requires encryption refuses.
+        if let (Some(key_id), None) = (header.encrypted, &transforms.keys) {
+            return Err(AdminError::NeedsKey {
+                key: key.clone(),
+                space: Space::SNAPSHOT,
+                id: 0,
+                key_id,
             });
         }
         if header.schema > A::VERSION {
