@@ -78,7 +78,7 @@ pub use persist_core::{
 
 /// Inspecting and repairing a store without running its actors (persist-core's admin calls),
 /// and, with the `admin` feature, the admin tool's commands to mount in your own binary with
-/// your actor types registered ([`admin::Admin`]).
+/// your actor types registered (`admin::Admin`).
 pub mod admin {
     #[cfg(feature = "admin")]
     #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
