@@ -39,9 +39,44 @@ pub(crate) fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Result<u8, Cl
     {
         return Err(CliError::ExportExists { path: file.clone() });
     }
+    // An import's stream must be readable before a store is opened (or created) for it.
+    if let Command::Import { file, .. } = &cli.command
+        && file.as_os_str() != "-"
+    {
+        File::open(file).map_err(|source| CliError::Io {
+            path: file.clone(),
+            source,
+        })?;
+    }
     let create = matches!(cli.command, Command::Import { create: true, .. });
+    // The file `import --create` makes, to be removed again if the import fails.
+    let created = match &location {
+        Location::Redb(path) | Location::Sqlite(path) if create && !path.exists() => {
+            Some(path.clone())
+        }
+        _ => None,
+    };
     let store = location.open(&options, create)?;
-    let store: &dyn Store = &*store;
+    let result = command(admin, cli, &location, &*store, out);
+    if let (Err(_), Some(path)) = (&result, created) {
+        drop(store);
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = path.clone().into_os_string();
+            name.push(suffix);
+            let _ = std::fs::remove_file(name);
+        }
+    }
+    result
+}
+
+/// Runs `cli`'s command on the opened `store`.
+fn command(
+    admin: &Admin,
+    cli: Cli,
+    location: &Location,
+    store: &dyn Store,
+    out: &mut dyn Write,
+) -> Result<u8, CliError> {
     let json = cli.json;
     let mut p = Printer { out, json };
     let io = |e: std::io::Error| CliError::Io {
@@ -56,7 +91,7 @@ pub(crate) fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Result<u8, Cl
             key,
             full,
         } => show(admin, store, &ActorKey::new(namespace, key), full, &mut p)?,
-        Command::Verify => return verify(admin, store, &location, &mut p),
+        Command::Verify => return verify(admin, store, location, &mut p),
         Command::DeadLetters { namespace } => {
             dead_letters(admin, store, namespace.as_deref(), &mut p)?
         }
@@ -109,7 +144,7 @@ pub(crate) fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Result<u8, Cl
         }
         Command::Export { file } => export(store, &file, &mut p)?,
         Command::Import { file, replace, .. } => import(store, &file, replace, &mut p)?,
-        Command::Stats => stats(store, &location, &mut p)?,
+        Command::Stats => stats(store, location, &mut p)?,
         Command::Edit {
             namespace,
             key,
@@ -271,14 +306,6 @@ fn show(
 ) -> Result<(), CliError> {
     let (marks, rows) = admin::record(store, key)?;
     let limit = if full { None } else { Some(SHOWN) };
-    let quarantine = if rows.iter().any(|r| r.space == Space::QUARANTINE) {
-        admin::quarantined(store, Some(key.namespace()))?
-            .into_iter()
-            .filter(|q| &q.key == key)
-            .collect()
-    } else {
-        Vec::new()
-    };
     let mut records = Vec::new();
     let mut text = vec![format!(
         "{key}  epoch {}  floor {}  ({} rows)",
@@ -289,10 +316,10 @@ fn show(
     for row in &rows {
         let place = format!("{} #{}", row.space, row.id);
         if row.space == Space::QUARANTINE {
-            let q = quarantine.iter().find(|q| q.epoch == row.id);
-            let (reason, kept) = q.map_or(("(unreadable)".to_owned(), 0), |q| {
-                (q.reason.clone(), q.rows.len())
-            });
+            let (reason, kept) = match admin::quarantine_row(key, row.clone()) {
+                Ok(q) => (q.reason, q.rows.len()),
+                Err(e) => (format!("(unreadable) {e}"), 0),
+            };
             text.push(format!(
                 "  {place}  quarantined by epoch {}: {kept} rows kept; reason: {reason}",
                 row.id

@@ -461,16 +461,24 @@ impl Admin {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let cli = match Cli::try_parse_from(args) {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let cli = match Cli::try_parse_from(&args) {
             Ok(cli) => cli,
             Err(e) => {
-                let code = if e.use_stderr() { exit::USAGE } else { 0 };
-                let _ = if e.use_stderr() {
-                    write!(err, "{}", e.render())
-                } else {
-                    write!(out, "{}", e.render())
-                };
-                return code;
+                if !e.use_stderr() {
+                    // --help, --version.
+                    let _ = write!(out, "{}", e.render());
+                    return exit::SUCCESS;
+                }
+                let _ = write!(err, "{}", e.render());
+                if args.iter().skip(1).any(|a| a == "--json") {
+                    let message = e.render().to_string();
+                    let message = message.lines().next().unwrap_or_default();
+                    let message = message.trim_start_matches("error: ");
+                    let v = serde_json::json!({"error": {"kind": "usage", "message": message}});
+                    let _ = writeln!(out, "{v}");
+                }
+                return exit::USAGE;
             }
         };
         let json = cli.json;

@@ -123,7 +123,8 @@ impl Location {
                 "SQLite's quick_check and every row's and mark's checksum passed on open"
             }
             Location::Postgres(_) => {
-                "PostgreSQL offers no page check to a client: the server's own data checksums                  apply if the cluster has them on"
+                "PostgreSQL offers no page check to a client: the server's own data checksums \
+                 apply if the cluster has them on"
             }
         }
     }
@@ -150,15 +151,16 @@ impl std::fmt::Display for Location {
         match self {
             Location::Redb(p) => write!(f, "redb:{}", p.display()),
             Location::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
-            // The password is not shown.
-            Location::Postgres(params) => match params.split_once('@') {
-                Some((auth, rest)) if params.contains("://") => {
-                    let user = auth.rsplit_once(':').map_or(auth, |(u, _)| u);
-                    let scheme_user = user;
-                    write!(f, "{scheme_user}@{rest}")
+            // Named from the parsed parameters, as the driver reads them: never the password,
+            // wherever it was given (after the user, in the query, as `password=`).
+            Location::Postgres(params) => {
+                #[cfg(feature = "postgres")]
+                if let Ok(o) = persist_postgres::PostgresOptions::new(params) {
+                    return write!(f, "postgres://{}", o.server());
                 }
-                _ => f.write_str("postgres"),
-            },
+                let _ = params;
+                f.write_str("postgres (parameters not shown)")
+            }
         }
     }
 }
@@ -194,7 +196,7 @@ mod tests {
             Location::parse("postgres://u:secret@h/db")
                 .unwrap()
                 .to_string(),
-            "postgres://u@h/db"
+            "postgres://u@h:5432/db"
         );
         assert!(matches!(
             Location::parse("mysql://h/db"),

@@ -621,20 +621,22 @@ pub fn quarantined(
     let mut out = Vec::new();
     for key in keys {
         for row in store.read(&key, Some(Space::QUARANTINE), 0..=u64::MAX)? {
-            out.push(quarantine_entry(store, &key, row)?);
+            out.push(quarantine_row(&key, row)?);
         }
     }
     Ok(out)
 }
 
-fn quarantine_entry(
-    store: &dyn Store,
-    key: &ActorKey,
-    row: Row,
-) -> Result<QuarantineEntry, StoreError> {
-    let body = QuarantineBody::decode(&row.bytes).map_err(|e| StoreError::Corrupt {
-        store: store.name().to_owned(),
-        detail: format!("quarantined record {} of `{key}`: {e}", row.id),
+/// Decodes one row of `key`'s quarantine; a row that does not decode is
+/// [`AdminError::Damaged`].
+pub fn quarantine_row(key: &ActorKey, row: Row) -> Result<QuarantineEntry, AdminError> {
+    let body = QuarantineBody::decode(&row.bytes).map_err(|e| AdminError::Damaged {
+        key: key.clone(),
+        space: Space::QUARANTINE,
+        id: row.id,
+        reason: DecodeReason::Malformed {
+            detail: format!("not a quarantined record: {e}"),
+        },
     })?;
     let mut rows: Vec<(Space, u64, Vec<u8>)> = Vec::new();
     if let Some(s) = body.snapshot {
@@ -677,7 +679,7 @@ pub fn restore(store: &dyn Store, key: &ActorKey, epoch: u64) -> Result<Changed,
             .into_iter()
             .find(|r| r.space == Space::QUARANTINE && r.id == epoch)
         {
-            Some(row) => Ok(quarantine_entry(store, key, row)?),
+            Some(row) => quarantine_row(key, row),
             None => Err(AdminError::NoQuarantine {
                 key: key.clone(),
                 epoch,
@@ -753,7 +755,7 @@ pub fn verify(
         for row in store.read(&key, None, 0..=u64::MAX)? {
             report.rows += 1;
             report.bytes += row.bytes.len() as u64;
-            if let Err(reason) = check_row(store, &key, &row, transforms) {
+            if let Err(reason) = check_row(&key, &row, transforms) {
                 report.bad.push(BadRecord {
                     key: key.clone(),
                     space: row.space,
@@ -790,16 +792,14 @@ fn kinds_of(space: Space) -> Option<&'static [Kind]> {
     })
 }
 
-fn check_row(
-    store: &dyn Store,
-    key: &ActorKey,
-    row: &Row,
-    transforms: &Transforms,
-) -> Result<(), String> {
+fn check_row(key: &ActorKey, row: &Row, transforms: &Transforms) -> Result<(), String> {
     if row.space == Space::QUARANTINE {
-        return quarantine_entry(store, key, row.clone())
+        return quarantine_row(key, row.clone())
             .map(drop)
-            .map_err(|e| e.to_string());
+            .map_err(|e| match e {
+                AdminError::Damaged { reason, .. } => reason.to_string(),
+                e => e.to_string(),
+            });
     }
     let v = envelope::verify(&row.bytes, u32::MAX).map_err(|e| e.to_string())?;
     let Some(kinds) = kinds_of(row.space) else {
@@ -885,8 +885,9 @@ pub fn stats(store: &dyn Store) -> Result<Vec<NamespaceStats>, StoreError> {
 /// state is encrypted and `transforms` has no keyring ([`AdminError::NeedsKey`]), when it
 /// is event-sourced (its state is its journal's: send it a message that emits the correcting
 /// event instead), or when its stored state is of a newer schema version than `A`'s
-/// ([`AdminError::Damaged`] with [`DecodeReason::UnknownSchema`]): a build that cannot read
-/// the record may not replace it.
+/// ([`AdminError::Damaged`] with [`DecodeReason::UnknownSchema`]) or one `A` cannot decode (of
+/// another shape, damaged: [`AdminError::Damaged`]): a build that cannot read the record may
+/// not replace it.
 pub fn replace_state<A: Persistent>(
     store: &dyn Store,
     key: &ActorKey,
@@ -930,6 +931,10 @@ pub fn replace_state<A: Persistent>(
                 expected: A::VERSION,
             }));
         }
+        // A build that cannot read the state (another shape, no migration, damage) may not
+        // replace it: the application's own build could be the one that reads it.
+        let stored = payload(key, 0, &row.bytes, transforms).map_err(damaged)?;
+        decode_state::<A>(&stored).map_err(damaged)?;
         Ok(header)
     };
     check(store.read(key, Some(Space::SNAPSHOT), 0..=0)?)?;

@@ -171,6 +171,12 @@ impl CommitMetrics {
         self.transactions.increment(1);
     }
 
+    /// A transaction whose every commit was refused by a fence took `took`: timed, not
+    /// counted as written nor as failed.
+    pub(crate) fn refused(&self, took: Duration) {
+        self.duration.record(took.as_secs_f64());
+    }
+
     /// A transaction failed after `took`.
     pub(crate) fn failed(&self, took: Duration) {
         self.duration.record(took.as_secs_f64());

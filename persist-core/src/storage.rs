@@ -1085,7 +1085,13 @@ impl Committer {
         loop {
             if commits.is_empty() {
                 if fenced > 0 {
+                    // Every commit was refused: the call was made, so it is timed and sized.
+                    let took = started.elapsed();
+                    self.metrics.refused(took);
+                    span.record("commits", n_riders + n);
+                    span.record("riders", n_riders);
                     span.record("fenced", fenced);
+                    span.record("duration_seconds", took.as_secs_f64());
                     span.record("outcome", "fenced");
                 }
                 return;

@@ -1,0 +1,667 @@
+//! A reviewer's attempts to break the promises of docs/observability.md that
+//! tests/observability.rs does not check: the gauges through `Tx::requeue`, `Tx::confirm` and
+//! a passivation by `Entities`; a stale instance's riders counted as fenced; the commit span and
+//! the duration histogram of a transaction whose every commit was fenced.
+//!
+//! The subscriber and the recorder are process-wide, so this binary holds one test that runs
+//! the scenarios in turn (machinery copied from tests/observability.rs).
+//! Tests marked `#[ignore = "BUG: ..."]` fail today.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use ractor::{Actor, ActorProcessingErr, RpcReplyPort, call};
+use ractor_persist::{
+    Control, Entities, MemoryStore, OpId, Outcome, Pending, Persistent, PersistentActor,
+    RetryPolicy, Settled, Settlement, Start, Storage, Store, Tx,
+};
+use serde::{Deserialize, Serialize};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Registry;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+
+// --- the recording subscriber -------------------------------------------------------------
+
+/// A field's value as recorded.
+#[derive(Clone, Debug, PartialEq)]
+enum Value {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    Str(String),
+}
+
+impl Value {
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Value::U64(n) => Some(*n),
+            Value::I64(n) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+type Fields = BTreeMap<String, Value>;
+
+/// A span: its name and every field recorded, at creation or later with `Span::record`.
+#[derive(Clone, Debug)]
+struct SpanRec {
+    name: &'static str,
+    fields: Fields,
+    /// The parent span's name, if any.
+    parent: Option<&'static str>,
+}
+
+impl SpanRec {
+    fn str(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).and_then(Value::as_str)
+    }
+    fn u64(&self, field: &str) -> Option<u64> {
+        self.fields.get(field).and_then(Value::as_u64)
+    }
+}
+
+/// An event: its name, level and fields.
+#[derive(Clone, Debug)]
+struct EventRec {
+    name: &'static str,
+    level: Level,
+    fields: Fields,
+}
+
+impl EventRec {
+    fn str(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).and_then(Value::as_str)
+    }
+    fn u64(&self, field: &str) -> Option<u64> {
+        self.fields.get(field).and_then(Value::as_u64)
+    }
+}
+
+struct Visitor<'a>(&'a mut Fields);
+
+impl Visit for Visitor<'_> {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::U64(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::I64(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), Value::F64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::Bool(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), Value::Str(value.into()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::Str(format!("{value:?}")));
+    }
+}
+
+/// Where a span's record is, in its extensions.
+#[derive(Clone, Copy)]
+struct Index(usize);
+
+#[derive(Clone, Default)]
+struct Recording {
+    spans: Arc<Mutex<Vec<SpanRec>>>,
+    events: Arc<Mutex<Vec<EventRec>>>,
+}
+
+impl Recording {
+    /// Spans named `name` whose `key` field is `key`.
+    fn spans(&self, name: &str, key: &str) -> Vec<SpanRec> {
+        let spans = self.spans.lock().unwrap();
+        spans
+            .iter()
+            .filter(|s| s.name == name && s.str("key") == Some(key))
+            .cloned()
+            .collect()
+    }
+
+    /// Every span named `name` recorded from `from` on.
+    fn spans_from(&self, from: usize, name: &str) -> Vec<SpanRec> {
+        let spans = self.spans.lock().unwrap();
+        spans[from..]
+            .iter()
+            .filter(|s| s.name == name)
+            .cloned()
+            .collect()
+    }
+
+    /// Events named `name` whose `key` field is `key`.
+    fn events(&self, name: &str, key: &str) -> Vec<EventRec> {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|e| e.name == name && e.str("key") == Some(key))
+            .cloned()
+            .collect()
+    }
+
+    fn span_count(&self) -> usize {
+        self.spans.lock().unwrap().len()
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recording {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let parent = if attrs.is_contextual() {
+            ctx.lookup_current().map(|s| s.name())
+        } else {
+            attrs.parent().and_then(|p| ctx.span(p)).map(|s| s.name())
+        };
+        let mut rec = SpanRec {
+            name: attrs.metadata().name(),
+            fields: Fields::new(),
+            parent,
+        };
+        attrs.record(&mut Visitor(&mut rec.fields));
+        let index = {
+            let mut spans = self.spans.lock().unwrap();
+            spans.push(rec);
+            spans.len() - 1
+        };
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(Index(index));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let Some(Index(index)) = span.extensions().get::<Index>().copied() else {
+            return;
+        };
+        let mut spans = self.spans.lock().unwrap();
+        values.record(&mut Visitor(&mut spans[index].fields));
+    }
+
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut rec = EventRec {
+            name: event.metadata().name(),
+            level: *event.metadata().level(),
+            fields: Fields::new(),
+        };
+        event.record(&mut Visitor(&mut rec.fields));
+        self.events.lock().unwrap().push(rec);
+    }
+}
+
+/// The process's recording subscriber and debugging recorder, installed once, before any
+/// storage is built (metric handles taken before a recorder is installed stay no-ops).
+fn installed() -> &'static (Recording, Snapshotter) {
+    static BOTH: OnceLock<(Recording, Snapshotter)> = OnceLock::new();
+    BOTH.get_or_init(|| {
+        let recording = Recording::default();
+        tracing::subscriber::set_global_default(Registry::default().with(recording.clone()))
+            .expect("the only global subscriber");
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("the only global recorder");
+        (recording, snapshotter)
+    })
+}
+
+// --- the metrics, as the change since the previous snapshot -------------------------------
+
+type Labels = Vec<(String, String)>;
+
+/// Takes the recorder's snapshots. The debugging recorder resets every metric when it is read
+/// (a gauge too), so the gauges are summed here across snapshots.
+struct Probe {
+    snapshotter: &'static Snapshotter,
+    gauges: BTreeMap<(String, Labels), f64>,
+}
+
+impl Probe {
+    fn new(snapshotter: &'static Snapshotter) -> Self {
+        Probe {
+            snapshotter,
+            gauges: BTreeMap::new(),
+        }
+    }
+
+    /// Counters as their change since the previous snapshot, histograms as the values
+    /// recorded since, gauges as they are.
+    fn take(&mut self) -> Metrics {
+        let mut rows = Vec::new();
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let (_, key) = key.into_parts();
+            let mut labels: Labels = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            let name = key.name().to_owned();
+            let value = match value {
+                DebugValue::Gauge(delta) => {
+                    let sum = self
+                        .gauges
+                        .entry((name.clone(), labels.clone()))
+                        .or_default();
+                    *sum += delta.into_inner();
+                    DebugValue::Gauge((*sum).into())
+                }
+                other => other,
+            };
+            rows.push((name, labels, value));
+        }
+        Metrics(rows)
+    }
+}
+
+/// One snapshot of the recorder (see [`Probe::take`]).
+struct Metrics(Vec<(String, Labels, DebugValue)>);
+
+impl Metrics {
+    /// The values of metric `name` whose labels include `label`.
+    fn find(&self, name: &str, label: (&str, &str)) -> impl Iterator<Item = &DebugValue> {
+        self.0.iter().filter_map(move |(n, labels, value)| {
+            let hit = n == name && labels.iter().any(|(k, v)| k == label.0 && v == label.1);
+            hit.then_some(value)
+        })
+    }
+
+    fn counter(&self, name: &str, label: (&str, &str)) -> u64 {
+        self.find(name, label)
+            .map(|v| match v {
+                DebugValue::Counter(n) => *n,
+                other => panic!("{name} is not a counter: {other:?}"),
+            })
+            .sum()
+    }
+
+    fn gauge(&self, name: &str, label: (&str, &str)) -> f64 {
+        self.find(name, label)
+            .map(|v| match v {
+                DebugValue::Gauge(g) => g.into_inner(),
+                other => panic!("{name} is not a gauge: {other:?}"),
+            })
+            .sum()
+    }
+
+    fn histogram(&self, name: &str, label: (&str, &str)) -> Vec<f64> {
+        self.find(name, label)
+            .flat_map(|v| match v {
+                DebugValue::Histogram(values) => values.iter().map(|f| f.into_inner()),
+                other => panic!("{name} is not a histogram: {other:?}"),
+            })
+            .collect()
+    }
+}
+
+// --- the actor ----------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Work {
+    /// Kept until confirmed.
+    Keep,
+    /// Asks for a retry, every time (a dead letter with a one-attempt policy).
+    Flop,
+    /// Waits for the gate, then done.
+    Gated,
+    /// Done.
+    Fine,
+    /// `perform` fails: the actor stops, and performs it again when it starts.
+    Boom,
+}
+
+enum GMsg {
+    Push(Work, RpcReplyPort<(OpId, Settlement)>),
+    Confirm(OpId, RpcReplyPort<bool>),
+    Requeue(OpId, RpcReplyPort<bool>),
+    Add(i64, RpcReplyPort<i64>),
+    Peek(RpcReplyPort<i64>),
+    Persist(Control<Work>),
+}
+
+/// The tests share the global subscriber and recorder: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Opens the perform of a `Work::Gated`.
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[derive(Default, Persistent)]
+#[persistent(name = "gauged")]
+struct Gauged;
+
+impl PersistentActor for Gauged {
+    type Msg = GMsg;
+    type State = i64;
+    type Op = Work;
+    type Arguments = ();
+
+    async fn init(&self, _: ()) -> Result<i64, ActorProcessingErr> {
+        Ok(0)
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Tx<'_, Self>,
+        msg: GMsg,
+        total: &mut i64,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            GMsg::Push(w, reply) => {
+                *total += 1;
+                let id = tx.push(w)?;
+                let s = tx.settlement(&id);
+                tx.reply(reply, (id, s));
+            }
+            GMsg::Confirm(id, reply) => {
+                let done = tx.confirm(&id);
+                tx.reply(reply, done);
+            }
+            GMsg::Requeue(id, reply) => {
+                let ok = tx.requeue(&id).is_ok();
+                tx.reply(reply, ok);
+            }
+            GMsg::Add(n, reply) => {
+                *total += n;
+                tx.reply(reply, *total);
+            }
+            GMsg::Peek(reply) => tx.reply(reply, *total),
+            GMsg::Persist(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn perform(&self, op: &Pending<Work>, _: &i64) -> Result<Outcome, ActorProcessingErr> {
+        Ok(match op.op() {
+            Work::Keep => Outcome::KeepUntilConfirmed,
+            Work::Flop => Outcome::Retry,
+            Work::Gated => {
+                GATE.acquire().await.unwrap().forget();
+                Outcome::Done
+            }
+            Work::Fine => Outcome::Done,
+            Work::Boom => return Err("boom".into()),
+        })
+    }
+
+    fn control(msg: GMsg) -> Result<Control<Work>, GMsg> {
+        match msg {
+            GMsg::Persist(c) => Ok(c),
+            other => Err(other),
+        }
+    }
+
+    fn wrap_control(c: Control<Work>) -> Option<GMsg> {
+        Some(GMsg::Persist(c))
+    }
+}
+
+const NS: (&str, &str) = ("namespace", "gauged");
+const STORE: (&str, &str) = ("store", "memory");
+const PENDING: &str = "ractor_persist_pending_ops";
+const DEAD: &str = "ractor_persist_dead_letters";
+
+fn one_attempt() -> RetryPolicy {
+    RetryPolicy::new(std::time::Duration::ZERO, std::time::Duration::ZERO, 1).unwrap()
+}
+
+// --- the scenarios ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_fences_and_fenced_transactions() {
+    let _serial = SERIAL.lock().await;
+    let (recording, snapshotter) = installed();
+    let mut probe = Probe::new(snapshotter);
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    probe.take();
+
+    gauges_follow_requeue_and_confirm(&storage, &mut probe).await;
+    gauges_drop_on_passivation(&storage, &mut probe).await;
+    a_stale_riders_fence_is_counted(&store, &storage, recording, &mut probe).await;
+    spans_nest_as_documented(&storage, recording).await;
+    gauges_drop_after_a_kill_and_a_failure(&storage, &mut probe).await;
+    storage.close().await.unwrap();
+}
+
+/// "moves them as operations are pushed, done, confirmed, re-queued or buried".
+async fn gauges_follow_requeue_and_confirm(storage: &Storage, probe: &mut Probe) {
+    let start = Start::new(storage, "g1", ()).retry_policy(one_attempt());
+    let (a, _) = Actor::spawn(None, Gauged, start).await.unwrap();
+    let (flop, s) = call!(a, GMsg::Push, Work::Flop).unwrap();
+    assert_eq!(s.wait().await, Settled::DeadLetter);
+    // A message after the burial: the gauges were moved before its reply.
+    call!(a, GMsg::Peek).unwrap();
+    let m = probe.take();
+    assert_eq!(
+        (m.gauge(PENDING, NS), m.gauge(DEAD, NS)),
+        (0.0, 1.0),
+        "buried"
+    );
+
+    assert!(call!(a, GMsg::Requeue, flop.clone()).unwrap());
+    // Re-queued: performed again at once, fails again (one attempt) and is buried again.
+    call!(a, GMsg::Peek).unwrap();
+    let m = probe.take();
+    assert_eq!(
+        (m.gauge(PENDING, NS), m.gauge(DEAD, NS)),
+        (0.0, 1.0),
+        "re-queued, then buried again"
+    );
+    let (kept, _) = call!(a, GMsg::Push, Work::Keep).unwrap();
+    let m = probe.take();
+    assert_eq!(
+        (m.gauge(PENDING, NS), m.gauge(DEAD, NS)),
+        (1.0, 1.0),
+        "kept"
+    );
+    assert!(call!(a, GMsg::Confirm, kept).unwrap());
+    let m = probe.take();
+    assert_eq!(
+        (m.gauge(PENDING, NS), m.gauge(DEAD, NS)),
+        (0.0, 1.0),
+        "confirmed"
+    );
+    a.stop_and_wait(None, None).await.unwrap();
+    let m = probe.take();
+    assert_eq!(
+        (m.gauge(PENDING, NS), m.gauge(DEAD, NS)),
+        (0.0, 0.0),
+        "stopped"
+    );
+}
+
+/// "an actor that is not running (passivated by `Entities`, ...) is not in them".
+async fn gauges_drop_on_passivation(storage: &Storage, probe: &mut Probe) {
+    let entities = Entities::<Gauged>::builder(storage, |_| ())
+        .start()
+        .await
+        .unwrap();
+    entities
+        .call("p1", |port| GMsg::Push(Work::Keep, port), None)
+        .await
+        .unwrap();
+    let m = probe.take();
+    assert_eq!(m.gauge(PENDING, NS), 1.0, "resident with one kept op");
+    assert!(entities.passivate("p1").await);
+    let m = probe.take();
+    assert_eq!(m.gauge(PENDING, NS), 0.0, "passivated");
+    entities.call("p1", GMsg::Peek, None).await.unwrap();
+    let m = probe.take();
+    assert_eq!(m.gauge(PENDING, NS), 1.0, "activated again, loads its op");
+    entities.shutdown().await;
+    let m = probe.take();
+    assert_eq!(m.gauge(PENDING, NS), 0.0, "shut down");
+}
+
+/// "one event per refused commit, a stale instance's riders included": a done operation's
+/// removal (a rider) of an instance fenced meanwhile is refused, counted and told.
+async fn a_stale_riders_fence_is_counted(
+    store: &MemoryStore,
+    storage: &Storage,
+    rec: &Recording,
+    probe: &mut Probe,
+) {
+    let (a, _) = Actor::spawn(None, Gauged, Start::new(storage, "r1", ()))
+        .await
+        .unwrap();
+    let (b, _) = Actor::spawn(None, Gauged, Start::new(storage, "r2", ()))
+        .await
+        .unwrap();
+    probe.take();
+    let _ = call!(a, GMsg::Push, Work::Gated).unwrap();
+    // A newer instance's epoch, taken while the perform waits.
+    let key = ractor_persist::ActorKey::new("gauged", "r1");
+    let current = store.open_actor(&key, &[]).unwrap().epoch;
+    GATE.add_permits(1);
+    // Handled after the perform: its removal is queued (or written) by then. Nothing to write.
+    call!(a, GMsg::Peek).unwrap();
+    // Another actor's commit writes the riders queued so far.
+    call!(b, GMsg::Add, 1).unwrap();
+    let fenced = rec.events("ractor_persist.fenced", "r1");
+    assert_eq!(fenced.len(), 1, "the rider's fence: {fenced:?}");
+    assert_eq!(fenced[0].u64("epoch"), Some(1));
+    assert_eq!(fenced[0].u64("current"), Some(current));
+    let m = probe.take();
+    assert_eq!(m.counter("ractor_persist_fenced_total", NS), 1);
+    a.stop_and_wait(None, None).await.ok();
+    b.stop_and_wait(None, None).await.unwrap();
+}
+
+/// docs/observability.md: `duration_seconds` of the commit span is "the backend's commit call,
+/// retries after fences included", and `ractor_persist_commit_duration_seconds` counts "each
+/// store transaction's commit call (failed ones included)". A transaction whose every commit
+/// was fenced made the call (and was refused), but its span has no `commits` and no
+/// `duration_seconds`, and the histogram gets no sample (storage.rs `write_in` returns early
+/// when `commits` is empty after the fences).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wholly_fenced_transaction_has_its_batch_size_and_duration() {
+    let _serial = SERIAL.lock().await;
+    let (recording, snapshotter) = installed();
+    let mut probe = Probe::new(snapshotter);
+    let store = MemoryStore::new();
+    let storage = Storage::new(store.clone());
+    let (a, _) = Actor::spawn(None, Gauged, Start::new(&storage, "w1", ()))
+        .await
+        .unwrap();
+    call!(a, GMsg::Add, 1).unwrap();
+    let key = ractor_persist::ActorKey::new("gauged", "w1");
+    store.open_actor(&key, &[]).unwrap();
+    probe.take();
+    let from = recording.span_count();
+    assert!(call!(a, GMsg::Add, 1).is_err(), "fenced");
+    let m = probe.take();
+    let spans = recording.spans_from(from, "ractor_persist.commit");
+    let fenced: Vec<&SpanRec> = spans
+        .iter()
+        .filter(|s| s.str("outcome") == Some("fenced") && s.str("store") == Some("memory"))
+        .collect();
+    assert_eq!(fenced.len(), 1, "{spans:?}");
+    assert_eq!(fenced[0].u64("fenced"), Some(1), "{fenced:?}");
+    assert_eq!(
+        fenced[0].u64("commits"),
+        Some(1),
+        "the batch size: {fenced:?}"
+    );
+    assert!(
+        fenced[0].fields.contains_key("duration_seconds"),
+        "{fenced:?}"
+    );
+    assert_eq!(
+        m.histogram("ractor_persist_commit_duration_seconds", STORE)
+            .len(),
+        1,
+        "the refused commit call is timed"
+    );
+    a.stop_and_wait(None, None).await.ok();
+    storage.close().await.unwrap();
+}
+
+/// "When the store is idle and the actor writes its own commit, the commit span is a child of
+/// its message span; a commit written by the committer thread has no parent"; a load's span is
+/// not in a message span; `seq` counts the instance's cycles from 1.
+async fn spans_nest_as_documented(storage: &Storage, rec: &Recording) {
+    let from = rec.span_count();
+    let (a, _) = Actor::spawn(None, Gauged, Start::new(storage, "n1", ()))
+        .await
+        .unwrap();
+    call!(a, GMsg::Add, 1).unwrap();
+    call!(a, GMsg::Add, 1).unwrap();
+    a.stop_and_wait(None, None).await.unwrap();
+    let commits = rec.spans_from(from, "ractor_persist.commit");
+    assert!(!commits.is_empty());
+    for c in &commits {
+        assert!(
+            c.parent.is_none() || c.parent == Some("ractor_persist.message"),
+            "{c:?}"
+        );
+    }
+    assert!(
+        commits
+            .iter()
+            .any(|c| c.parent == Some("ractor_persist.message")),
+        "an idle store: the actor writes its own commit inside its message span: {commits:?}"
+    );
+    let loads = rec.spans("ractor_persist.load", "n1");
+    assert_eq!(loads.len(), 1);
+    // (ractor's own `Actor` span may hold it; no message span does.)
+    assert_ne!(loads[0].parent, Some("ractor_persist.message"), "{loads:?}");
+    let seqs: Vec<Option<u64>> = rec
+        .spans("ractor_persist.message", "n1")
+        .iter()
+        .map(|s| s.u64("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        [Some(1), Some(2), Some(3)],
+        "post_start, then two messages"
+    );
+}
+
+/// "takes them off when it stops (in its `post_stop`, or when ractor drops its state after a
+/// failure or a kill)".
+async fn gauges_drop_after_a_kill_and_a_failure(storage: &Storage, probe: &mut Probe) {
+    probe.take();
+    let (a, handle) = Actor::spawn(None, Gauged, Start::new(storage, "k1", ()))
+        .await
+        .unwrap();
+    let _ = call!(a, GMsg::Push, Work::Keep).unwrap();
+    let m = probe.take();
+    assert_eq!(m.gauge(PENDING, NS), 1.0);
+    a.kill();
+    handle.await.unwrap();
+    let m = probe.take();
+    assert_eq!(m.gauge(PENDING, NS), 0.0, "killed");
+
+    let (b, handle) = Actor::spawn(None, Gauged, Start::new(storage, "k2", ()))
+        .await
+        .unwrap();
+    let _ = call!(b, GMsg::Push, Work::Boom).unwrap();
+    // The perform fails after the reply: the actor stops.
+    handle.await.unwrap();
+    let m = probe.take();
+    assert_eq!(m.gauge(PENDING, NS), 0.0, "failed and stopped");
+    // Its restart loads the operation (and fails again on it).
+    let (c, handle) = Actor::spawn(None, Gauged, Start::new(storage, "k1", ()))
+        .await
+        .unwrap();
+    let m = probe.take();
+    assert_eq!(m.gauge(PENDING, NS), 1.0, "k1 loaded its kept op");
+    c.stop_and_wait(None, None).await.unwrap();
+    handle.await.unwrap();
+    let m = probe.take();
+    assert_eq!(m.gauge(PENDING, NS), 0.0);
+}
