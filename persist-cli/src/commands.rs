@@ -546,7 +546,20 @@ fn export(store: &dyn Store, file: &Path, p: &mut Printer<'_>) -> Result<(), Cli
             .write(true)
             .create_new(true)
             .open(&part)
-            .map_err(io(&part))?;
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => CliError::Io {
+                    path: part.clone(),
+                    source: std::io::Error::new(
+                        source.kind(),
+                        "left by an export that did not finish (or one running now): \
+                         remove it and export again",
+                    ),
+                },
+                _ => CliError::Io {
+                    path: part.clone(),
+                    source,
+                },
+            })?;
         let mut w = Ticking {
             inner: BufWriter::new(f),
             bar: &progress,

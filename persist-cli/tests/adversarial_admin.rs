@@ -284,6 +284,20 @@ async fn verify_names_each_kind_of_bad_record() {
             "",
         ),
         (
+            "retried op with a garbage attempt count",
+            Space::OPS,
+            3,
+            v1(4, 1, 1, 3, &[0xff; 6]),
+            "attempt count",
+        ),
+        (
+            "waiting op with a garbage retry instant",
+            Space::OPS,
+            3,
+            v1(11, 1, 1, 3, &[0x01, 0xff]),
+            "retry instant",
+        ),
+        (
             "garbage quarantine",
             Space::QUARANTINE,
             5,
@@ -312,6 +326,11 @@ async fn verify_names_each_kind_of_bad_record() {
         assert_eq!(bad[0]["id"], id, "{what}");
         let reason = bad[0]["reason"].as_str().unwrap();
         assert!(reason.contains(says), "{what}: {reason}");
+        // `list` counts what `verify` names (a quarantined row is counted as quarantined).
+        if space != Space::QUARANTINE {
+            let run = store.cli(&["--json", "list", WALLET]).expect(code::SUCCESS);
+            assert_eq!(run.json()[0]["damaged"], 1, "{what}: {:#}", run.json());
+        }
     }
 }
 
