@@ -1145,6 +1145,44 @@ MUTATIONS = {
         "        let _ = bytes;\n",
         ["--test", "observability"],
     ),
+    # The operate issue's review fixes.
+    "a-postgres-store-is-named-by-its-raw-parameters": (
+        "persist-cli/src/open.rs",
+        """                    return write!(f, "postgres://{}", o.server());""",
+        """                    let _ = o;
+                    return f.write_str(params);""",
+        ["-p", "persist-cli", "--test", "adversarial_admin", "a_postgres_password_is_never_printed"],
+    ),
+    "show-fails-on-a-garbage-quarantine-row": (
+        "persist-cli/src/commands.rs",
+        """                Err(e) => (format!("(unreadable) {e}"), 0),""",
+        """                Err(e) => return Err(e.into()),""",
+        ["-p", "persist-cli", "--test", "adversarial_admin", "a_garbage_quarantine_row_is_shown"],
+    ),
+    "a-failed-import-create-leaves-its-store": (
+        "persist-cli/src/commands.rs",
+        "    if let (Err(_), Some(path)) = (&result, created) {",
+        "    if let (Err(_), Some(path)) = (&result, created.filter(|_| false)) {",
+        ["-p", "persist-cli", "--test", "adversarial_admin", "a_failed_import_create_leaves_no_store_behind"],
+    ),
+    "an-edit-replaces-a-state-its-type-cannot-read": (
+        CORE + "admin.rs",
+        "        decode_state::<A>(&stored).map_err(damaged)?;\n",
+        "        let _ = &stored;\n",
+        ["-p", "persist-cli", "--test", "adversarial_admin", "edit_through_a_type_that_cannot_read_the_state"],
+    ),
+    "a-wholly-fenced-transaction-is-not-timed": (
+        CORE + "storage.rs",
+        "                    self.metrics.refused(took);\n",
+        "",
+        ["--test", "adversarial_observability", "a_wholly_fenced_transaction"],
+    ),
+    "verify-leaves-the-attempt-count-unread": (
+        CORE + "admin.rs",
+        "        payload(key, row.id, &row.bytes, transforms).map_err(|e| e.to_string())?;",
+        "        v.payload(transforms, Place { key, id: row.id }).map_err(|e| e.to_string())?;",
+        ["-p", "persist-cli", "--test", "adversarial_admin", "verify_names_each_kind_of_bad_record"],
+    ),
 }
 
 
