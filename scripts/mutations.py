@@ -1131,13 +1131,19 @@ MUTATIONS = {
         """    let _ = (FENCED_TOTAL, namespace_counter as fn(&'static str, &str) -> Counter);""",
         ["--test", "observability"],
     ),
-    "a-stopped-actor-leaves-its-gauges-up": (
+    "a-killed-actor-leaves-its-gauges-up": (
         CORE + "observe.rs",
         """    fn drop(&mut self) {
         self.set(0, 0);
     }""",
         """    fn drop(&mut self) {}""",
-        ["--test", "observability"],
+        ["--test", "adversarial_observability"],
+    ),
+    "a-stopped-actor-leaves-its-gauges-up": (
+        CORE + "runtime.rs",
+        "    rt.tally.set(0, 0);\n",
+        "",
+        ["--test", "adversarial_observability"],
     ),
     "a-transaction-records-no-bytes": (
         CORE + "observe.rs",

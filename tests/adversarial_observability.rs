@@ -434,7 +434,82 @@ async fn gauges_fences_and_fenced_transactions() {
     a_stale_riders_fence_is_counted(&store, &storage, recording, &mut probe).await;
     spans_nest_as_documented(&storage, recording).await;
     gauges_drop_after_a_kill_and_a_failure(&storage, &mut probe).await;
+    gauges_drop_at_a_stop_while_a_supervisor_holds_the_state(&storage, &mut probe).await;
     storage.close().await.unwrap();
+}
+
+/// A plain ractor parent that keeps the final state its stopped children hand it (ractor's
+/// `ActorTerminated` carries it), as a supervisor that rebuilds children might.
+struct Keeper;
+
+enum KeeperMsg {
+    Held(RpcReplyPort<usize>),
+}
+
+impl Actor for Keeper {
+    type Msg = KeeperMsg;
+    type State = Vec<ractor::actor::messages::BoxedState>;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<KeeperMsg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(Vec::new())
+    }
+
+    async fn handle(
+        &self,
+        _: ractor::ActorRef<KeeperMsg>,
+        KeeperMsg::Held(reply): KeeperMsg,
+        held: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = reply.send(held.len());
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ractor::ActorRef<KeeperMsg>,
+        event: ractor::SupervisionEvent,
+        held: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let ractor::SupervisionEvent::ActorTerminated(_, Some(state), _) = event {
+            held.push(state);
+        }
+        Ok(())
+    }
+}
+
+/// "takes them off when it stops (in its `post_stop` ...)": at the stop itself, not when
+/// ractor drops the state, which a supervisor may hold for as long as it likes.
+async fn gauges_drop_at_a_stop_while_a_supervisor_holds_the_state(
+    storage: &Storage,
+    probe: &mut Probe,
+) {
+    probe.take();
+    let (keeper, keeper_handle) = Actor::spawn(None, Keeper, ()).await.unwrap();
+    let start = Start::new(storage, "held", ());
+    let (a, _) = Actor::spawn_linked(None, Gauged, start, keeper.get_cell())
+        .await
+        .unwrap();
+    let _ = call!(a, GMsg::Push, Work::Keep).unwrap();
+    assert_eq!(probe.take().gauge(PENDING, NS), 1.0);
+    a.stop_and_wait(None, None).await.unwrap();
+    // The supervision event is handled before the keeper's next message.
+    assert_eq!(
+        call!(keeper, KeeperMsg::Held).unwrap(),
+        1,
+        "the keeper holds the state"
+    );
+    assert_eq!(
+        probe.take().gauge(PENDING, NS),
+        0.0,
+        "off the gauge at the stop, the state still held"
+    );
+    keeper.stop_and_wait(None, None).await.unwrap();
+    keeper_handle.await.unwrap();
 }
 
 /// "moves them as operations are pushed, done, confirmed, re-queued or buried".
