@@ -166,9 +166,16 @@ async fn duplicated_and_reordered_letters_are_applied_once_each() {
     assert_eq!(got.credited, want, "each once, in order");
     assert_eq!(got.balance, 210);
     assert_eq!(balance(&a).await.balance, 1_000 - 210);
+    // A letter that overtook its predecessor was refused: a gap, or, when it overtook the
+    // channel's first letter, a sender the receiver does not know yet. Which of the two the
+    // run shows depends on how acknowledgements and resends interleave with the courier's
+    // pairs (only a gap was accepted before, and 1 run in 20 or so saw only the second).
     let refusals = storage.postbox().refusals();
     assert!(
-        refusals.iter().any(|r| matches!(r, Refusal::Gap { .. })),
+        refusals.iter().any(|r| matches!(
+            r,
+            Refusal::Gap { .. } | Refusal::UnknownSender { seq: 2.., .. }
+        )),
         "the reordering was seen and refused: {refusals:?}"
     );
 }
