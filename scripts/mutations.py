@@ -1000,9 +1000,10 @@ MUTATIONS = {
     # The operate issue: the admin calls and the tool.
     "a-refused-requeue-takes-an-epoch-first": (
         CORE + "admin.rs",
-        """    current(store.read(key, Some(Space::OPS), id..=id)?)?;
-""",
-        "",
+        """    check(rows)?;
+    let loaded = store.open_actor(key, spaces)?;""",
+        """    let _ = rows;
+    let loaded = store.open_actor(key, spaces)?;""",
         ["-p", "persist-cli", "--test", "cli", "requeue_turns_a_dead_letter"],
     ),
     "a-requeue-leaves-the-letter-dead": (

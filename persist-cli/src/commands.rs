@@ -79,12 +79,8 @@ fn command(
 ) -> Result<u8, CliError> {
     let json = cli.json;
     let mut p = Printer { out, json };
-    let io = |e: std::io::Error| CliError::Io {
-        path: PathBuf::from("<stdout>"),
-        source: e,
-    };
     match cli.command {
-        Command::Namespaces => namespaces(store, &mut p).map_err(io_or(io))?,
+        Command::Namespaces => namespaces(store, &mut p)?,
         Command::List { namespace } => list(store, &namespace, &mut p)?,
         Command::Show {
             namespace,
@@ -165,13 +161,6 @@ fn command(
         }
     }
     Ok(exit::SUCCESS)
-}
-
-fn io_or(f: impl Fn(std::io::Error) -> CliError) -> impl Fn(CliError) -> CliError {
-    move |e| match e {
-        CliError::Io { source, .. } => f(source),
-        e => e,
-    }
 }
 
 /// Where a command prints, and how.

@@ -485,7 +485,6 @@ pub fn requeue(
     id: u64,
     transforms: &Transforms,
 ) -> Result<Changed, AdminError> {
-    // Checked with a read first: a refused request takes no epoch.
     let current = |rows: Vec<Row>| -> Result<Payload, AdminError> {
         let row = rows.into_iter().find(|r| r.id == id);
         let Some(row) = row else {
@@ -525,9 +524,7 @@ pub fn requeue(
     if store.read(key, None, 0..=u64::MAX)?.is_empty() {
         return Err(AdminError::NoActor { key: key.clone() });
     }
-    current(store.read(key, Some(Space::OPS), id..=id)?)?;
-    let loaded = store.open_actor(key, &[Space::OPS])?;
-    let p = current(loaded.rows)?;
+    let (epoch, p) = under_new_epoch(store, key, &[Space::OPS], current)?;
     let head = envelope::Header {
         schema: p.header.schema,
         sequence: id,
@@ -536,18 +533,37 @@ pub fn requeue(
     let bytes = envelope::seal(
         Kind::Op,
         head,
-        loaded.epoch,
+        epoch,
         &p.value,
         transforms,
         Place { key, id },
     );
-    store.commit(&[ActorCommit::new(key.clone(), loaded.epoch).put(Space::OPS, id, bytes)])?;
+    store.commit(&[ActorCommit::new(key.clone(), epoch).put(Space::OPS, id, bytes)])?;
     Ok(Changed {
         key: key.clone(),
-        epoch: loaded.epoch,
+        epoch,
         written: 1,
         removed: 0,
     })
+}
+
+/// Runs `check` on `key`'s rows of `spaces` read without an epoch, so that a refusal writes
+/// nothing; then takes a new epoch with the same read ([`Store::open_actor`], which fences a
+/// running instance) and runs `check` again, since another writer may have come between.
+/// Returns the epoch and what the second check found. The writing calls' two phases.
+fn under_new_epoch<T>(
+    store: &dyn Store,
+    key: &ActorKey,
+    spaces: &[Space],
+    check: impl Fn(Vec<Row>) -> Result<T, AdminError>,
+) -> Result<(u64, T), AdminError> {
+    let mut rows = Vec::new();
+    for &space in spaces {
+        rows.extend(store.read(key, Some(space), 0..=u64::MAX)?);
+    }
+    check(rows)?;
+    let loaded = store.open_actor(key, spaces)?;
+    Ok((loaded.epoch, check(loaded.rows)?))
 }
 
 /// Deletes the record of `key`, as [`crate::Storage::delete`] does: every row of its record
@@ -690,12 +706,10 @@ pub fn restore(store: &dyn Store, key: &ActorKey, epoch: u64) -> Result<Changed,
             }),
         }
     };
-    find(store.read(key, None, 0..=u64::MAX)?)?;
     let mut spaces = Space::RECORD.to_vec();
     spaces.push(Space::QUARANTINE);
-    let loaded = store.open_actor(key, &spaces)?;
-    let entry = find(loaded.rows)?;
-    let mut commit = ActorCommit::new(key.clone(), loaded.epoch).remove(Space::QUARANTINE, epoch);
+    let (taken, entry) = under_new_epoch(store, key, &spaces, find)?;
+    let mut commit = ActorCommit::new(key.clone(), taken).remove(Space::QUARANTINE, epoch);
     let written = entry.rows.len();
     for (space, id, bytes) in entry.rows {
         commit = commit.put(space, id, bytes);
@@ -703,7 +717,7 @@ pub fn restore(store: &dyn Store, key: &ActorKey, epoch: u64) -> Result<Changed,
     store.commit(&[commit])?;
     Ok(Changed {
         key: key.clone(),
-        epoch: loaded.epoch,
+        epoch: taken,
         written,
         removed: 1,
     })
@@ -942,31 +956,22 @@ pub fn replace_state<A: Persistent>(
         decode_state::<A>(&stored).map_err(damaged)?;
         Ok(header)
     };
-    check(store.read(key, Some(Space::SNAPSHOT), 0..=0)?)?;
     let value = envelope::to_payload(state).map_err(|source| AdminError::Encode {
         key: key.clone(),
         source,
     })?;
-    let loaded = store.open_actor(key, &[Space::SNAPSHOT])?;
-    let old = check(loaded.rows)?;
+    let (epoch, old) = under_new_epoch(store, key, &[Space::SNAPSHOT], check)?;
     let head = envelope::Header {
         schema: A::VERSION,
         sequence: old.sequence,
         fingerprint: crate::shape::shape_fingerprint::<A::State>().unwrap_or(0),
     };
     let place = Place { key, id: 0 };
-    let bytes = envelope::seal(
-        Kind::Snapshot,
-        head,
-        loaded.epoch,
-        &value,
-        transforms,
-        place,
-    );
-    store.commit(&[ActorCommit::new(key.clone(), loaded.epoch).put(Space::SNAPSHOT, 0, bytes)])?;
+    let bytes = envelope::seal(Kind::Snapshot, head, epoch, &value, transforms, place);
+    store.commit(&[ActorCommit::new(key.clone(), epoch).put(Space::SNAPSHOT, 0, bytes)])?;
     Ok(Changed {
         key: key.clone(),
-        epoch: loaded.epoch,
+        epoch,
         written: 1,
         removed: 0,
     })
